@@ -1,0 +1,25 @@
+"""Entry point: ``python run.py [overrides]`` runs one experiment, ``python run.py -m ...`` a study."""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from prunelab import pipeline
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    return pipeline.main(
+        cfg,
+        output_dir=Path(hydra_cfg.runtime.output_dir),
+        overrides=list(hydra_cfg.overrides.task),
+        multirun=hydra_cfg.mode == RunMode.MULTIRUN,
+    )
+
+
+if __name__ == "__main__":
+    main()

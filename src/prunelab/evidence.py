@@ -1,0 +1,98 @@
+"""What every run leaves next to it: versions, code commit, peak memory, and ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import threading
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "omegaconf", "lm_eval", "wandb", "prunelab")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    if torch.cuda.is_available():
+        found["cuda"] = str(torch.version.cuda)
+        found["gpu"] = torch.cuda.get_device_name()
+    return found
+
+
+def git_commit() -> str:
+    """Commit of the prunelab checkout that ran, with ``-dirty`` when it had uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+class PeakMemory:
+    """Peak resident memory of this process during a ``with`` block (sampled), and CUDA peak.
+
+    Sampling (every 20 ms) rather than ``ru_maxrss`` gives a per-run peak even when a multirun
+    executes several jobs in one process.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._process = psutil.Process()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak_rss = self._process.memory_info().rss
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
+
+    def metrics(self) -> dict[str, float]:
+        found = {"memory/peak_rss_mb": self.peak_rss / 2**20}
+        if torch.cuda.is_available():
+            found["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return found
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write atomically, so a killed job never leaves half a file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_jsonable(payload), indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,15 @@
+"""``method=dense``: no pruning; the baseline every table compares against."""
+
+from __future__ import annotations
+
+import torch
+
+from prunelab.methods.base import LayerStats, PruningMethod
+from prunelab.patterns import Pattern
+
+
+class Dense(PruningMethod):
+    name = "dense"
+
+    def prune_layer(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
+        return weight
