@@ -109,8 +109,14 @@ def load_model(cfg: DictConfig):
     if cfg.source == "random":
         torch.manual_seed(int(cfg.get("seed", 0)))
         config = load_config(cfg)
+        # Token ids of the borrowed tokenizer must fit the embedding table.
         config.vocab_size = max(config.vocab_size, len(tokenizer))
-        model = LlamaForCausalLM(config).to(dtype)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # build in the target dtype: a 7B-shaped model in fp32 needs 27 GB
+        try:
+            model = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(previous)
     else:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, low_cpu_mem_usage=True)
     model.eval()

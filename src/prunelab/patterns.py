@@ -22,13 +22,32 @@ class PatternError(ValueError):
     """A pattern string or a pattern/sparsity combination is not valid."""
 
 
+_SORT_BELOW = 32  # groups this small (N:M) are ranked by a stable sort; larger ones by selection
+
+
 def prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Keep-mask over the last dimension: the ``count`` lowest scores of each row are pruned."""
-    mask = torch.ones_like(scores, dtype=torch.bool)
+    """Keep-mask over the last dimension: the ``count`` lowest scores of each row are pruned.
+
+    Same result as a stable ascending sort (among equal scores the lower index goes first), but
+    long rows use a selection (``kthvalue``, linear time) instead of a full sort.
+    """
+    size = scores.shape[-1]
     if count <= 0:
-        return mask
-    order = torch.sort(scores, dim=-1, stable=True).indices[..., :count]
-    return mask.scatter_(-1, order, False)
+        return torch.ones_like(scores, dtype=torch.bool)
+    if count >= size:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if size < _SORT_BELOW:
+        order = torch.sort(scores, dim=-1, stable=True).indices[..., :count]
+        return torch.ones_like(scores, dtype=torch.bool).scatter_(-1, order, False)
+    threshold = torch.kthvalue(scores, count, dim=-1, keepdim=True).values
+    at_most = scores <= threshold
+    if not (at_most.sum(dim=-1) > count).any():  # no tie straddles the threshold (the usual case)
+        return ~at_most
+    below = scores < threshold
+    ties = at_most & ~below
+    still_needed = count - below.sum(dim=-1, keepdim=True)
+    pruned = below | (ties & (ties.cumsum(dim=-1) <= still_needed))
+    return ~pruned
 
 
 @dataclass(frozen=True)
@@ -67,11 +86,90 @@ class NM:
         rows, cols = scores.shape
         if cols % self.m:
             raise PatternError(f"pattern {self.name} needs the input size ({cols}) to be a multiple of {self.m}")
+        if self.m <= _RANK_UP_TO:
+            return _nm_keep_by_rank(scores, self.n, self.m)
         grouped = scores.reshape(rows, cols // self.m, self.m)
         return prune_lowest(grouped, self.m - self.n).reshape(rows, cols)
 
 
+_RANK_UP_TO = 8  # for small M, M(M-1) comparisons of whole columns beat a sort of tiny groups
+
+
+def _nm_keep_by_rank(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """N:M keep-mask from each entry's rank in its group (ties: lower index ranks lower), the
+    same result as :func:`prune_lowest` on the groups."""
+    rows, cols = scores.shape
+    members = scores.reshape(-1, m).T.contiguous()  # [m, groups]: member k of every group
+    rank = torch.zeros(members.shape, dtype=torch.uint8, device=scores.device)
+    for i in range(m):
+        for j in range(m):
+            if j < i:
+                rank[i] += members[j] <= members[i]
+            elif j > i:
+                rank[i] += members[j] < members[i]
+    return (rank >= m - n).T.reshape(rows, cols)
+
+
 Pattern = Unstructured | NM
+
+
+def kept_score(scores: torch.Tensor, pattern: NM) -> float:
+    """Sum of the scores an N:M mask keeps (what a channel permutation tries to raise)."""
+    return float(scores[pattern.mask(scores)].sum())
+
+
+def deal_channels(scores: torch.Tensor, m: int) -> torch.Tensor:
+    """Column order that deals input channels out by importance, one per tier, into groups of ``m``.
+
+    Channels are ranked by their summed score (stable, descending) and cut into ``m`` tiers of
+    ``in / m``; group ``g`` gets the ``g``-th channel of every tier (snake order, so the strongest
+    and weakest of neighbouring tiers pair up). Returns ``order``: position ``k`` holds column ``order[k]``.
+    """
+    cols = scores.shape[1]
+    groups = cols // m
+    ranked = torch.sort(scores.sum(dim=0), descending=True, stable=True).indices
+    tiers = ranked.view(m, groups).clone()
+    tiers[1::2] = tiers[1::2].flip(-1)
+    return tiers.T.reshape(-1)
+
+
+def refine_channels(scores: torch.Tensor, order: torch.Tensor, pattern: NM, rounds: int = 2,
+                    chunk_elements: int = 1 << 23) -> torch.Tensor:
+    """Improve a column order by linear sum assignment, one slot of the ``m``-groups at a time.
+
+    With the other ``m - 1`` members of every group fixed, the channel in slot ``t`` of group ``g``
+    adds ``sum_rows max(x_row, a_row)`` to the kept score, ``a`` being the ``n``-th largest of the
+    fixed members; the optimal assignment of the slot's channels to groups is then an assignment
+    problem (scipy). Each step can only raise the kept score.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    n, m = pattern.n, pattern.m
+    rows, cols = scores.shape
+    groups = cols // m
+    slots = order.view(groups, m).clone()
+    for _ in range(rounds):
+        changed = False
+        for slot in range(m):
+            others = scores[:, slots[:, [k for k in range(m) if k != slot]].reshape(-1)].view(rows, groups, m - 1)
+            nth_largest = torch.topk(others, n, dim=-1).values[..., -1]  # [rows, groups]
+            candidates = scores[:, slots[:, slot]]  # [rows, channel]
+            gain = torch.empty(groups, groups, dtype=torch.float64)
+            step = max(1, chunk_elements // max(1, rows * groups))
+            for start in range(0, groups, step):
+                block = nth_largest[:, start:start + step]
+                gain[start:start + step] = torch.maximum(block.unsqueeze(-1), candidates.unsqueeze(1)).sum(dim=0).double()
+            group_index, channel_index = linear_sum_assignment(gain.numpy(), maximize=True)
+            assignment = torch.as_tensor(channel_index[group_index.argsort()])
+            if not torch.equal(assignment, torch.arange(groups)):
+                current = float(gain.diagonal().sum())
+                best = float(gain[torch.arange(groups), assignment].sum())
+                if best > current * (1 + 1e-12):
+                    slots[:, slot] = slots[assignment, slot]
+                    changed = True
+        if not changed:
+            break
+    return slots.reshape(-1)
 
 
 def parse_pattern(spec: str) -> Pattern:

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from omegaconf import DictConfig
 
 from prunelab.methods.base import LayerStats, PruningMethod, ScoreMethod, StatsNeeds
 from prunelab.methods.dense import Dense
 from prunelab.methods.magnitude import Magnitude
+from prunelab.methods.owl import OWL
+from prunelab.methods.ria import RIA
+from prunelab.methods.sparsegpt import SparseGPT
 from prunelab.methods.wanda import Wanda
 
 _REGISTRY: dict[str, Callable[..., PruningMethod]] = {
     "dense": Dense,
     "magnitude": Magnitude,
     "wanda": Wanda,
+    "ria": RIA,
+    "sparsegpt": SparseGPT,
+    **{f"owl_{base}": partial(OWL, base) for base in ("wanda", "magnitude", "ria", "sparsegpt")},
 }
 
 

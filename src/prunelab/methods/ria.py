@@ -1,0 +1,83 @@
+"""``method=ria`` (Zhang et al., ICLR 2024): relative importance times input-channel activations.
+
+``RIA_ij = (|W_ij| / sum_i' |W_i'j| + |W_ij| / sum_j' |W_ij'|) * ||X_j||_2 ** alpha``: the first
+term normalises within input column ``j``, the second within output row ``i``; ``||X_j||`` is the
+same input-channel statistic as Wanda. Compared across the whole matrix by default (reference).
+For N:M an optional channel permutation deals the input columns out so that every group of ``m``
+mixes strong and weak channels; the mask is mapped back to the original column order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunelab.methods.base import LayerStats, ScoreMethod, StatsNeeds
+from prunelab.patterns import NM, ComparisonGroup, Pattern, PatternError, deal_channels, refine_channels
+
+
+def relative_importance(weight: torch.Tensor) -> torch.Tensor:
+    """``|W| / column sums + |W| / row sums`` in fp32 (all-zero columns/rows score 0)."""
+    magnitude = weight.abs().float()
+    column_sum = magnitude.sum(dim=0, keepdim=True)
+    row_sum = magnitude.sum(dim=1, keepdim=True)
+    safe = torch.finfo(magnitude.dtype).tiny
+    return magnitude / column_sum.clamp_min(safe) + magnitude / row_sum.clamp_min(safe)
+
+
+class RIA(ScoreMethod):
+    name = "ria"
+    needs = StatsNeeds(norms=True)
+
+    def __init__(self, alpha: float = 0.5, comparison: ComparisonGroup = "layer",
+                 permute_channels: bool = False, refine_permutation: bool = True) -> None:
+        if comparison not in ("row", "layer"):
+            raise ValueError(f"method.comparison={comparison!r} is not valid for ria; allowed: 'layer', 'row'")
+        if float(alpha) < 0:
+            raise ValueError(f"ria_alpha={alpha!r} must be >= 0 (exponent on the activation norm)")
+        self.alpha = float(alpha)
+        self.comparison = comparison
+        self.permute_channels = bool(permute_channels)
+        self.refine_permutation = bool(refine_permutation)
+        self._kept_gain: list[float] = []
+        self.last_order: torch.Tensor | None = None  # column order of the last permuted N:M layer
+
+    def score(self, weight: torch.Tensor, stats: LayerStats) -> torch.Tensor:
+        importance = relative_importance(weight)
+        if self.alpha == 0:
+            return importance
+        norms = stats.activation_norms.to(weight.device)
+        return importance * norms.pow(self.alpha).unsqueeze(0)
+
+    def prune_layer(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
+        if sparsity <= 0:
+            return weight
+        scores = self.score(weight, stats)
+        if self.permute_channels and isinstance(pattern, NM):
+            keep = self._permuted_nm_mask(scores, pattern)
+        else:
+            keep = pattern.mask(scores, sparsity, self.comparison)
+        return weight.masked_fill(~keep, 0)
+
+    def _permuted_nm_mask(self, scores: torch.Tensor, pattern: NM) -> torch.Tensor:
+        if scores.shape[1] % pattern.m:
+            raise PatternError(f"pattern {pattern.name} needs the input size ({scores.shape[1]}) to be a multiple of {pattern.m}")
+        order = deal_channels(scores, pattern.m)
+        if self.refine_permutation:
+            order = refine_channels(scores, order, pattern)
+        self.last_order = order
+        keep_permuted = pattern.mask(scores[:, order])
+        keep = torch.empty_like(keep_permuted)
+        keep[:, order] = keep_permuted  # back to the original column order
+        plain = pattern.mask(scores)
+        kept_plain = float(scores[plain].sum())
+        self._kept_gain.append(float(scores[keep].sum()) / kept_plain - 1.0 if kept_plain > 0 else 0.0)
+        return keep
+
+    @property
+    def evidence(self) -> dict:
+        if not self._kept_gain:
+            return {}
+        return {
+            "ria_permuted_layers": len(self._kept_gain),
+            "ria_permutation_mean_score_gain": sum(self._kept_gain) / len(self._kept_gain),
+        }
