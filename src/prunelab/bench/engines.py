@@ -1,0 +1,265 @@
+"""Engines the benchmark stage can run, what each needs, and the 2:4 weight swap for PyTorch.
+
+``cpu``: dense vs CSR matmul on the CPU (runs anywhere). ``torch_sparse``: the pruned model's
+linear weights become ``SparseSemiStructuredTensor`` (cuSPARSELt, or CUTLASS on Ampere) and
+``F.linear`` dispatches to the sparse tensor-core kernel. ``tensorrt_llm``: the pruned checkpoint
+is exported, converted and built into a dense and a ``--weight_sparsity`` engine. Nothing is
+faked: when CUDA or a package is missing the error says what to install or which engine runs here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("cpu", "torch_sparse", "tensorrt_llm")
+SPARSE_ENGINES = ("torch_sparse", "tensorrt_llm")
+BACKENDS = ("cusparselt", "cutlass")
+SPARSE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+TRTLLM_INSTALL = "pip install -e .[tensorrt] (tensorrt-llm wheel: Linux x86-64 with CUDA only, > 1 GB)"
+CONVERT_SCRIPTS = ("models/core/llama/convert_checkpoint.py", "llama/convert_checkpoint.py")
+
+
+class EngineError(ValueError):
+    """An engine that cannot run with this config or on this machine; says what would make it run."""
+
+
+# ------------------------------------------------------------------------------ requirements
+def cuda_problem() -> str | None:
+    """Why the sparse tensor cores cannot be used here, or ``None`` when they can."""
+    if not torch.cuda.is_available():
+        return ("no CUDA GPU is visible (torch.cuda.is_available() is False; this torch build is "
+                f"{torch.__version__}); 2:4 kernels need an NVIDIA GPU of compute capability >= 8.0 "
+                "(Ampere, Ada, Hopper) and a CUDA build of torch")
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return (f"the GPU {torch.cuda.get_device_name()} has compute capability {major}.{minor}; "
+                "sparse tensor cores need >= 8.0 (Ampere or newer)")
+    return None
+
+
+def backend_problem(backend: str) -> str | None:
+    if backend not in BACKENDS:
+        return f"engine.backend={backend!r} is not valid; allowed: {', '.join(BACKENDS)}"
+    if backend == "cusparselt" and not torch.backends.cusparselt.is_available():
+        return ("this torch build has no cuSPARSELt (torch.backends.cusparselt.is_available() is False); "
+                "install a CUDA wheel of torch from pytorch.org, or use engine.backend=cutlass (Ampere only)")
+    if backend == "cutlass" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] != 8:
+        return "engine.backend=cutlass runs on Ampere (compute capability 8.x) only; use engine.backend=cusparselt"
+    return None
+
+
+def trtllm_examples_dir(engine_cfg) -> Path | None:
+    value = engine_cfg.get("examples_dir") or os.environ.get("TRTLLM_EXAMPLES_DIR")
+    return Path(str(value)).expanduser() if value else None
+
+
+def find_convert_script(examples_dir: Path | None) -> Path:
+    """``convert_checkpoint.py`` for LLaMA in a TensorRT-LLM ``examples`` checkout (layouts of 0.x and 1.x)."""
+    hint = ("the tensorrt_llm wheel does not ship the examples: `git clone --branch v1.2.1 "
+            "https://github.com/NVIDIA/TensorRT-LLM` and set engine.examples_dir=/path/to/TensorRT-LLM/examples "
+            "(or TRTLLM_EXAMPLES_DIR)")
+    if examples_dir is None:
+        raise EngineError(f"engine=tensorrt_llm needs engine.examples_dir: {hint}")
+    for relative in CONVERT_SCRIPTS:
+        if (examples_dir / relative).exists():
+            return examples_dir / relative
+    raise EngineError(f"engine.examples_dir={str(examples_dir)!r} holds none of {', '.join(CONVERT_SCRIPTS)}; {hint}")
+
+
+def missing_requirements(engine_cfg) -> list[str]:
+    """Everything the engine needs that this machine lacks (empty when it can run)."""
+    name = engine_cfg.name
+    missing: list[str] = []
+    if name == "cpu":
+        return missing
+    problem = cuda_problem()
+    if problem:
+        missing.append(problem)
+    if name == "torch_sparse":
+        problem = backend_problem(str(engine_cfg.get("backend", "cusparselt")))
+        if problem:
+            missing.append(problem)
+    if name == "tensorrt_llm":
+        if importlib.util.find_spec("tensorrt_llm") is None:
+            missing.append(f"the tensorrt_llm package is not installed: {TRTLLM_INSTALL}")
+        build = str(engine_cfg.get("trtllm_build", "trtllm-build"))
+        if shutil.which(build) is None:
+            missing.append(f"the {build!r} command is not on PATH (it comes with the tensorrt_llm wheel)")
+        try:
+            find_convert_script(trtllm_examples_dir(engine_cfg))
+        except EngineError as error:
+            missing.append(str(error))
+    return missing
+
+
+def _positive_ints(values, key: str) -> list[int]:
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise EngineError(f"{key} entry {value!r} must be a positive integer")
+        out.append(value)
+    if not out:
+        raise EngineError(f"{key} must list at least one value")
+    return out
+
+
+def check_engine_config(engine_cfg, pattern, method_name: str, check_environment: bool = True) -> None:
+    """Config checks (name, 2:4 pattern, sizes), then what this machine lacks; raise ``EngineError``."""
+    name = engine_cfg.get("name")
+    if name not in ENGINES:
+        raise EngineError(f"engine.name={name!r} is not valid; allowed: {', '.join(ENGINES)} (or engine=null)")
+    for key in ("warmup",):
+        if int(engine_cfg.get(key, 0)) < 0:
+            raise EngineError(f"engine.{key}={engine_cfg.get(key)!r} must be >= 0")
+    if int(engine_cfg.get("repeats", 1)) < 1:
+        raise EngineError(f"engine.repeats={engine_cfg.get('repeats')!r} must be >= 1")
+    if name == "cpu":
+        for value in engine_cfg.sparsities:
+            if not 0.0 < float(value) < 1.0:
+                raise EngineError(f"engine.sparsities entry {value!r} must lie in (0, 1)")
+        _positive_ints(engine_cfg.tokens, "engine.tokens")
+        if str(engine_cfg.get("clock", "cpu")) not in ("cpu", "wall"):
+            raise EngineError(f"engine.clock={engine_cfg.get('clock')!r} is not valid; allowed: cpu, wall")
+    else:
+        if getattr(pattern, "name", str(pattern)) != "2:4" or method_name == "dense":
+            raise EngineError(
+                f"engine={name} runs 2:4 sparse kernels, so the model must be pruned with pattern=2:4 "
+                f"(got method={method_name}, pattern={getattr(pattern, 'name', pattern)}); "
+                "for unstructured sparsity the CPU benchmark engine=cpu measures CSR matmul instead"
+            )
+        if str(engine_cfg.get("dtype", "float16")) not in SPARSE_DTYPES:
+            raise EngineError(f"engine.dtype={engine_cfg.get('dtype')!r} is not valid; allowed: {', '.join(SPARSE_DTYPES)}")
+        _positive_ints(engine_cfg.prefill_tokens, "engine.prefill_tokens")
+        _positive_ints(engine_cfg.decode_batches, "engine.decode_batches")
+        if name == "torch_sparse":
+            _positive_ints(engine_cfg.gemm_tokens, "engine.gemm_tokens")
+    if check_environment:
+        missing = missing_requirements(engine_cfg)
+        if missing:
+            alternative = " Without a GPU, use engine=cpu (CSR benchmark + roofline) or engine=null." if name != "cpu" else ""
+            raise EngineError(f"engine={name} cannot run here: " + "; ".join(missing) + "." + alternative)
+
+
+def require_sparse_kernels(backend: str = "cusparselt") -> None:
+    problems = [p for p in (cuda_problem(), backend_problem(backend)) if p]
+    if problems:
+        raise EngineError("2:4 sparse kernels cannot run here: " + "; ".join(problems) + ". Use engine=cpu instead.")
+
+
+# ------------------------------------------------------------------------------- 2:4 weights
+def is_two_four(weight: torch.Tensor) -> bool:
+    """True when every group of 4 consecutive input columns of every row holds at most 2 non-zeros."""
+    rows, cols = weight.shape
+    if cols % 4:
+        return False
+    return bool(((weight.reshape(rows, cols // 4, 4) != 0).sum(-1) <= 2).all())
+
+
+def shape_problem(weight_shape: tuple[int, int], dtype: torch.dtype, backend: str = "cusparselt") -> str | None:
+    """Why a weight of this shape/dtype cannot be compressed by ``backend``, or ``None``."""
+    from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+
+    cls = SparseSemiStructuredTensorCUSPARSELT if backend == "cusparselt" else SparseSemiStructuredTensorCUTLASS
+    if dtype not in cls._DTYPE_SHAPE_CONSTRAINTS:
+        return f"dtype {dtype} is not supported by {backend}"
+    rule = cls._DTYPE_SHAPE_CONSTRAINTS[dtype]
+    rows, cols = weight_shape
+    if rows < rule.sparse_min_rows or rows % rule.sparse_min_rows or cols < rule.sparse_min_cols or cols % rule.sparse_min_cols:
+        return f"shape {tuple(weight_shape)} is not a multiple of ({rule.sparse_min_rows}, {rule.sparse_min_cols})"
+    return None
+
+
+@contextmanager
+def semi_structured_backend(backend: str) -> Iterator[None]:
+    """Route ``to_sparse_semi_structured`` to cuSPARSELt (default) or CUTLASS inside the block."""
+    from torch.sparse import SparseSemiStructuredTensor
+
+    previous = SparseSemiStructuredTensor._FORCE_CUTLASS
+    SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+    try:
+        yield
+    finally:
+        SparseSemiStructuredTensor._FORCE_CUTLASS = previous
+
+
+@dataclass
+class SwapReport:
+    converted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def metrics(self) -> dict:
+        return {"bench/sparse_layers": len(self.converted), "bench/dense_layers_kept": len(self.skipped),
+                **({"bench/dense_layers_kept_why": dict(list(self.skipped.items())[:20])} if self.skipped else {})}
+
+
+def swap_candidates(model: nn.Module, backend: str = "cusparselt") -> tuple[dict[str, nn.Linear], dict[str, str]]:
+    """The decoder's linear layers that can take a 2:4 weight, and why the others cannot."""
+    from prunelab.models import DecoderAdapter
+
+    adapter = DecoderAdapter(model)
+    ok: dict[str, nn.Linear] = {}
+    skipped: dict[str, str] = {}
+    for index, block in enumerate(adapter.blocks):
+        for name, layer in adapter.linear_layers(block).items():
+            full = f"layers.{index}.{name}"
+            reason = shape_problem(tuple(layer.weight.shape), layer.weight.dtype, backend)
+            if reason is None and layer.bias is not None and layer.bias.dtype != layer.weight.dtype:
+                reason = "bias dtype differs from weight dtype"
+            if reason is None and not is_two_four(layer.weight.data):
+                reason = "weight is not 2:4 (layer not pruned with pattern=2:4)"
+            if reason is None:
+                ok[full] = layer
+            else:
+                skipped[full] = reason
+    return ok, skipped
+
+
+@contextmanager
+def semi_structured_weights(model: nn.Module, backend: str = "cusparselt") -> Iterator[SwapReport]:
+    """Inside the block every 2:4 linear weight of the decoder is a ``SparseSemiStructuredTensor``
+    (``F.linear`` then runs the sparse kernel); the dense weights are put back on exit."""
+    require_sparse_kernels(backend)
+    candidates, skipped = swap_candidates(model, backend)
+    report = SwapReport(skipped=skipped)
+    originals: list[tuple[nn.Linear, nn.Parameter]] = []
+    with semi_structured_backend(backend):
+        try:
+            for full, layer in candidates.items():
+                if layer.weight.device.type != "cuda":
+                    raise EngineError(f"{full} is on {layer.weight.device}; move the model to CUDA first")
+                originals.append((layer, layer.weight))
+                sparse = torch.sparse.to_sparse_semi_structured(layer.weight.data.contiguous())
+                layer.weight = nn.Parameter(sparse, requires_grad=False)
+                report.converted.append(full)
+            yield report
+        finally:
+            for layer, weight in originals:
+                layer.weight = weight
+
+
+def versions() -> dict:
+    """Device, torch, CUDA and cuSPARSELt versions of the benchmark (evidence for the numbers)."""
+    found = {"bench/torch": torch.__version__, "bench/cuda": str(torch.version.cuda)}
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        found["bench/device"] = torch.cuda.get_device_name()
+        found["bench/compute_capability"] = f"{major}.{minor}"
+        if torch.backends.cusparselt.is_available():
+            found["bench/cusparselt"] = str(torch.backends.cusparselt.version())
+    else:
+        import platform
+
+        found["bench/device"] = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return found
