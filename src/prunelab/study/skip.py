@@ -1,0 +1,116 @@
+"""Resuming a sweep: a job whose config already completed in the same sweep directory is not redone.
+
+A run is identified by a *fingerprint*: the hash of its resolved config without the keys that
+do not change its results (logger, W&B naming, ``force``). Re-running a study into the same
+``hydra.sweep.dir`` (the presets fix theirs) therefore skips completed jobs, redoes failed or
+interrupted ones, and runs new grid points; ``force=true`` redoes everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Top-level keys that never change what a run measures.
+IGNORED_KEYS = ("logger", "force", "group", "run_name", "cache_calibration", "hydra")
+RECORD_GLOB = "metrics*.json"  # metrics.json, and records set aside by `set_aside_foreign`
+
+
+def fingerprint(resolved_config: dict[str, Any]) -> str:
+    """A stable hash of the result-relevant part of a resolved config."""
+    relevant = {k: v for k, v in resolved_config.items() if k not in IGNORED_KEYS}
+    canonical = json.dumps(relevant, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+@dataclass(frozen=True)
+class PriorResult:
+    """A completed record with the same fingerprint found in the sweep."""
+
+    path: Path
+    record: dict[str, Any]
+
+
+def find_completed(sweep_dir: Path, config_print: str, prefer_dir: Path | None = None) -> PriorResult | None:
+    """The completed record of ``config_print`` in ``sweep_dir`` (the job's own directory first)."""
+    candidates = sorted(sweep_dir.rglob(RECORD_GLOB)) if sweep_dir.is_dir() else []
+    if prefer_dir is not None:
+        own = prefer_dir / "metrics.json"
+        candidates = [own] + [c for c in candidates if c != own] if own.exists() else candidates
+    for path in candidates:
+        record = read_record(path)
+        if record and record.get("status") == "completed" and record.get("fingerprint") == config_print:
+            return PriorResult(path, record)
+    return None
+
+
+def set_aside_foreign(output_dir: Path, config_print: str) -> Path | None:
+    """Keep a record of *another* config that sits in this job's directory (the grid changed).
+
+    It is renamed ``metrics.<its fingerprint>.json`` so it is neither overwritten nor counted in
+    the sweep's table, yet still found by :func:`find_completed` if its config comes back.
+    """
+    path = output_dir / "metrics.json"
+    record = read_record(path) if path.exists() else None
+    if record is None or record.get("fingerprint") in (None, config_print) or record.get("status") != "completed":
+        return None
+    target = output_dir / f"metrics.{record['fingerprint']}.json"
+    path.replace(target)
+    log.warning("%s held a completed run of another config; kept as %s", path, target.name)
+    return target
+
+
+def reused_record(prior: PriorResult, sweep_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """The record a job writes when its result already exists elsewhere in the sweep."""
+    record = dict(prior.record)
+    record["status"] = "skipped"
+    record["overrides"] = overrides
+    try:
+        record["reused_from"] = str(prior.path.relative_to(sweep_dir))
+    except ValueError:
+        record["reused_from"] = str(prior.path)
+    return record
+
+
+def current_sweep_dir(output_dir: Path) -> Path:
+    """The running multirun's ``hydra.sweep.dir`` (the job directory's parent outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().sweep.dir)
+    return output_dir.parent
+
+
+def resume(output_dir: Path, config_print: str, overrides: list[str]) -> dict[str, Any] | None:
+    """The record to report instead of running, when this config already completed in the sweep.
+
+    In the job's own directory (the same study re-run): nothing is touched. Elsewhere in the
+    sweep (the grid was reordered): a ``status: skipped`` copy naming its source is written here.
+    """
+    from prunelab.evidence import write_json
+
+    sweep_dir = current_sweep_dir(output_dir)
+    prior = find_completed(sweep_dir, config_print, prefer_dir=output_dir)
+    if prior is None:
+        return None
+    if prior.path == output_dir / "metrics.json":
+        log.info("skipped: a completed run of this config is in %s (force=true redoes it)", output_dir)
+        return prior.record
+    set_aside_foreign(output_dir, config_print)
+    record = reused_record(prior, sweep_dir, overrides)
+    write_json(output_dir / "metrics.json", record)
+    log.info("skipped: a completed run of this config is in %s (force=true redoes it)", prior.path.parent)
+    return record
