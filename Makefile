@@ -14,4 +14,19 @@ run: ## the default experiment: wanda 50% on the embedded SmolLM2-135M
 test: ## the test suite (tiny random LLaMA + a few checks on the embedded model)
 	$(PYTHON) -m pytest -q
 
-.PHONY: help setup run test
+roofline: ## predicted 2:4 speedups (analytic roofline), LLaMA-2-7B shapes; GPU=H100|A100|A6000|L40S|H200|all
+	$(PYTHON) -m prunelab.bench.roofline --model llama2_7b_shapes --gpu $(or $(GPU),H100)
+
+bench-cpu: ## dense vs CSR sparse matmul on this CPU (50/70/90%), wanda 50% on the embedded model
+	$(PYTHON) run.py engine=cpu logger=none
+
+bench-gpu: ## dense vs 2:4 GEMM, prefill and decode on a CUDA GPU, LLaMA-2-7B shapes (random weights)
+	$(PYTHON) run.py model=llama2_7b_shapes method=magnitude pattern=2:4 engine=torch_sparse eval.max_windows=2 eval.ppl_datasets=[wiki] logger=none
+
+study: ## run a study preset and aggregate it: make study EXP=sparsity_curve [ARGS="eval.max_windows=8"]
+	$(PYTHON) run.py +experiment=$(or $(EXP),sparsity_curve) $(ARGS)
+
+aggregate: ## results.csv, tables, figures and report of a sweep: make aggregate DIR=multirun/smollm2_135m/sparsity_curve
+	$(PYTHON) -m prunelab.study.aggregate $(DIR)
+
+.PHONY: help setup run test study aggregate roofline bench-cpu bench-gpu

@@ -23,6 +23,8 @@ from prunelab.evaluate import evaluate_perplexity
 from prunelab.loggers import build_logger
 from prunelab.prune import PruneReport, PruneTarget, prune_model
 from prunelab.settings import RunSpec, validate
+from prunelab.study import calib_cache, naming, skip
+from prunelab.zeroshot import zeroshot_stage
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +35,16 @@ def load_stage(model_cfg: DictConfig):
     return model, tokenizer, {"time/load_s": time.perf_counter() - start}
 
 
-def calibration_stage(calib_cfg: DictConfig, tokenizer) -> torch.Tensor:
+def calibration_stage(calib_cfg: DictConfig, tokenizer, cache: bool = False) -> torch.Tensor:
+    """Calibration token windows; ``cache`` reuses them across runs (they depend on no pruning)."""
     spec = data.CalibrationSpec(calib_cfg.dataset, int(calib_cfg.nsamples), int(calib_cfg.seqlen), int(calib_cfg.seed))
-    return data.calibration_tokens(spec, tokenizer)
+    return calib_cache.calibration_tokens(spec, tokenizer) if cache else data.calibration_tokens(spec, tokenizer)
 
 
 def prune_stage(cfg: DictConfig, spec: RunSpec, model, tokenizer, device: torch.device) -> PruneReport:
     method = methods.build_method(cfg.method)
-    calibration_ids = calibration_stage(cfg.calib_data, tokenizer) if spec.needs_calibration else None
+    cache = bool(cfg.get("cache_calibration", False))
+    calibration_ids = calibration_stage(cfg.calib_data, tokenizer, cache) if spec.needs_calibration else None
     blocks = cfg.target.blocks
     target = PruneTarget(tuple(cfg.target.modules), tuple(blocks) if blocks is not None else None)
     return prune_model(model, method, spec.sparsity, spec.pattern, calibration_ids, device, target,
@@ -57,6 +61,8 @@ def eval_stage(eval_cfg: DictConfig, model, tokenizer, device: torch.device) -> 
         log.info("perplexity %s: %.3f (%d windows, %d tokens, %.1f s)",
                  result.dataset, result.perplexity, result.windows, result.tokens, result.seconds)
     metrics["time/eval_s"] = time.perf_counter() - start
+    if eval_cfg.get("tasks"):  # zero-shot accuracy through lm-eval, on the model in memory
+        metrics.update(zeroshot_stage(eval_cfg, model, tokenizer, device))
     return metrics
 
 
@@ -89,15 +95,26 @@ def run_experiment(cfg: DictConfig, output_dir: Path, metrics: dict[str, Any]) -
     metrics.update(eval_stage(cfg.eval, model, tokenizer, device))
     if cfg.save_model:
         metrics.update(save_stage(model, tokenizer, output_dir / "model"))
+    if cfg.get("engine") is not None:  # after save: the benchmark casts the model and swaps its weights
+        from prunelab.bench import bench_stage
+
+        bench_stage(cfg.engine, model, tokenizer, device, output_dir, into=metrics)
 
 
 def main(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool = False) -> float:
     """Run one experiment and leave its evidence in ``output_dir``; return the headline metric."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    config_print = skip.fingerprint(resolved)
+    if multirun:  # resume a sweep: a config that already completed in it is not redone
+        prior = None if cfg.get("force", False) else skip.resume(output_dir, config_print, overrides)
+        if prior is not None:
+            return headline(prior["metrics"])
+        skip.set_aside_foreign(output_dir, config_print)
     metrics: dict[str, Any] = {}
     record: dict[str, Any] = {
         "status": "running",
         "overrides": overrides,
+        "fingerprint": config_print,
         "config": resolved,
         "versions": evidence.versions(),
         "git_commit": evidence.git_commit(),
@@ -109,7 +126,11 @@ def main(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
     failed = False
     start = time.perf_counter()
     try:
-        logger = build_logger(cfg.get("logger"), output_dir, resolved, name=cfg.run_name, group=cfg.get("group"))
+        name, group = cfg.run_name, cfg.get("group")
+        if multirun:  # W&B: a job is named by its overrides and grouped by its sweep directory
+            name = naming.run_label(overrides, default=name)
+            group = group or naming.sweep_group(skip.current_sweep_dir(output_dir))
+        logger = build_logger(cfg.get("logger"), output_dir, resolved, name=name, group=group)
         with evidence.PeakMemory() as memory:
             run_experiment(cfg, output_dir, metrics)
         metrics.update(memory.metrics())

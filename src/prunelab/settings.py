@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from prunelab import data, methods, models
+from prunelab import data, methods, models, zeroshot
 from prunelab.patterns import Pattern, check_sparsity, parse_pattern
 
 
@@ -58,6 +58,10 @@ def _validate(cfg: DictConfig) -> RunSpec:
         check_sparsity(pattern, sparsity)
     method = methods.build_method(cfg.method)
     needs_calibration = method.needs.any or method_name.startswith("owl_")
+    if cfg.get("engine") is not None:  # before any heavy work: 2:4 pattern, CUDA, tensorrt_llm
+        from prunelab.bench.engines import check_engine_config
+
+        check_engine_config(cfg.engine, pattern, method_name)
 
     calib = cfg.calib_data
     data.check_dataset_name(calib.dataset, "calib_data.dataset")
@@ -82,6 +86,7 @@ def _validate(cfg: DictConfig) -> RunSpec:
     if ev.max_windows is not None:
         _positive_int(ev.max_windows, "eval.max_windows")
     _positive_int(ev.batch_size, "eval.batch_size")
+    zeroshot.resolve(ev)  # task names (bundled offline or on the hub), limits, few-shot count
 
     models.resolve_dtype(cfg.model.dtype)
     models.resolve_device(cfg.model.device)
