@@ -22,6 +22,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -111,9 +112,15 @@ def check_dataset_name(name: str, key: str) -> None:
         raise DataConfigError(f"{key}={name!r} is unknown; allowed: {', '.join(ALL_SETS)}")
 
 
+@lru_cache(maxsize=None)
+def _load(name: str) -> dict[str, list[str]]:
+    """Both parts of a set, read once per process (a multirun's jobs share them); never mutated."""
+    return ALL_SETS[name]()
+
+
 def documents(name: str, part: str) -> list[str]:
     check_dataset_name(name, "dataset")
-    return ALL_SETS[name]()[part]
+    return _load(name)[part]
 
 
 @dataclass(frozen=True)
