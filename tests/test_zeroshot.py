@@ -94,6 +94,43 @@ def test_gsm8k_offline_scores_only_the_evaluation_part():
     assert not {d["question"] for d in exemplars} & {d["question"] for d in scored}
 
 
+requires_test_splits = pytest.mark.skipif(
+    not all(assets.paths().test_split(t).exists() for t in assets.BENCHKIT_TEST_SPLITS),
+    reason="benchkit test splits not prepared: run `make setup`",
+)
+
+
+@requires_test_splits
+@pytest.mark.parametrize(("task", "size", "question"), [("arc_challenge", 1172, "question"),
+                                                        ("openbookqa", 500, "question_stem")])
+def test_offline_task_scores_the_stock_test_split(task, size, question):
+    import datasets
+
+    loaded = zeroshot.task_manager(offline=True).load([task])["tasks"][task]
+    scored, pool = list(loaded.eval_docs), list(loaded.fewshot_docs())
+    raw = datasets.Dataset.from_file(str(assets.paths().test_split(task)))
+    assert len(scored) == len(raw) == size
+    assert len(pool) == 299 if task == "arc_challenge" else len(pool) == 500  # validation: few-shot pool
+    def items(docs):  # ARC repeats a few stems across splits with other choices, so compare whole items
+        return {(d[question], tuple(d["choices"]["text"])) for d in docs}
+
+    assert not items(scored) & items(pool)
+    for doc in scored[:50]:  # the stock target is the index of the answer among the choices
+        assert loaded.doc_to_choice(doc)[loaded.doc_to_target(doc)] == \
+            doc["choices"]["text"][doc["choices"]["label"].index(doc["answerKey"])]
+    assert {loaded.doc_to_target(d) for d in scored} == {0, 1, 2, 3}
+
+
+def test_benchkit_rows_are_converted_to_the_hub_schema():
+    rows = [{"task_id": "ARC/7", "question": "Which is a gas?", "choices": ["ice", "steam", "rock"],
+             "labels": ["A", "B", "C"], "answer": "B"}]
+    (row,) = assets.multiple_choice_rows_in_hub_schema(rows, "question_stem")
+    assert row == {"id": "ARC/7", "question_stem": "Which is a gas?", "answerKey": "B",
+                   "choices": {"text": ["ice", "steam", "rock"], "label": ["A", "B", "C"]}}
+    with pytest.raises(ValueError, match="answer 'D' is not one of labels"):
+        assets.multiple_choice_rows_in_hub_schema([{**rows[0], "answer": "D"}], "question")
+
+
 def test_metric_keys_and_mean():
     result = {"alias": "x", "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.25,
               "acc_norm_stderr,none": "N/A", "exact_match,flexible-extract": 0.02,

