@@ -11,7 +11,10 @@ setup: ## install pinned dependencies and prepare the offline assets (idempotent
 run: ## the default experiment: wanda 50% on the embedded SmolLM2-135M
 	$(PYTHON) run.py
 
-test: ## the test suite (tiny random LLaMA + a few checks on the embedded model)
+test: ## the fast tier: tiny random LLaMA and pure functions (~1.5 min on 2 cores)
+	$(PYTHON) -m pytest -q -m "not slow"
+
+test-all: ## every tier: + the embedded model and real multi-process sweeps (what CI runs)
 	$(PYTHON) -m pytest -q
 
 roofline: ## predicted 2:4 speedups (analytic roofline), LLaMA-2-7B shapes; GPU=H100|A100|A6000|L40S|H200|all
@@ -29,4 +32,4 @@ study: ## run a study preset and aggregate it: make study EXP=sparsity_curve [AR
 aggregate: ## results.csv, tables, figures and report of a sweep: make aggregate DIR=multirun/smollm2_135m/sparsity_curve
 	$(PYTHON) -m prunelab.study.aggregate $(DIR)
 
-.PHONY: help setup run test study aggregate roofline bench-cpu bench-gpu
+.PHONY: help setup run test test-all study aggregate roofline bench-cpu bench-gpu

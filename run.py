@@ -12,12 +12,13 @@ from prunelab import pipeline
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    hydra_cfg = HydraConfig.get()
+    hydra_cfg = HydraConfig.get()  # Hydra's state is read here and nowhere else
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     return pipeline.main(
         cfg,
         output_dir=Path(hydra_cfg.runtime.output_dir),
         overrides=list(hydra_cfg.overrides.task),
-        multirun=hydra_cfg.mode == RunMode.MULTIRUN,
+        sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None,
     )
 
 

@@ -11,23 +11,32 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunelab import methods, pipeline
+from prunelab import pipeline
 from prunelab.bench import cpu_sparse, e2e, engines, roofline, trtllm
 from prunelab.bench.engines import EngineError
 from prunelab.bench.timing import time_call, time_interleaved
+from prunelab.checks import ConfigError
+from prunelab.config import build
 from prunelab.patterns import NM
+from prunelab.plan import make_plan
 from prunelab.prune import prune_model
-from prunelab.settings import ConfigError, validate
-from tests.conftest import compose_config
+from tests.conftest import TINY, build_method, compose_config
 
 CUDA = torch.cuda.is_available()
 TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None
-TINY = ["model=tiny_random", "calib_data.nsamples=4", "eval.max_windows=2", "eval.ppl_datasets=[wiki]", "logger=none"]
+
+
+def validate(cfg):
+    return make_plan(cfg)
+
+
+def engine(*overrides: str):
+    """The engine object of a composed config (``engine=cpu`` ...)."""
+    return build(compose_config(*overrides).engine, "engine")
 
 
 def prune_two_four(model) -> None:
-    method = methods.build_method(compose_config("method=magnitude").method)
-    prune_model(model, method, 0.5, NM(2, 4), None, torch.device("cpu"))
+    prune_model(model, build_method("method=magnitude"), 0.5, NM(2, 4), None, torch.device("cpu"))
 
 
 # ------------------------------------------------------------------------------ engine checks
@@ -64,14 +73,14 @@ def test_tensorrt_llm_missing_says_what_to_install():
 
 def test_cpu_engine_validates_here_and_rejects_bad_values():
     validate(compose_config(*TINY, "engine=cpu"))  # runs on any machine, any pattern
-    with pytest.raises(ConfigError, match=r"engine.sparsities entry 1.5 must lie in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"engine.sparsities\[1\]=1.5 is outside \(0, 1\)"):
         validate(compose_config(*TINY, "engine=cpu", "engine.sparsities=[0.5,1.5]"))
-    with pytest.raises(ConfigError, match="engine.tokens entry 0"):
+    with pytest.raises(ConfigError, match=r"engine.tokens\[0\]=0 must be a positive integer"):
         validate(compose_config(*TINY, "engine=cpu", "engine.tokens=[0]"))
-    cfg = compose_config(*TINY, "engine=cpu")
-    cfg.engine.name = "onnx"
-    with pytest.raises(ConfigError, match="engine.name='onnx' is not valid; allowed: cpu, torch_sparse, tensorrt_llm"):
-        validate(cfg)
+    with pytest.raises(ConfigError, match=r"engine.clock='gpu' is not valid; allowed: cpu, wall"):
+        validate(compose_config(*TINY, "engine=cpu", "engine.clock=gpu"))
+    with pytest.raises(ConfigError, match=r"logger._target_='prunelab.models.EmbeddedSource' is not a prunelab.loggers.Logger"):
+        validate(compose_config(*TINY, "logger._target_=prunelab.models.EmbeddedSource"))
 
 
 def test_engine_defaults_to_null():
@@ -125,7 +134,7 @@ def test_tensorrt_llm_command_lines(tmp_path, layout):
     examples = tmp_path / "examples"
     (examples / layout).parent.mkdir(parents=True)
     (examples / layout).write_text("# convert_checkpoint.py of a TensorRT-LLM checkout\n")
-    cfg = compose_config("engine=tensorrt_llm", f"engine.examples_dir={examples}").engine
+    cfg = engine("engine=tensorrt_llm", f"engine.examples_dir={examples}")
     script = engines.find_convert_script(engines.trtllm_examples_dir(cfg))
     assert script == examples / layout
     commands = trtllm.plan(cfg, tmp_path / "work", script)
@@ -299,24 +308,35 @@ def test_measured_speedups_sit_beside_their_bounds():
 def test_roofline_gpu_auto_without_cuda():
     from prunelab.bench import stage
 
-    assert stage.roofline_gpu(compose_config("engine=torch_sparse").engine).name == "H100"
-    assert stage.roofline_gpu(compose_config("engine=cpu", "engine.roofline_gpu=A100").engine).name == "A100"
+    assert stage.roofline_gpu(engine("engine=torch_sparse")).name == "H100"
+    assert stage.roofline_gpu(engine("engine=cpu", "engine.roofline_gpu=A100")).name == "A100"
 
 
 @pytest.mark.skipif(CUDA or TRTLLM, reason="checks the errors on a machine without CUDA and tensorrt_llm")
 def test_gpu_engines_refuse_to_fake_results(tmp_path, tiny_model, tokenizer):
-    from prunelab.bench import stage, torch_sparse
+    from prunelab.bench import stage
 
     shape = roofline.ModelShape.from_hf_config(tiny_model.config)
     with pytest.raises(EngineError, match="engine=cpu"):
-        torch_sparse.run(compose_config("engine=torch_sparse").engine, tiny_model, shape, None, tmp_path, {})
+        engine("engine=torch_sparse").run(tiny_model, None, shape, None, tmp_path, {})
     with pytest.raises(EngineError, match=r"pip install -e \.\[tensorrt\]"):
-        trtllm.run(compose_config("engine=tensorrt_llm").engine, tiny_model, tokenizer, tmp_path, {})
+        engine("engine=tensorrt_llm").run(tiny_model, tokenizer, shape, None, tmp_path, {})
     metrics: dict = {}
     with pytest.raises(EngineError):
-        stage.bench_stage(compose_config("engine=torch_sparse").engine, tiny_model, tokenizer,
+        stage.bench_stage(engine("engine=torch_sparse"), tiny_model, tokenizer,
                           torch.device("cpu"), tmp_path, into=metrics)
     assert metrics["bench/roofline_decode_bound"] > 1  # what was computed before the failure is kept
+
+
+@pytest.mark.gpu
+def test_torch_sparse_engine_measures_the_tiny_model_on_cuda(tmp_path):
+    overrides = ["method=magnitude", "pattern=2:4", "model.device=cuda", "engine=torch_sparse",
+                 "engine.gemm_tokens=[16,64]", "engine.prefill_tokens=[32]", "engine.decode_batches=[1]",
+                 "engine.decode_context=16", "engine.decode_steps=4", "engine.warmup=1", "engine.repeats=2"]
+    pipeline.main(compose_config(*TINY, *overrides), output_dir=tmp_path, overrides=overrides)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert metrics["bench/sparse_layers"] == 2 * 7 and metrics["bench/logits_match"]
+    assert metrics["bench/prefill_speedup_32"] > 0 and metrics["bench/decode_speedup_b1"] > 0
 
 
 def test_gemm_weights_come_from_two_four_layers_only(tiny_model):
@@ -325,8 +345,8 @@ def test_gemm_weights_come_from_two_four_layers_only(tiny_model):
     from prunelab.prune import PruneTarget
 
     assert two_four_weights(tiny_model) == {}
-    method = methods.build_method(compose_config("method=magnitude").method)
-    prune_model(tiny_model, method, 0.5, NM(2, 4), None, torch.device("cpu"), PruneTarget(("mlp",), (1, 2)))
+    prune_model(tiny_model, build_method("method=magnitude"), 0.5, NM(2, 4), None, torch.device("cpu"),
+                PruneTarget(("mlp",), (1, 2)))
     found = two_four_weights(tiny_model)
     assert set(found) == {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
     assert found["mlp.down_proj"] is DecoderAdapter(tiny_model).blocks[1].mlp.down_proj.weight

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from prunelab.calibration import capture_block_inputs, sequential
-from prunelab.methods.base import LayerStats, StatsNeeds
 from prunelab.methods.wanda import Wanda
 from prunelab.models import DecoderAdapter
 from prunelab.patterns import Unstructured
 from prunelab.prune import prune_model
+from prunelab.stats import LayerStats, StatsNeeds
 
 CPU = torch.device("cpu")
 

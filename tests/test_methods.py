@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 
-from prunelab import methods
-from prunelab.methods.base import LayerStats
 from prunelab.methods.ria import RIA, relative_importance
 from prunelab.patterns import NM, Unstructured, parse_pattern
+from prunelab.plan import make_plan
 from prunelab.prune import prune_model
-from tests.conftest import compose_config
+from prunelab.stats import LayerStats
+from tests.conftest import build_method, compose_config
 
 PRUNING_METHODS = ["magnitude", "wanda", "ria", "sparsegpt", "owl_wanda", "owl_magnitude", "owl_ria", "owl_sparsegpt"]
 
@@ -29,7 +29,7 @@ def stats_from_inputs(inputs: torch.Tensor) -> LayerStats:
 
 
 def build(name: str, *overrides: str):
-    return methods.build_method(compose_config("model=tiny_random", f"method={name}", *overrides).method)
+    return build_method("model=tiny_random", f"method={name}", *overrides)
 
 
 # --- Wanda -------------------------------------------------------------------------------------
@@ -158,14 +158,12 @@ def test_every_method_prunes_the_tiny_model(name, pattern, sparsity, tiny_model,
 
 @pytest.mark.parametrize("name", PRUNING_METHODS)
 def test_method_yaml_composes_validates_and_reads_the_root_knobs(name):
-    from prunelab.settings import validate
-
-    cfg = compose_config("model=tiny_random", f"method={name}", "ria_alpha=0.3", "owl_lambda=0.11", "owl_m=4",
-                         "pattern=2:4", "sparsity=0.5")
-    spec = validate(cfg)
-    assert spec.needs_calibration == (name != "magnitude")
-    method = methods.build_method(cfg.method)
-    assert method.name == name
+    cfg = compose_config("model=tiny_random", "logger=none", f"method={name}", "ria_alpha=0.3", "owl_lambda=0.11",
+                         "owl_m=4", "pattern=2:4", "sparsity=0.5")
+    plan = make_plan(cfg)
+    assert (plan.calibration is not None) == (name != "magnitude")
+    method = plan.method
+    assert method.name == name == plan.method_label
     if name.startswith("owl_"):
         assert (method.lambda_, method.m) == (0.11, 4.0)
     if name.endswith("ria"):

@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 
-from prunelab import methods
-from prunelab.methods.owl import block_nm_keep, block_sparsities, outlier_ratio
+from prunelab.checks import ConfigError
+from prunelab.methods.owl import OWL, block_nm_keep, block_sparsities, outlier_ratio
 from prunelab.patterns import NM, Unstructured
 from prunelab.prune import prune_model
-from tests.conftest import compose_config
+from tests.conftest import build_method
 
 
 def test_outlier_ratio_counts_scores_strictly_above_m_times_the_mean():
@@ -63,7 +63,7 @@ def test_nm_variant_shifts_n_by_rounded_mean_zero_offsets():
 
 
 def _owl(name: str, *overrides: str):
-    return methods.build_method(compose_config("model=tiny_random", f"method={name}", *overrides).method)
+    return build_method("model=tiny_random", f"method={name}", *overrides)
 
 
 def test_owl_records_its_plan_in_the_run_metrics_and_caches_the_dense_pass(tiny_model, tmp_path, monkeypatch):
@@ -75,22 +75,22 @@ def test_owl_records_its_plan_in_the_run_metrics_and_caches_the_dense_pass(tiny_
     metrics = report.metrics()
     assert metrics["prune/owl_block_sparsity"] == report.block_sparsity
     ratios = metrics["prune/owl_outlier_ratio"]
-    assert len(ratios) == 2 and metrics["prune/owl_cache_hit"] is False
+    assert len(ratios) == 2 and metrics["prune/dense_pass_cached"] is False
     assert ratios[0] != ratios[1]  # two blocks: one gets 0.5, the other 0.7
     assert sorted(report.block_sparsity) == pytest.approx([0.5, 0.7])
-    assert list((tmp_path / "stats").glob("owl_outliers_*.json"))
+    assert list((tmp_path / "stats" / "dense_pass").glob("*.json"))
+
+    def cached(method, sparsity, inputs) -> bool:
+        report = prune_model(copy.deepcopy(tiny_model), method, sparsity, Unstructured(), inputs, torch.device("cpu"),
+                             batch_size=2)
+        return report.method_evidence["dense_pass_cached"]
 
     # another sparsity and lambda: same dense pass, read from the cache
     again = _owl("owl_wanda", "owl_lambda=0.05")
-    prune_model(copy.deepcopy(tiny_model), again, 0.4, Unstructured(), ids, torch.device("cpu"), batch_size=2)
-    assert again.cache_hit and again.ratios == ratios
+    assert cached(again, 0.4, ids) and again.ratios == ratios
     # another m or other calibration data: a new dense pass
-    other_m = _owl("owl_wanda", "owl_m=3")
-    prune_model(copy.deepcopy(tiny_model), other_m, 0.4, Unstructured(), ids, torch.device("cpu"), batch_size=2)
-    assert not other_m.cache_hit
-    other_data = _owl("owl_wanda")
-    prune_model(copy.deepcopy(tiny_model), other_data, 0.4, Unstructured(), ids + 1, torch.device("cpu"), batch_size=2)
-    assert not other_data.cache_hit
+    assert not cached(_owl("owl_wanda", "owl_m=3"), 0.4, ids)
+    assert not cached(_owl("owl_wanda"), 0.4, ids + 1)
 
 
 def test_owl_with_zero_lambda_is_its_base_method(tiny_model, tmp_path, monkeypatch):
@@ -118,10 +118,12 @@ def test_owl_nm_prunes_each_block_with_its_own_n(tiny_model, tmp_path, monkeypat
 
 
 def test_owl_rejects_bad_settings():
-    with pytest.raises(ValueError, match="owl_lambda"):
+    with pytest.raises(ConfigError, match=r"method.lambda_=1.5 is outside \[0, 1\) \(owl_lambda\)"):
         _owl("owl_wanda", "owl_lambda=1.5")
-    with pytest.raises(ValueError, match="base method"):
-        methods.build_method({"name": "owl_wanda", "base_options": {}}).__class__("dense")
+    with pytest.raises(ConfigError, match="not a valid OWL base"):
+        _owl("owl", "method@method.base=dense")
+    with pytest.raises(ConfigError, match="not a valid OWL base"):
+        OWL(_owl("owl_wanda"))  # OWL of OWL
 
 
 def test_unbounded_plan_is_the_reference_formula_on_skewed_ratios():

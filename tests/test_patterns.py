@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from prunelab.patterns import (
-    NM, PatternError, Unstructured, check_sparsity, deal_channels, kept_score, parse_pattern, prune_lowest,
+    NM,
+    PatternError,
+    Unstructured,
+    check_sparsity,
+    deal_channels,
+    kept_score,
+    parse_pattern,
+    prune_lowest,
     refine_channels,
 )
 

@@ -13,10 +13,7 @@ import torch
 
 from prunelab import pipeline
 from prunelab.models import DecoderAdapter
-from tests.conftest import compose_config
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny_random", "calib_data.nsamples=4", "eval.max_windows=2", "eval.ppl_datasets=[wiki]", "logger=none"]
+from tests.conftest import ROOT, TINY, build_method, compose_config
 
 
 def run_pipeline(tmp_path: Path, *overrides: str) -> dict:
@@ -34,6 +31,7 @@ def test_run_leaves_evidence_with_exact_sparsity(tmp_path, method, pattern, spar
     metrics = record["metrics"]
     assert record["status"] == "completed"
     assert record["config"]["method"]["name"] == method and record["overrides"]
+    assert record["plan"]["method"] == method and record["plan"]["pattern"] == pattern
     assert record["versions"]["torch"] and record["git_commit"]
     assert metrics["prune/target_sparsity"] == sparsity
     # Wanda prunes floor(in * s) weights of every row, magnitude floor(out * in * s) per matrix;
@@ -65,12 +63,11 @@ def test_dense_run_prunes_nothing(tmp_path):
 
 
 def test_embeddings_and_lm_head_are_never_pruned(tmp_path, tiny_model):
-    from prunelab import methods
     from prunelab.patterns import Unstructured
     from prunelab.prune import prune_model
 
     embed_before = tiny_model.model.embed_tokens.weight.clone()
-    prune_model(tiny_model, methods.build_method({"name": "magnitude"}), 0.5, Unstructured(), None, torch.device("cpu"))
+    prune_model(tiny_model, build_method("method=magnitude"), 0.5, Unstructured(), None, torch.device("cpu"))
     assert torch.equal(tiny_model.model.embed_tokens.weight, embed_before)
     assert torch.equal(tiny_model.lm_head.weight, embed_before)  # tied
     for block in DecoderAdapter(tiny_model).blocks:
@@ -101,7 +98,7 @@ def test_failed_run_records_status_and_error(tmp_path):
 
 def test_failed_job_in_a_multirun_does_not_raise(tmp_path):
     cfg = compose_config(*TINY, "sparsity=1.5")
-    value = pipeline.main(cfg, output_dir=tmp_path, overrides=["sparsity=1.5"], multirun=True)
+    value = pipeline.main(cfg, output_dir=tmp_path, overrides=["sparsity=1.5"], sweep_dir=tmp_path)
     assert value != value  # NaN headline: the sweeper sees a failed job, the sweep goes on
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunelab.methods.base import LayerStats
 from prunelab.methods.sparsegpt import SparseGPT, inverse_hessian_factor
 from prunelab.methods.wanda import Wanda
 from prunelab.patterns import NM, Unstructured
+from prunelab.stats import LayerStats
 
 
 def correlated_inputs(tokens: int, features: int, seed: int = 0, latent: int = 16) -> torch.Tensor:

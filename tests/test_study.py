@@ -1,26 +1,25 @@
-"""Study machinery in process: presets expand to valid runs, resuming, naming, the calibration cache,
-and aggregation of real tiny-model runs into a table, figures and a report."""
+"""Studies in process: presets expand to valid runs, and real tiny-model runs aggregate into a table,
+figures, a report (Markdown and PDF) and a tracker summary. Per-run resuming: ``test_resume.py``."""
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+import pymupdf
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
-from prunelab import data, models, pipeline
-from prunelab.settings import validate
-from prunelab.study import aggregate, calib_cache, naming, report, skip
-from tests.conftest import CONF_DIR, compose_config
+from prunelab.plan import make_plan
+from prunelab.study import aggregate, figures, records, report
+from prunelab.study.tracking import log_sweep_summary
+from tests.conftest import CONF_DIR, ROOT, TINY, compose_config
+from tests.test_resume import run_job
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny_random", "calib_data.nsamples=4", "eval.max_windows=2", "eval.ppl_datasets=[wiki]", "logger=none"]
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 ONLINE_PRESETS = {"calibration_online"}
 
@@ -38,7 +37,8 @@ def grid(params: dict[str, str]) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------------------------------ presets
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.network) if p in ONLINE_PRESETS else p
+                                    for p in PRESETS])
 def test_every_preset_is_a_multirun_whose_jobs_all_validate(preset):
     cfg = compose_with_hydra(f"+experiment={preset}", "model=tiny_random")
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
@@ -50,11 +50,9 @@ def test_every_preset_is_a_multirun_whose_jobs_all_validate(preset):
         return
     jobs = grid(params)
     assert len(jobs) >= 2
-    if preset in ONLINE_PRESETS and not models.hub_reachable():
-        pytest.skip(f"{preset} calibrates on hub datasets; the hub is unreachable here")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for job in jobs:  # e.g. a 2:4 pattern swept together with sparsity 0.7 would fail here
-            validate(compose(config_name="config", overrides=[f"+experiment={preset}", "model=tiny_random", *job]))
+            make_plan(compose(config_name="config", overrides=[f"+experiment={preset}", "model=tiny_random", *job]))
 
 
 def test_sparsity_curve_preset_is_the_issue_grid():
@@ -76,83 +74,6 @@ def test_module_sensitivity_preset_sets_sparsity_and_pattern_together():
                         for s, p in ((0.5, "unstructured"), (0.7, "unstructured"), (0.5, "2:4"))}
 
 
-# ----------------------------------------------------------------------------------- fingerprints
-def test_fingerprint_ignores_logging_and_force_but_not_knobs():
-    base = skip.fingerprint(compose_config(*TINY))
-    same = skip.fingerprint(compose_config(*TINY[:-1], "logger=wandb", "force=true", "group=x", "run_name=y"))
-    assert base == same
-    for knob in ("sparsity=0.6", "method=magnitude", "calib_data=austen", "seed=1", "target.modules=[mlp]"):
-        assert skip.fingerprint(compose_config(*TINY, knob)) != base, knob
-
-
-def test_run_label_names_a_job_by_its_own_overrides():
-    overrides = ["method=wanda", "sparsity=0.5", "+experiment=sparsity_curve", "logger=none", "force=true"]
-    assert naming.run_label(overrides, default="x") == "method=wanda,sparsity=0.5"
-    assert naming.run_label(["+experiment=a"], default="wanda-s0.5") == "wanda-s0.5"
-    assert naming.sweep_group(Path.cwd() / "multirun" / "study") == os.path.join("multirun", "study")
-
-
-# ----------------------------------------------------------------------------------------- resuming
-def run_job(job_dir: Path, *overrides: str, multirun: bool = True) -> float:
-    cfg = compose_config(*TINY, *overrides)
-    return pipeline.main(cfg, output_dir=job_dir, overrides=list(overrides), multirun=multirun)
-
-
-def test_completed_job_is_skipped_failed_is_redone_force_redoes(tmp_path):
-    sweep = tmp_path / "sweep"
-    first = run_job(sweep / "0", "sparsity=0.4")
-    record_path = sweep / "0" / "metrics.json"
-    stamp = record_path.stat().st_mtime_ns
-    assert run_job(sweep / "0", "sparsity=0.4") == first  # the same study again: nothing rerun
-    assert record_path.stat().st_mtime_ns == stamp
-
-    record = json.loads(record_path.read_text())
-    record["status"] = "failed"
-    record_path.write_text(json.dumps(record))
-    run_job(sweep / "0", "sparsity=0.4")  # a failed job is redone
-    assert json.loads(record_path.read_text())["status"] == "completed"
-    stamp = record_path.stat().st_mtime_ns
-
-    run_job(sweep / "0", "sparsity=0.4", "force=true")
-    assert record_path.stat().st_mtime_ns != stamp
-    assert json.loads(record_path.read_text())["status"] == "completed"
-    stamp = record_path.stat().st_mtime_ns
-
-    run_job(sweep / "0", "sparsity=0.4", multirun=False)  # a single run is never skipped
-    assert record_path.stat().st_mtime_ns != stamp
-
-
-def test_reordered_grid_reuses_results_and_keeps_displaced_ones(tmp_path):
-    sweep = tmp_path / "sweep"
-    run_job(sweep / "0", "sparsity=0.4")
-    run_job(sweep / "1", "sparsity=0.6")
-    # The grid changed: job 0 is now sparsity=0.6 (done in 1/), job 1 a new point.
-    run_job(sweep / "0", "sparsity=0.6")
-    reused = json.loads((sweep / "0" / "metrics.json").read_text())
-    assert reused["status"] == "skipped" and reused["reused_from"] == os.path.join("1", "metrics.json")
-    kept = list((sweep / "0").glob("metrics.*.json"))
-    assert len(kept) == 1 and json.loads(kept[0].read_text())["config"]["sparsity"] == 0.4
-    table = aggregate.collect(sweep).results
-    assert sorted(table["sparsity"]) == [0.6]  # the copy in 0/ is dropped while 1/ holds the original
-
-
-# ------------------------------------------------------------------------------ calibration cache
-def test_calibration_cache_returns_the_same_windows_without_redrawing(tmp_path, tokenizer, monkeypatch):
-    spec = data.CalibrationSpec("wiki", 3, 32, 0)
-    fresh = data.calibration_tokens(spec, tokenizer)
-    first = calib_cache.calibration_tokens(spec, tokenizer, root=tmp_path)
-    assert torch.equal(first, fresh)
-    assert len(list((tmp_path / "calib_tokens").glob("wiki-*.pt"))) == 1
-
-    def no_redraw(*_args, **_kwargs):
-        raise AssertionError("calibration windows were drawn again")
-
-    monkeypatch.setattr(data, "calibration_tokens", no_redraw)
-    assert torch.equal(calib_cache.calibration_tokens(spec, tokenizer, root=tmp_path), fresh)
-    with pytest.raises(AssertionError):  # another seed is another key
-        calib_cache.calibration_tokens(data.CalibrationSpec("wiki", 3, 32, 1), tokenizer, root=tmp_path)
-
-
 # ------------------------------------------------------------------------------------ aggregation
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory) -> Path:
@@ -163,6 +84,11 @@ def tiny_sweep(tmp_path_factory) -> Path:
         run_job(sweep / str(index), f"method={method}", f"sparsity={sparsity}")
     run_job(sweep / str(len(jobs)), "method=wanda", "sparsity=0.5", "calib_data.dataset=nowhere")
     return sweep
+
+
+def pdf_pages(path: Path) -> int:
+    with pymupdf.open(path) as document:
+        return document.page_count
 
 
 def test_aggregate_writes_table_pivots_figures_and_report(tiny_sweep):
@@ -180,21 +106,52 @@ def test_aggregate_writes_table_pivots_figures_and_report(tiny_sweep):
     assert list(pivot.index) == ["magnitude", "wanda"] and list(pivot.columns) == ["0.3", "0.5", "0.7"]
     expected = done.set_index(["method", "sparsity"])["eval/ppl_wiki"]
     assert pivot.loc["wanda", "0.7"] == pytest.approx(expected[("wanda", 0.7)])
-    assert result.varying_knobs() == ["method", "sparsity"]
+    assert result.varying_knobs() == ["method", "sparsity"]  # method.comparison differs only between methods
+    pivot_md = (tiny_sweep / "tables" / "eval_ppl_wiki.md").read_text()
+    assert pivot_md.splitlines()[0].replace(" ", "") == "|method|sparsity=0.3|sparsity=0.5|sparsity=0.7|"
 
     assert (tiny_sweep / "figures" / "ppl_vs_sparsity.png").stat().st_size > 10_000
     assert not (tiny_sweep / "figures" / "module_sensitivity.png").exists()  # nothing of the kind varied
+    assert not list((tiny_sweep / "figures").glob("knob_*.png"))  # no method knob varied
     text = (tiny_sweep / "report.md").read_text()
     for section in ("## Setup", "## Results", "## Published numbers", "## Figures", "## Jobs that did not complete",
                     "## Runs and their configs", "figures/ppl_vs_sparsity.png", "nowhere"):
         assert section in text, section
     assert text.count("<details>") == 5
-    pdf = (tiny_sweep / "report.pdf").read_bytes()
-    assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") >= 3
+    pdf = tiny_sweep / "report.pdf"
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf_pages(pdf) >= 3
+
+
+def test_report_pdf_typesets_the_markdown_with_its_tables_and_figures(tiny_sweep):
+    sweep = records.collect(tiny_sweep)
+    made = figures.draw_all(sweep, tiny_sweep / "figures")
+    tables = aggregate.write_tables(sweep, tiny_sweep / "tables")
+    _, pdf = report.write_report(sweep, tables, made)
+    with pymupdf.open(pdf) as document:
+        text = "".join(page.get_text() for page in document)
+        images = sum(len(page.get_images()) for page in document)
+    assert "Study report" in text and "eval/ppl_wiki" in text and "sparsity=0.5" in text
+    assert "|---" not in text  # tables are typeset as tables, not shown as Markdown source
+    assert images == len(made) >= 1  # every figure is embedded (relative paths resolved)
+
+
+def test_markdown_tables_go_through_pandas_with_readable_numbers():
+    table = pd.DataFrame({"eval/ppl_wiki": [12.3456, 72916070.84], "zeroshot/mean_acc": [0.61234, float("nan")]},
+                         index=pd.Index(["magnitude", "wanda"], name="method"))
+    text = report.markdown_table(table)
+    header, rule, first, second = text.splitlines()
+    assert [c.strip() for c in header.strip("|").split("|")] == ["method", "eval/ppl_wiki", "zeroshot/mean_acc"]
+    assert rule.replace(" ", "").startswith("|:-") and rule.replace(" ", "").endswith("-:|")  # numbers to the right
+    assert "12.35" in first and "0.6123" in first
+    assert "72,916,071" in second and "72916070.84" not in second and "nan" not in second
+    pivot = pd.DataFrame([[5.123, 6.5]], index=pd.Index(["wanda"], name="method"),
+                         columns=pd.Index([0.3, 0.5], name="sparsity"))
+    assert report.markdown_table(pivot, "eval/ppl_wiki").splitlines()[0].replace(" ", "") == \
+        "|method|sparsity=0.3|sparsity=0.5|"
 
 
 def test_qualitative_checks_compare_the_sweeps_own_numbers(tiny_sweep):
-    sweep = aggregate.collect(tiny_sweep)
+    sweep = records.collect(tiny_sweep)
     checks = report.qualitative_checks(sweep)
     done = sweep.completed.set_index(["method", "sparsity"])["eval/ppl_wiki"]
     wanda_wins = done[("wanda", 0.5)] < done[("magnitude", 0.5)]
@@ -204,18 +161,66 @@ def test_qualitative_checks_compare_the_sweeps_own_numbers(tiny_sweep):
 
 
 def test_published_numbers_are_matched_by_model_method_setting_and_wikitext2(tiny_sweep):
-    sweep = aggregate.collect(tiny_sweep)
+    sweep = records.collect(tiny_sweep)
     assert report.reference_table(sweep).empty  # tiny model, wiki: no published setting
     ours = sweep.results.copy()
     ours["model"] = "llama2_7b"  # as if the same runs had been LLaMA-2-7B on WikiText-2
     ours[report.REFERENCE_METRIC] = ours["eval/ppl_wiki"]
-    matched = report.reference_table(aggregate.Sweep(sweep.directory, ours, sweep.block_sparsity, sweep.records))
+    matched = report.reference_table(records.Sweep(sweep.directory, ours, sweep.block_sparsity, sweep.records))
     published = {(p.method, p.setting): p.ppl_wikitext2 for p in report.PUBLISHED if p.model == "llama2_7b"}
     assert sorted(zip(matched["method"], matched["setting"])) == [("magnitude", "unstructured 50%"), ("wanda", "unstructured 50%")]
     for row in matched.itertuples():
         assert row.published == published[(row.method, row.setting)]
 
 
+# ---------------------------------------------------------------------------------- method knobs
+def run_hydra_job(job_dir: Path, *overrides: str) -> None:
+    """A tiny job as a Hydra multirun leaves it: with the unresolved config in ``.hydra/config.yaml``."""
+    (job_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_config(*TINY, *overrides), job_dir / ".hydra" / "config.yaml")
+    run_job(job_dir, *overrides)
+
+
+@pytest.fixture(scope="module")
+def knob_sweep(tmp_path_factory) -> Path:
+    """RIA at two alphas, magnitude and OWL-Wanda, all at 50%: each method with its own knobs."""
+    sweep = tmp_path_factory.mktemp("knobs")
+    for index, overrides in enumerate([("method=ria", "ria_alpha=0.25"), ("method=ria", "ria_alpha=0.75"),
+                                       ("method=magnitude",), ("method=owl_wanda", "owl_lambda=0.04")]):
+        run_hydra_job(sweep / str(index), *overrides)
+    return sweep
+
+
+def test_a_method_knob_is_a_column_only_on_that_methods_rows(knob_sweep):
+    sweep = records.collect(knob_sweep)
+    table = sweep.results.set_index("method")
+    assert {"ria_alpha", "owl_lambda", "owl_m"}.isdisjoint(table.columns)  # root knobs only feed the methods
+    assert not [c for c in table.columns if c.startswith("cfg:")]  # ria_alpha=... is shown as method.alpha
+    assert sorted(table.loc["ria", "method.alpha"]) == [0.25, 0.75]
+    assert table.loc[["magnitude", "owl_wanda"], "method.alpha"].isna().all()
+    assert table["method.lambda_"].dropna().to_dict() == {"owl_wanda": 0.04}
+    assert table.loc["owl_wanda", "method.base.comparison"] == "row"  # OWL's base method, flattened
+    assert table.loc["owl_wanda", "method.m"] == 5 and pd.isna(table.loc["magnitude", "method.m"])
+    assert not [c for c in table.columns if c.endswith(("._target_", ".name"))]
+    assert sweep.varying_knobs() == ["method", "method.alpha"]  # comparison differs between methods only
+
+
+def test_method_knobs_give_tables_and_one_figure_per_numeric_knob(knob_sweep):
+    aggregate.aggregate(knob_sweep, report=False)
+    pivot = pd.read_csv(knob_sweep / "tables" / "eval_ppl_wiki.csv", index_col=0)
+    assert list(pivot.columns) == ["0.25", "0.75", records.MISSING]  # methods without alpha under "-"
+    assert pivot.loc["ria", "0.25"] > 0 and pd.isna(pivot.loc["ria", records.MISSING])
+    assert (knob_sweep / "figures" / "knob_method.alpha.png").stat().st_size > 10_000
+    assert (knob_sweep / "figures" / "owl_block_sparsity.png").exists()
+    assert not (knob_sweep / "figures" / "ria_alpha.png").exists()
+    sweep = records.collect(knob_sweep)
+    assert records.knob_label("method.lambda_") == "lambda" and records.knob_label("method.base.alpha") == "base.alpha"
+    assert "alpha" in report.caption("knob_method.alpha")
+    blocks = sweep.block_sparsity
+    assert set(blocks.dropna(subset=["method.lambda_"])["method"]) == {"owl_wanda"}
+
+
+# ---------------------------------------------------------------------------------------- launchers
 def test_slurm_launcher_config_builds_on_the_submitit_plugin():
     cfg = compose_with_hydra("+experiment=sparsity_curve", "hydra/launcher=slurm", "hydra.launcher.partition=gpu")
     launcher = cfg.hydra.launcher
@@ -224,19 +229,24 @@ def test_slurm_launcher_config_builds_on_the_submitit_plugin():
     assert launcher.submitit_folder.startswith("multirun/smollm2_135m/sparsity_curve/.submitit")
 
 
-@pytest.mark.parametrize("mode", ["offline", "disabled"])
-def test_sweep_summary_goes_to_wandb_offline_or_nowhere(tiny_sweep, mode, tmp_path):
-    from prunelab.study.tracking import log_sweep_summary
-
-    sweep = aggregate.collect(tiny_sweep)
-    copy = aggregate.Sweep(tmp_path, sweep.results, sweep.block_sparsity, sweep.records)
-    log_sweep_summary(copy, {"kind": "wandb", "mode": mode, "project": "prunelab"}, {}, group="study-test")
+# ---------------------------------------------------------------------------------------- tracking
+@pytest.mark.parametrize("logger", ["logger.mode=offline", "logger.mode=disabled", "logger=none"])
+def test_sweep_summary_goes_through_the_logger_offline_or_nowhere(tiny_sweep, logger, tmp_path):
+    sweep = records.collect(tiny_sweep)
+    copy = records.Sweep(tmp_path, sweep.results, sweep.block_sparsity, sweep.records)
+    figure, axis = plt.subplots()
+    axis.plot([0, 1], [1, 0])
+    figure.savefig(tmp_path / "curve.png")
+    plt.close(figure)
+    logger_cfg = compose_config(logger).logger  # the default logger is wandb
+    log_sweep_summary(copy, logger_cfg, {"curve": tmp_path / "curve.png"}, group="study-test")
     import wandb
 
     wandb.teardown()  # the W&B service writes the offline file asynchronously; a process exit also flushes it
     runs = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
-    if mode == "disabled":
-        assert runs == []
+    if logger != "logger.mode=offline":
+        assert runs == [] and not (tmp_path / "wandb").exists()
     else:
         payload = runs[0].read_bytes()
-        assert b"study-test" in payload and b"summary/results" in payload
+        for key in (b"study-test", b"summary/results", b"summary/eval_ppl_wiki", b"figures/curve", b"summary"):
+            assert key in payload, key

@@ -10,8 +10,18 @@ import pytest
 import torch
 
 from prunelab import assets, data, models, pipeline, zeroshot
-from prunelab.settings import ConfigError, validate
+from prunelab.checks import ConfigError
+from prunelab.plan import make_plan
 from tests.conftest import compose_config, requires_embedded
+
+
+def validate(cfg):
+    return make_plan(cfg)
+
+
+def zeroshot_spec(*overrides: str) -> zeroshot.ZeroShotSpec:
+    """The zero-shot part of the run plan of ``python run.py model=tiny_random <overrides>``."""
+    return make_plan(compose_config("model=tiny_random", "logger=none", *overrides)).evaluation.zeroshot
 
 OFFLINE = not models.hub_reachable()
 requires_offline = pytest.mark.skipif(not OFFLINE, reason="checks the offline path; the hub is reachable here")
@@ -149,9 +159,8 @@ def test_metric_keys_and_mean():
 
 @requires_bundled_data
 def test_real_lm_eval_on_the_tiny_model(tiny_model, tokenizer, tmp_path):
-    cfg = compose_config("model=tiny_random", "eval.tasks=[arc_easy,rte]", "eval.limit=5",
-                         "eval.limit_per_task={rte:3}", "eval.zeroshot_batch_size=8")
-    spec = zeroshot.resolve(cfg.eval)
+    spec = zeroshot_spec("eval.tasks=[arc_easy,rte]", "eval.limit=5", "eval.limit_per_task={rte:3}",
+                         "eval.zeroshot_batch_size=8")
     metrics = zeroshot.evaluate_zeroshot(tiny_model, tokenizer, spec, torch.device("cpu"), task_dir=tmp_path)
     assert metrics["zeroshot/arc_easy/samples"] == 5 and metrics["zeroshot/rte/samples"] == 3
     for key in ("zeroshot/arc_easy/acc", "zeroshot/arc_easy/acc_norm", "zeroshot/rte/acc"):
@@ -181,9 +190,9 @@ def test_pipeline_records_zeroshot_metrics(tmp_path):
 
 def test_default_run_has_no_zeroshot_tasks():
     assert list(compose_config().eval.tasks) == []
-    spec = zeroshot.resolve(compose_config("eval=zeroshot").eval)
+    spec = zeroshot_spec("eval=zeroshot")
     assert spec.tasks and all(limit == 100 for limit in spec.limits.values())
-    full = zeroshot.resolve(compose_config("eval=zeroshot_full").eval)
+    full = zeroshot_spec("eval=zeroshot_full")
     assert set(full.tasks) >= {"boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"}
     assert all(limit is None for limit in full.limits.values())
 
@@ -191,7 +200,7 @@ def test_default_run_has_no_zeroshot_tasks():
 # ---------------------------------------------------------------------------------------- errors
 def _error(*overrides: str) -> str:
     with pytest.raises(ConfigError) as info:
-        validate(compose_config("model=tiny_random", *overrides))
+        validate(compose_config("model=tiny_random", "logger=none", *overrides))
     return str(info.value)
 
 
@@ -232,7 +241,7 @@ def test_bad_zeroshot_values_name_the_key():
 def test_missing_bundled_data_says_how_to_prepare(monkeypatch, tmp_path):
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
     with pytest.raises(zeroshot.ZeroShotConfigError, match="make setup"):
-        zeroshot.resolve(compose_config("eval.tasks=[piqa]", "eval.zeroshot_data=offline").eval)
+        zeroshot.resolve(["piqa"], data_mode="offline")
 
 
 # ------------------------------------------------------------------------- the real model (slow)

@@ -5,6 +5,9 @@ stops). Then every block in turn is moved to the work device, forward hooks on i
 accumulate input statistics over all calibration samples, a callback may prune the block, and the
 block's outputs are recomputed *with its pruned weights* and become the next block's inputs.
 Memory stays at one block plus two copies of the calibration activations.
+
+:func:`dense_pass` is the same walk with nothing pruned: it summarises every block of the dense
+model for methods that plan per-block sparsities from it (OWL).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunelab.methods.base import LayerStats, StatsNeeds
 from prunelab.models import DecoderAdapter
+from prunelab.stats import LayerStats, StatsNeeds
 
 
 class _StopForward(Exception):
@@ -136,7 +139,7 @@ def sequential(context: CalibrationContext, needs: StatsNeeds, on_block: BlockCa
         linears = context.adapter.linear_layers(block)
         stats = {name: LayerStats() for name in linears}
         handles = []
-        if needs.any:
+        if needs.per_block:
             for name, layer in linears.items():
                 def hook(_module, inputs, _output, layer_stats=stats[name]):
                     layer_stats.update(inputs[0], norms=needs.norms, hessian=needs.hessian)
@@ -163,3 +166,18 @@ def sequential(context: CalibrationContext, needs: StatsNeeds, on_block: BlockCa
             context.timings["calibration_s"] += time.perf_counter() - start
         hidden = outputs
         context.adapter.blocks[index] = block.to(home)
+
+
+BlockSummary = Callable[[dict[str, nn.Linear], dict[str, LayerStats]], float]
+
+
+def dense_pass(context: CalibrationContext, summarize: BlockSummary, description: str = "dense pass") -> list[float]:
+    """``summarize(linears, stats)`` of every block of the model as it is (activation norms collected)."""
+    summaries: list[float] = []
+
+    def on_block(index: int, block: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, LayerStats]) -> bool:
+        summaries.append(float(summarize(linears, stats)))
+        return False
+
+    sequential(context, StatsNeeds(norms=True), on_block, description=description)
+    return summaries

@@ -27,6 +27,7 @@ from functools import lru_cache
 import torch
 
 from prunelab import assets
+from prunelab.checks import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ C4_TRAIN_SHARD = "en/c4-train.00000-of-01024.json.gz"
 C4_VALIDATION_SHARD = "en/c4-validation.00000-of-00008.json.gz"
 
 
-class DataConfigError(ValueError):
+class DataConfigError(ConfigError):
     """A dataset name or size that cannot be served."""
 
 

@@ -14,6 +14,16 @@ from tqdm.auto import tqdm
 from prunelab.data import evaluation_stream
 
 
+@dataclass(frozen=True)
+class PerplexitySpec:
+    """Which sets, how many non-overlapping windows of how many tokens, in batches of what size."""
+
+    datasets: tuple[str, ...]
+    seqlen: int
+    max_windows: int | None
+    batch_size: int
+
+
 @dataclass
 class PerplexityResult:
     dataset: str
@@ -47,14 +57,13 @@ def perplexity(model, windows: torch.Tensor, device: torch.device, batch_size: i
     return math.exp(total_nll / total_tokens), total_tokens
 
 
-def evaluate_perplexity(model, tokenizer, datasets: list[str], seqlen: int, max_windows: int | None,
-                        batch_size: int, device: torch.device) -> list[PerplexityResult]:
+def evaluate_perplexity(model, tokenizer, spec: PerplexitySpec, device: torch.device) -> list[PerplexityResult]:
     """Perplexity of ``model`` (moved to ``device``) on the evaluation part of each dataset."""
     model.to(device)
     results = []
-    for name in datasets:
+    for name in spec.datasets:
         start = time.perf_counter()
-        windows = windows_of(evaluation_stream(name, tokenizer), seqlen, max_windows)
-        value, tokens = perplexity(model, windows, device, batch_size, label=f"ppl {name}")
+        windows = windows_of(evaluation_stream(name, tokenizer), spec.seqlen, spec.max_windows)
+        value, tokens = perplexity(model, windows, device, spec.batch_size, label=f"ppl {name}")
         results.append(PerplexityResult(name, value, windows.shape[0], tokens, time.perf_counter() - start))
     return results

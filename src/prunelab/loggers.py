@@ -1,35 +1,46 @@
-"""One logger interface for experiment trackers; W&B is imported only when used.
+"""One logger interface for experiment trackers; W&B is imported only when a run starts.
 
-``logger=wandb`` (default) with ``logger.mode`` = ``offline`` (default: never touches the network,
-``wandb sync`` later), ``online`` or ``disabled``; ``logger=none`` logs to disk only. Every run
-also writes ``metrics.json`` itself, whatever the logger.
+``conf/logger/<name>.yaml`` names the class (``_target_``) and its settings: ``logger=wandb``
+(default) with ``mode`` = ``offline`` (never touches the network, ``wandb sync`` later),
+``online`` or ``disabled``; ``logger=none`` logs to disk only. A logger is built (and its settings
+checked) with the run plan, and started when the run starts. Every run also writes
+``metrics.json`` itself, whatever the logger.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from prunelab import checks
 
 log = logging.getLogger(__name__)
 WANDB_MODES = ("offline", "online", "disabled")
 
 
-class Logger(Protocol):
-    def log_metrics(self, metrics: dict[str, Any]) -> None: ...
-    def log_image(self, key: str, path: Path) -> None: ...
-    def finish(self, failed: bool = False) -> None: ...
+class Logger:
+    """The interface, and the logger that logs nothing (``logger=none``)."""
 
+    def start(self, run_dir: Path, config: dict, name: str | None = None, group: str | None = None,
+              job_type: str = "run") -> None:
+        """Open a run (one job, or a sweep's summary with ``job_type="summary"``)."""
 
-class NullLogger:
     def log_metrics(self, metrics: dict[str, Any]) -> None:
-        pass
+        """Scalars of the run (nested values stay in metrics.json)."""
+
+    def log_table(self, key: str, frame) -> None:
+        """A pandas DataFrame as a table."""
 
     def log_image(self, key: str, path: Path) -> None:
-        pass
+        """A figure file."""
 
     def finish(self, failed: bool = False) -> None:
-        pass
+        """Close the run."""
+
+
+class NullLogger(Logger):
+    """``logger=none``: evidence on disk only."""
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -37,35 +48,45 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and v is not None}
 
 
-class WandbLogger:
-    def __init__(self, mode: str, project: str, run_dir: Path, config: dict, name: str | None = None,
-                 group: str | None = None, entity: str | None = None, tags: list[str] | None = None) -> None:
+class WandbLogger(Logger):
+    """Weights & Biases; ``mode=offline`` writes ``<run dir>/wandb/offline-run-*`` for ``wandb sync``."""
+
+    def __init__(self, mode: str = "offline", project: str = "prunelab", entity: str | None = None,
+                 tags: list[str] | None = None) -> None:
+        self.mode = checks.choice(mode, "mode", WANDB_MODES)
+        self.project = project
+        self.entity = entity
+        self.tags = list(tags or [])
+        self.run = None
+
+    def start(self, run_dir: Path, config: dict, name: str | None = None, group: str | None = None,
+              job_type: str = "run") -> None:
         import wandb
 
-        if mode not in WANDB_MODES:
-            raise ValueError(f"logger.mode={mode!r} is not valid; allowed: {', '.join(WANDB_MODES)}")
-        run_dir.mkdir(parents=True, exist_ok=True)
         self._wandb = wandb
-        self.run = wandb.init(project=project, entity=entity, mode=mode, dir=str(run_dir), config=config,
-                              name=name, group=group, tags=tags, reinit="finish_previous")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
+                              config=config, name=name, group=group, tags=self.tags, job_type=job_type,
+                              reinit="finish_previous")
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         scalars = _scalars(metrics)
         self.run.log(scalars)
         self.run.summary.update(scalars)
 
+    def log_table(self, key: str, frame) -> None:
+        shown = frame.reset_index() if frame.index.name or any(frame.index.names) else frame
+        shown = shown.copy()
+        shown.columns = [str(c) for c in shown.columns]
+        for column in shown.columns:  # W&B tables want one type per column
+            if shown[column].dtype == object:
+                shown[column] = shown[column].astype(str)
+        self.run.log({key: self._wandb.Table(dataframe=shown)})
+
     def log_image(self, key: str, path: Path) -> None:
         self.run.log({key: self._wandb.Image(str(path))})
 
     def finish(self, failed: bool = False) -> None:
-        self.run.finish(exit_code=1 if failed else 0)
-
-
-def build_logger(cfg, run_dir: Path, config: dict, name: str | None, group: str | None) -> Logger:
-    """The logger chosen by the ``logger`` config group (``None`` or ``kind: none`` = disk only)."""
-    if cfg is None or cfg.get("kind", "none") == "none":
-        return NullLogger()
-    if cfg.kind != "wandb":
-        raise ValueError(f"logger.kind={cfg.kind!r} is not valid; allowed: wandb, none")
-    return WandbLogger(cfg.mode, cfg.project, run_dir, config, name=name, group=group,
-                       entity=cfg.get("entity"), tags=list(cfg.get("tags") or []))
+        if self.run is not None:
+            self.run.finish(exit_code=1 if failed else 0)
+            self.run = None

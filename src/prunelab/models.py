@@ -1,8 +1,9 @@
 """Loading LLaMA-family models and the one adapter that knows where their parts live.
 
-Sources (``model.source``): ``embedded`` (the offline SmolLM2-135M prepared by ``make setup``),
-``hub`` (a Hugging Face id, online), ``local`` (any HF directory) and ``random`` (a LLaMA of a
-configured shape with random weights, for tests and for speed measurements without a download).
+Sources (``model.source``, a component with a ``_target_``): :class:`EmbeddedSource` (the offline
+SmolLM2-135M prepared by ``make setup``), :class:`HubSource` (a Hugging Face id, online),
+:class:`LocalSource` (any HF directory) and :class:`RandomSource` (a LLaMA of a configured shape
+with random weights, for tests and for speed measurements without a download).
 """
 
 from __future__ import annotations
@@ -10,24 +11,24 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prunelab import assets
+from prunelab.checks import ConfigError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("embedded", "hub", "local", "random")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 HUB_HOST = ("huggingface.co", 443)
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ConfigError):
     """The model config points at something that cannot be loaded here."""
 
 
@@ -63,53 +64,100 @@ def _hub_cached(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
-def model_location(cfg: DictConfig) -> str:
-    """Directory or hub id to load from; raises a user-facing error when it cannot work here."""
-    source = cfg.source
-    if source not in SOURCES:
-        raise ModelConfigError(f"model.source={source!r} is not valid; allowed: {', '.join(SOURCES)}")
-    if source == "embedded":
+class ModelSource(ABC):
+    """Where a model's weights and tokenizer come from (``model.source``, built from its ``_target_``).
+
+    ``location`` and ``hf_config`` are cheap and raise :class:`ModelConfigError` with what to do
+    when the model cannot be had here; ``load`` reads the weights.
+    """
+
+    @abstractmethod
+    def location(self) -> str:
+        """Directory or hub id to load from."""
+
+    def tokenizer_location(self) -> str:
+        return self.location()
+
+    def hf_config(self):
+        """The model's HF config without loading weights (used to validate before heavy work)."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.location())
+
+    def load(self, dtype: torch.dtype):
+        """``(model, tokenizer)`` on the CPU in ``dtype``, in eval mode, no KV cache."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_location())
+        model = AutoModelForCausalLM.from_pretrained(self.location(), dtype=dtype, low_cpu_mem_usage=True)
+        return _ready(model, tokenizer)
+
+
+class EmbeddedSource(ModelSource):
+    """The offline SmolLM2-135M that ``make setup`` prepares in the asset cache."""
+
+    def location(self) -> str:
         return str(assets.require(assets.paths().smollm2_dir, "The embedded SmolLM2-135M model"))
-    if source == "local":
-        if not cfg.path:
+
+
+class LocalSource(ModelSource):
+    """Any Hugging Face model directory (``model=local model.path=/dir``)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def location(self) -> str:
+        if not self.path:
             raise ModelConfigError("model=local needs model.path=/path/to/hf_model_dir")
-        path = Path(str(cfg.path)).expanduser()
+        path = Path(str(self.path)).expanduser()
         if not (path / "config.json").exists():
             raise ModelConfigError(
-                f"model.path={cfg.path!r} is not a Hugging Face model directory (no config.json at {path})"
+                f"model.path={self.path!r} is not a Hugging Face model directory (no config.json at {path})"
             )
         return str(path)
-    if source == "hub":
-        if not hub_reachable() and not _hub_cached(str(cfg.path)):
+
+
+class HubSource(ModelSource):
+    """A Hugging Face hub id (online, or already in the local HF cache)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+
+    def location(self) -> str:
+        if not hub_reachable() and not _hub_cached(self.path):
             raise ModelConfigError(
-                f"model.path={cfg.path!r} is a hub id, but the Hugging Face hub is unreachable (offline) "
+                f"model.path={self.path!r} is a hub id, but the Hugging Face hub is unreachable (offline) "
                 f"and the model is not in the local HF cache. Offline, use model=smollm2_135m (embedded), "
                 f"model=tiny_random, or model=local model.path=/dir/with/checkpoint"
             )
-        return str(cfg.path)
-    return str(assets.require(assets.paths().smollm2_dir, "The tokenizer of the embedded model"))
+        return self.path
 
 
-def load_config(cfg: DictConfig):
-    """The model's HF config without loading weights (cheap; used to validate before heavy work)."""
-    from transformers import AutoConfig, LlamaConfig
+class RandomSource(ModelSource):
+    """A LLaMA of a configured shape with random weights (tests; speed without a download).
 
-    if cfg.source == "random":
-        return LlamaConfig(**OmegaConf.to_container(cfg.architecture, resolve=True))
-    return AutoConfig.from_pretrained(model_location(cfg))
+    The tokenizer is the embedded model's; token ids of the borrowed tokenizer must fit the
+    embedding table, so ``vocab_size`` grows to the tokenizer's size when it is smaller.
+    """
 
+    def __init__(self, architecture: dict, seed: int = 0) -> None:
+        self.architecture = dict(architecture)
+        self.seed = seed
 
-def load_model(cfg: DictConfig):
-    """Return ``(model, tokenizer)`` on the CPU in ``cfg.dtype``, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    def location(self) -> str:
+        return str(assets.require(assets.paths().smollm2_dir, "The tokenizer of the embedded model"))
 
-    location = model_location(cfg)
-    dtype = resolve_dtype(cfg.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.get("tokenizer") or location)
-    if cfg.source == "random":
-        torch.manual_seed(int(cfg.get("seed", 0)))
-        config = load_config(cfg)
-        # Token ids of the borrowed tokenizer must fit the embedding table.
+    def hf_config(self):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**self.architecture)
+
+    def load(self, dtype: torch.dtype):
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(self.location())
+        torch.manual_seed(int(self.seed))
+        config = self.hf_config()
         config.vocab_size = max(config.vocab_size, len(tokenizer))
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # build in the target dtype: a 7B-shaped model in fp32 needs 27 GB
@@ -117,13 +165,24 @@ def load_model(cfg: DictConfig):
             model = LlamaForCausalLM(config)
         finally:
             torch.set_default_dtype(previous)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, low_cpu_mem_usage=True)
+        return _ready(model, tokenizer)
+
+
+def _ready(model, tokenizer):
     model.eval()
     model.config.use_cache = False
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def skeleton(hf_config) -> nn.Module:
+    """The model's modules with their shapes on the meta device (no memory, no weights read):
+    what the plan checks targets and N:M widths against before anything loads."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(hf_config)
 
 
 def context_length(config) -> int:

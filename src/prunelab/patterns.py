@@ -14,11 +14,14 @@ from typing import Literal
 
 import torch
 
+from prunelab.checks import ConfigError
+
 ComparisonGroup = Literal["row", "layer"]
+COMPARISON_GROUPS: tuple[ComparisonGroup, ...] = ("row", "layer")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
-class PatternError(ValueError):
+class PatternError(ConfigError):
     """A pattern string or a pattern/sparsity combination is not valid."""
 
 
@@ -59,6 +62,10 @@ class Unstructured:
     def implied_sparsity(self) -> float | None:
         return None
 
+    def width_problem(self, in_features: int) -> str | None:
+        """Why a layer with this many input columns cannot take the pattern (``None``: it can)."""
+        return None
+
     def mask(self, scores: torch.Tensor, sparsity: float, group: ComparisonGroup = "row") -> torch.Tensor:
         if group == "row":
             return prune_lowest(scores, int(scores.shape[1] * sparsity))
@@ -75,12 +82,23 @@ class NM:
     n: int
     m: int
 
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or isinstance(self.m, bool) or not (isinstance(self.n, int) and isinstance(self.m, int)):
+            raise PatternError(f"pattern N:M needs integers N and M (got N={self.n!r}, M={self.m!r})")
+        if not 0 < self.n < self.m:
+            raise PatternError(f"pattern={self.n}:{self.m}: N:M needs 0 < N < M (got N={self.n}, M={self.m})")
+
     @property
     def name(self) -> str:
         return f"{self.n}:{self.m}"
 
     def implied_sparsity(self) -> float:
         return 1.0 - self.n / self.m
+
+    def width_problem(self, in_features: int) -> str | None:
+        if in_features % self.m:
+            return f"its input size {in_features} is not a multiple of {self.m}"
+        return None
 
     def mask(self, scores: torch.Tensor, sparsity: float | None = None, group: ComparisonGroup = "row") -> torch.Tensor:
         rows, cols = scores.shape
@@ -180,17 +198,15 @@ def parse_pattern(spec: str) -> Pattern:
     match = _NM.match(text)
     if not match:
         raise PatternError(f"pattern={spec!r} is not valid; allowed: 'unstructured' or 'N:M' such as 2:4, 4:8")
-    n, m = int(match.group(1)), int(match.group(2))
-    if not 0 < n < m:
-        raise PatternError(f"pattern={spec!r}: N:M needs 0 < N < M (got N={n}, M={m})")
-    return NM(n, m)
+    return NM(int(match.group(1)), int(match.group(2)))
 
 
 def check_sparsity(pattern: Pattern, sparsity: float) -> None:
     """N:M fixes the sparsity at 1 - N/M; any other requested value is a user error."""
     implied = pattern.implied_sparsity()
     if implied is not None and abs(implied - sparsity) > 1e-9:
+        shown = (lambda v: f"{v:g}") if f"{implied:g}" != f"{sparsity:g}" else repr
         raise PatternError(
-            f"pattern={pattern.name} implies sparsity={implied:g}, but sparsity={sparsity:g} was "
-            f"requested; pass sparsity={implied:g} with this pattern"
+            f"pattern={pattern.name} implies sparsity={shown(implied)}, but sparsity={shown(sparsity)} was "
+            f"requested; pass sparsity={shown(implied)} with this pattern"
         )

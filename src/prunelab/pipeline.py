@@ -1,9 +1,10 @@
-"""One experiment: validate -> load -> calibrate+prune -> evaluate -> (save) -> record.
+"""One experiment: plan -> load -> calibrate+prune -> evaluate -> (save) -> (benchmark) -> record.
 
-Each stage is a function of the part of the config it needs. :func:`main` wraps them with the
-evidence every run leaves in its output directory (``metrics.json``, the resolved config, the
-overrides), the logger, and the rule that a failed job in a multirun is recorded and the sweep
-goes on, while a single failed run still exits non-zero.
+:func:`prunelab.plan.make_plan` checks the whole config once, before any weights load; each stage
+below takes only the part of the plan it needs. :func:`main` wraps them with the evidence every
+run leaves in its output directory (``metrics.json``: status, plan, resolved config, overrides,
+versions, metrics), the logger, and the rule that a failed job in a multirun is recorded and the
+sweep goes on, while a single failed run still exits non-zero.
 """
 
 from __future__ import annotations
@@ -18,51 +19,45 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunelab import data, evidence, methods, models
+from prunelab import caches, data, evidence, naming, resume
 from prunelab.evaluate import evaluate_perplexity
-from prunelab.loggers import build_logger
-from prunelab.prune import PruneReport, PruneTarget, prune_model
-from prunelab.settings import RunSpec, validate
-from prunelab.study import calib_cache, naming, skip
-from prunelab.zeroshot import zeroshot_stage
+from prunelab.plan import CalibrationPlan, EvalPlan, ModelPlan, RunPlan, make_plan
+from prunelab.prune import PruneReport, prune_model
+from prunelab.zeroshot import evaluate_zeroshot
 
 log = logging.getLogger(__name__)
 
 
-def load_stage(model_cfg: DictConfig):
+def load_stage(plan: ModelPlan):
     start = time.perf_counter()
-    model, tokenizer = models.load_model(model_cfg)
+    model, tokenizer = plan.source.load(plan.dtype)
     return model, tokenizer, {"time/load_s": time.perf_counter() - start}
 
 
-def calibration_stage(calib_cfg: DictConfig, tokenizer, cache: bool = False) -> torch.Tensor:
-    """Calibration token windows; ``cache`` reuses them across runs (they depend on no pruning)."""
-    spec = data.CalibrationSpec(calib_cfg.dataset, int(calib_cfg.nsamples), int(calib_cfg.seqlen), int(calib_cfg.seed))
-    return calib_cache.calibration_tokens(spec, tokenizer) if cache else data.calibration_tokens(spec, tokenizer)
+def calibration_stage(plan: CalibrationPlan, tokenizer) -> torch.Tensor:
+    """Calibration token windows; cached across runs when ``plan.cache`` (they depend on no pruning)."""
+    return caches.calibration_tokens(plan.spec, tokenizer) if plan.cache else data.calibration_tokens(plan.spec, tokenizer)
 
 
-def prune_stage(cfg: DictConfig, spec: RunSpec, model, tokenizer, device: torch.device) -> PruneReport:
-    method = methods.build_method(cfg.method)
-    cache = bool(cfg.get("cache_calibration", False))
-    calibration_ids = calibration_stage(cfg.calib_data, tokenizer, cache) if spec.needs_calibration else None
-    blocks = cfg.target.blocks
-    target = PruneTarget(tuple(cfg.target.modules), tuple(blocks) if blocks is not None else None)
-    return prune_model(model, method, spec.sparsity, spec.pattern, calibration_ids, device, target,
-                       batch_size=int(cfg.calib_data.batch_size))
+def prune_stage(plan: RunPlan, model, tokenizer) -> PruneReport:
+    calibration = plan.calibration
+    calibration_ids = calibration_stage(calibration, tokenizer) if calibration is not None else None
+    return prune_model(model, plan.method, plan.sparsity, plan.pattern, calibration_ids, plan.model.device,
+                       plan.target, batch_size=calibration.batch_size if calibration else 8,
+                       label=plan.method_label, cache=calibration.cache if calibration else False)
 
 
-def eval_stage(eval_cfg: DictConfig, model, tokenizer, device: torch.device) -> dict[str, Any]:
+def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     start = time.perf_counter()
-    for result in evaluate_perplexity(model, tokenizer, list(eval_cfg.ppl_datasets), int(eval_cfg.seqlen),
-                                      eval_cfg.max_windows, int(eval_cfg.batch_size), device):
+    for result in evaluate_perplexity(model, tokenizer, plan.perplexity, device):
         metrics[f"eval/ppl_{result.dataset}"] = result.perplexity
         metrics[f"eval/ppl_{result.dataset}_tokens"] = result.tokens
         log.info("perplexity %s: %.3f (%d windows, %d tokens, %.1f s)",
                  result.dataset, result.perplexity, result.windows, result.tokens, result.seconds)
     metrics["time/eval_s"] = time.perf_counter() - start
-    if eval_cfg.get("tasks"):  # zero-shot accuracy through lm-eval, on the model in memory
-        metrics.update(zeroshot_stage(eval_cfg, model, tokenizer, device))
+    if plan.zeroshot.tasks:  # zero-shot accuracy through lm-eval, on the model in memory
+        metrics.update(evaluate_zeroshot(model, tokenizer, plan.zeroshot, device))
     return metrics
 
 
@@ -81,35 +76,39 @@ def headline(metrics: dict[str, Any]) -> float:
     return math.nan
 
 
-def run_experiment(cfg: DictConfig, output_dir: Path, metrics: dict[str, Any]) -> None:
+def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> None:
     """All stages of one run; fills ``metrics`` as it goes so a failure keeps what was measured."""
-    spec = validate(cfg)
-    device = models.resolve_device(cfg.model.device)
-    model, tokenizer, load_metrics = load_stage(cfg.model)
+    model, tokenizer, load_metrics = load_stage(plan.model)
     metrics.update(load_metrics)
-    report = prune_stage(cfg, spec, model, tokenizer, device)
+    report = prune_stage(plan, model, tokenizer)
     metrics.update(report.metrics())
     log.info("pruned with %s (%s): achieved sparsity %.4f (target %.4f); calibration %.1f s, pruning %.1f s",
              report.method, report.pattern, report.achieved_sparsity, report.target_sparsity,
              report.calibration_s, report.prune_s)
-    metrics.update(eval_stage(cfg.eval, model, tokenizer, device))
-    if cfg.save_model:
+    metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device))
+    if plan.save_model:
         metrics.update(save_stage(model, tokenizer, output_dir / "model"))
-    if cfg.get("engine") is not None:  # after save: the benchmark casts the model and swaps its weights
-        from prunelab.bench import bench_stage
+    if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
+        from prunelab.bench.stage import bench_stage
 
-        bench_stage(cfg.engine, model, tokenizer, device, output_dir, into=metrics)
+        bench_stage(plan.engine, model, tokenizer, plan.model.device, output_dir, into=metrics)
 
 
-def main(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool = False) -> float:
-    """Run one experiment and leave its evidence in ``output_dir``; return the headline metric."""
+def main(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float:
+    """Run one experiment and leave its evidence in ``output_dir``; return the headline metric.
+
+    ``sweep_dir`` is the multirun's directory when this is one job of a sweep (``None`` for a
+    single run): a config that already completed in it is not redone, and a failure is recorded
+    without raising so the sweep goes on.
+    """
+    multirun = sweep_dir is not None
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    config_print = skip.fingerprint(resolved)
-    if multirun:  # resume a sweep: a config that already completed in it is not redone
-        prior = None if cfg.get("force", False) else skip.resume(output_dir, config_print, overrides)
+    config_print = resume.fingerprint(resolved)
+    if multirun:
+        prior = None if cfg.get("force", False) else resume.resume(output_dir, sweep_dir, config_print, overrides)
         if prior is not None:
             return headline(prior["metrics"])
-        skip.set_aside_foreign(output_dir, config_print)
+        resume.set_aside_foreign(output_dir, config_print)
     metrics: dict[str, Any] = {}
     record: dict[str, Any] = {
         "status": "running",
@@ -126,13 +125,18 @@ def main(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
     failed = False
     start = time.perf_counter()
     try:
-        name, group = cfg.run_name, cfg.get("group")
+        plan = make_plan(cfg)
+        record["plan"] = plan.summary()
+        log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
+        name = cfg.get("run_name") or f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}"
+        group = cfg.get("group")
         if multirun:  # W&B: a job is named by its overrides and grouped by its sweep directory
             name = naming.run_label(overrides, default=name)
-            group = group or naming.sweep_group(skip.current_sweep_dir(output_dir))
-        logger = build_logger(cfg.get("logger"), output_dir, resolved, name=name, group=group)
+            group = group or naming.sweep_group(sweep_dir)
+        plan.logger.start(output_dir, resolved, name=name, group=group)
+        logger = plan.logger
         with evidence.PeakMemory() as memory:
-            run_experiment(cfg, output_dir, metrics)
+            run_experiment(plan, output_dir, metrics)
         metrics.update(memory.metrics())
         record["status"] = "completed"
     except Exception as error:  # recorded, then re-raised for a single run

@@ -1,4 +1,10 @@
-"""The prune stage: plan per-block sparsity, then prune block by block on calibration statistics."""
+"""The prune stage: serve each method the statistics it declares, plan per-block sparsity, prune.
+
+A method's :class:`~prunelab.stats.StatsNeeds` says what it needs: nothing (magnitude: blocks are
+pruned directly), per-layer statistics collected block by block under the sequential protocol
+(Wanda, RIA: norms; SparseGPT: Hessians), and/or a dense pass that summarises every block before
+anything is pruned (OWL), served through the dense-pass cache.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunelab.calibration import CalibrationContext, capture_block_inputs, sequential
-from prunelab.methods.base import LayerStats, PruningMethod
+from prunelab import caches
+from prunelab.calibration import CalibrationContext, capture_block_inputs, dense_pass, sequential
+from prunelab.checks import ConfigError
+from prunelab.methods.base import PruningMethod
 from prunelab.models import DecoderAdapter
 from prunelab.patterns import Pattern
+from prunelab.stats import LayerStats
 
 MODULE_GROUPS = {"attention": "self_attn.", "mlp": "mlp."}
 
 
-class TargetConfigError(ValueError):
+class TargetConfigError(ConfigError):
     """``target.modules`` or ``target.blocks`` names something the model does not have."""
 
 
@@ -110,6 +119,25 @@ def overall_sparsity(adapter: DecoderAdapter) -> float:
     return zeros / total
 
 
+def block_sizes(adapter: DecoderAdapter) -> list[int]:
+    """Prunable (linear) parameters of every block."""
+    return [sum(layer.weight.numel() for layer in adapter.linear_layers(block).values()) for block in adapter.blocks]
+
+
+def _dense_summaries(method: PruningMethod, context: CalibrationContext, cache: bool) -> tuple[list[float], dict]:
+    start = time.perf_counter()
+
+    def compute() -> list[float]:
+        return dense_pass(context, method.summarize_dense_block, description=f"dense pass ({type(method).__name__})")
+
+    if cache:
+        key = caches.content_key(context.hidden, context.adapter.blocks, method.dense_pass_key())
+        summaries, hit = caches.dense_summaries(key, context.num_blocks, compute)
+    else:
+        summaries, hit = compute(), False
+    return summaries, {"dense_pass_cached": hit, "dense_pass_s": time.perf_counter() - start}
+
+
 @torch.no_grad()
 def prune_model(
     model: nn.Module,
@@ -120,34 +148,38 @@ def prune_model(
     device: torch.device,
     target: PruneTarget = PruneTarget(),
     batch_size: int = 8,
+    label: str | None = None,
+    cache: bool = True,
 ) -> PruneReport:
     """Prune ``model`` in place and report what was done and what it cost."""
+    label = label or getattr(method, "name", type(method).__name__)
     adapter = DecoderAdapter(model)
     target.validate(adapter)
-    needs_forward = method.needs.any or type(method).plan_block_sparsity is not PruningMethod.plan_block_sparsity
-    if needs_forward:
+    needs = method.needs
+    if needs.any:
         if calibration_ids is None:
-            raise ValueError(f"method {method.name} needs calibration data")
+            raise ValueError(f"method {label} needs calibration data")
         context = capture_block_inputs(adapter, calibration_ids, device, batch_size)
     else:
         context = CalibrationContext(adapter, device, [], [])
-    plan = method.plan_block_sparsity(context, sparsity, pattern)
+    summaries, dense_evidence = _dense_summaries(method, context, cache) if needs.dense_pass else (None, {})
+    plan = method.plan_block_sparsity(summaries, block_sizes(adapter), sparsity, pattern)
     plan = [s if target.selects_block(i) else 0.0 for i, s in enumerate(plan)]
 
     def on_block(index: int, block: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, LayerStats]) -> bool:
         return _prune_linears(method, linears, stats, plan[index], pattern, target)
 
-    if method.needs.any:
-        sequential(context, method.needs, on_block, description=f"calibrate+prune ({method.name})")
+    if needs.per_block:
+        sequential(context, needs, on_block, description=f"calibrate+prune ({label})")
     else:  # magnitude and dense need no activations: prune every block directly
-        for index in tqdm(range(adapter.num_blocks), desc=f"prune ({method.name})", unit="block", leave=False):
+        for index in tqdm(range(adapter.num_blocks), desc=f"prune ({label})", unit="block", leave=False):
             start = time.perf_counter()
             block = adapter.blocks[index]
             on_block(index, block, adapter.linear_layers(block), {})
             context.timings["prune_s"] += time.perf_counter() - start
     per_layer = layer_sparsity(adapter)
     return PruneReport(
-        method=method.name,
+        method=label,
         pattern=pattern.name,
         target_sparsity=sparsity,
         block_sparsity=plan,
@@ -156,5 +188,5 @@ def prune_model(
         calibration_s=context.timings["calibration_s"],
         prune_s=context.timings["prune_s"],
         calibration_tokens=context.tokens,
-        method_evidence=method.evidence,
+        method_evidence={**method.evidence, **dense_evidence},
     )

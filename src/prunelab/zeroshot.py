@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from prunelab import assets, models
+from prunelab.checks import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ DATA_MODES = ("auto", "offline", "online")
 PLACEHOLDERS = ("{lm_eval_tasks}", "{hf_datasets}", "{prunelab_cache}")
 
 
-class ZeroShotConfigError(ValueError):
+class ZeroShotConfigError(ConfigError):
     """An ``eval.*`` zero-shot setting that cannot work here; says which key, value and what is allowed."""
 
 
@@ -76,11 +76,8 @@ def _check_limit(value, key: str) -> int | float | None:
     return int(value)
 
 
-def _tasks_list(eval_cfg: DictConfig) -> list[str]:
-    tasks = eval_cfg.get("tasks") or []
-    if isinstance(tasks, str):
-        tasks = [tasks]
-    names = [str(t) for t in tasks]
+def _tasks_list(tasks) -> list[str]:
+    names = [str(t) for t in tasks or []]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ZeroShotConfigError(f"eval.tasks lists {', '.join(duplicates)} more than once")
@@ -131,14 +128,18 @@ def _check_offline_task(name: str, why_offline: str) -> None:
             )
 
 
-def resolve(eval_cfg: DictConfig) -> ZeroShotSpec:
-    """Check the zero-shot part of ``eval_cfg`` before any heavy work; raise ``ZeroShotConfigError``."""
-    tasks = _tasks_list(eval_cfg)
-    mode = str(eval_cfg.get("zeroshot_data", "auto"))
-    if mode not in DATA_MODES:
-        raise ZeroShotConfigError(f"eval.zeroshot_data={mode!r} is not valid; allowed: {', '.join(DATA_MODES)}")
-    offline = _offline_mode(mode) if tasks else True  # no tasks: no reason to ask the hub
-    why_offline = ("eval.zeroshot_data=offline asks for bundled data only" if mode == "offline"
+def resolve(tasks, limit=None, limit_per_task=None, num_fewshot: int | None = 0, batch_size: int = 16,
+            data_mode: str = "auto") -> ZeroShotSpec:
+    """Check the zero-shot settings (``eval.*``) before any heavy work; raise ``ZeroShotConfigError``.
+
+    Types and ranges of ``num_fewshot`` and ``batch_size`` are checked by the eval schema
+    (:class:`prunelab.plan.EvalSettings`); this checks the task names against what can run here.
+    """
+    tasks = _tasks_list(tasks)
+    if data_mode not in DATA_MODES:
+        raise ZeroShotConfigError(f"eval.zeroshot_data={data_mode!r} is not valid; allowed: {', '.join(DATA_MODES)}")
+    offline = _offline_mode(data_mode) if tasks else True  # no tasks: no reason to ask the hub
+    why_offline = ("eval.zeroshot_data=offline asks for bundled data only" if data_mode == "offline"
                    else "the Hugging Face hub is unreachable, so lm-eval cannot download it")
     for name in tasks:
         if offline:
@@ -148,8 +149,8 @@ def resolve(eval_cfg: DictConfig) -> ZeroShotSpec:
                 f"eval.tasks entry {name!r} is not an lm-eval task, group or tag (see `lm_eval ls tasks`); "
                 f"the tasks also available offline: {', '.join(OFFLINE_TASKS)}"
             )
-    default_limit = _check_limit(eval_cfg.get("limit"), "eval.limit")
-    per_task = eval_cfg.get("limit_per_task") or {}
+    default_limit = _check_limit(limit, "eval.limit")
+    per_task = limit_per_task or {}
     if not isinstance(per_task, Mapping):
         raise ZeroShotConfigError(f"eval.limit_per_task={per_task!r} must be a mapping task -> limit, e.g. {{hellaswag: 1000}}")
     limits = {name: default_limit for name in tasks}
@@ -157,13 +158,7 @@ def resolve(eval_cfg: DictConfig) -> ZeroShotSpec:
         if name not in limits:
             raise ZeroShotConfigError(f"eval.limit_per_task names {name!r}, which is not in eval.tasks={tasks}")
         limits[name] = _check_limit(value, f"eval.limit_per_task.{name}")
-    fewshot = eval_cfg.get("num_fewshot")
-    if fewshot is not None and (isinstance(fewshot, bool) or not isinstance(fewshot, int) or fewshot < 0):
-        raise ZeroShotConfigError(f"eval.num_fewshot={fewshot!r} must be null (each task's default) or an integer >= 0")
-    batch_size = eval_cfg.get("zeroshot_batch_size", 1)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ZeroShotConfigError(f"eval.zeroshot_batch_size={batch_size!r} must be a positive integer")
-    return ZeroShotSpec(tuple(tasks), limits, fewshot, batch_size, offline)
+    return ZeroShotSpec(tuple(tasks), limits, num_fewshot, batch_size, offline)
 
 
 # --------------------------------------------------------------------------- offline task files
@@ -294,14 +289,6 @@ def evaluate_zeroshot(model, tokenizer, spec: ZeroShotSpec, device: torch.device
     metrics.update(mean_accuracy(metrics, spec.tasks))
     metrics["time/zeroshot_s"] = time.perf_counter() - start
     return metrics
-
-
-def zeroshot_stage(eval_cfg: DictConfig, model, tokenizer, device: torch.device) -> dict[str, float]:
-    """The ``eval.tasks`` part of the eval stage (nothing when the list is empty)."""
-    spec = resolve(eval_cfg)
-    if not spec.tasks:
-        return {}
-    return evaluate_zeroshot(model, tokenizer, spec, device)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,9 +22,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from prunelab import checks
+from prunelab.bench import engines
 from prunelab.bench.roofline import LinearShape, ModelShape, format_table, load_model_shape
 from prunelab.bench.timing import time_interleaved
+from prunelab.models import DecoderAdapter
 from prunelab.patterns import Unstructured
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,34 @@ def write_csv(results: list[CsrResult], path: Path) -> None:
 
 def table(results: list[CsrResult]) -> str:
     return format_table([r.row() for r in results])
+
+
+class CpuEngine(engines.Engine):
+    """``engine=cpu``: dense vs CSR on the model's block-0 linear shapes (its own weights,
+    magnitude-pruned at each sparsity), plus the roofline prediction of 2:4 on a GPU."""
+
+    name = "cpu"
+
+    def __init__(self, sparsities=(0.5, 0.7, 0.9), tokens=(1, 128), warmup: int = 2, repeats: int = 9,
+                 min_sample_ms: float = 2.0, threads: int | None = 1, clock: str = "cpu",
+                 roofline_gpu: str = "H100") -> None:
+        super().__init__(warmup=warmup, repeats=repeats, roofline_gpu=roofline_gpu)
+        self.sparsities = tuple(checks.number(v, f"sparsities[{i}]", 0, 1, low_open=True, high_open=True)
+                                for i, v in enumerate(sparsities))
+        self.tokens = checks.positive_ints(tokens, "tokens")
+        self.min_sample_ms = checks.number(min_sample_ms, "min_sample_ms", low=0)
+        self.threads = None if threads is None else checks.positive_int(threads, "threads")
+        self.clock = checks.choice(clock, "clock", ("cpu", "wall"))
+
+    def run(self, model, tokenizer, shape, gpu, bench_dir: Path, into: dict) -> None:
+        adapter = DecoderAdapter(model)
+        weights = {n: layer.weight for n, layer in adapter.linear_layers(adapter.blocks[0]).items()}
+        results = benchmark_csr(weights, shape.linear_shapes(), list(self.sparsities), list(self.tokens),
+                                self.warmup, self.repeats, self.min_sample_ms, self.threads, self.clock)
+        write_csv(results, bench_dir / "cpu_csr.csv")
+        into.update(engines.versions())
+        into.update(metrics(results))
+        log.info("CPU dense vs CSR (block 0 shapes, medians):\n%s", table(results))
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -1,18 +1,18 @@
-"""Engines the benchmark stage can run, what each needs, and the 2:4 weight swap for PyTorch.
+"""The engine interface, what the 2:4 engines need, and the 2:4 weight swap for PyTorch.
 
-``cpu``: dense vs CSR matmul on the CPU (runs anywhere). ``torch_sparse``: the pruned model's
-linear weights become ``SparseSemiStructuredTensor`` (cuSPARSELt, or CUTLASS on Ampere) and
-``F.linear`` dispatches to the sparse tensor-core kernel. ``tensorrt_llm``: the pruned checkpoint
-is exported, converted and built into a dense and a ``--weight_sparsity`` engine. Nothing is
+Engines (each a class named by ``conf/engine/<name>.yaml``): ``cpu`` (:mod:`.cpu_sparse`, dense vs
+CSR matmul, runs anywhere); ``torch_sparse`` (:mod:`.torch_sparse`, the pruned model's linear
+weights become ``SparseSemiStructuredTensor`` and ``F.linear`` dispatches to the sparse
+tensor-core kernel); ``tensorrt_llm`` (:mod:`.trtllm`, the pruned checkpoint is exported,
+converted and built into a dense and a ``--weight_sparsity`` engine). Nothing is
 faked: when CUDA or a package is missing the error says what to install or which engine runs here.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import shutil
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +21,18 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from prunelab import checks
+from prunelab.checks import ConfigError
+
 log = logging.getLogger(__name__)
 
-ENGINES = ("cpu", "torch_sparse", "tensorrt_llm")
-SPARSE_ENGINES = ("torch_sparse", "tensorrt_llm")
 BACKENDS = ("cusparselt", "cutlass")
 SPARSE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 TRTLLM_INSTALL = "pip install -e .[tensorrt] (tensorrt-llm wheel: Linux x86-64 with CUDA only, > 1 GB)"
 CONVERT_SCRIPTS = ("models/core/llama/convert_checkpoint.py", "llama/convert_checkpoint.py")
 
 
-class EngineError(ValueError):
+class EngineError(ConfigError):
     """An engine that cannot run with this config or on this machine; says what would make it run."""
 
 
@@ -60,8 +61,8 @@ def backend_problem(backend: str) -> str | None:
     return None
 
 
-def trtllm_examples_dir(engine_cfg) -> Path | None:
-    value = engine_cfg.get("examples_dir") or os.environ.get("TRTLLM_EXAMPLES_DIR")
+def trtllm_examples_dir(engine) -> Path | None:
+    value = getattr(engine, "examples_dir", None) or os.environ.get("TRTLLM_EXAMPLES_DIR")
     return Path(str(value)).expanduser() if value else None
 
 
@@ -78,78 +79,55 @@ def find_convert_script(examples_dir: Path | None) -> Path:
     raise EngineError(f"engine.examples_dir={str(examples_dir)!r} holds none of {', '.join(CONVERT_SCRIPTS)}; {hint}")
 
 
-def missing_requirements(engine_cfg) -> list[str]:
-    """Everything the engine needs that this machine lacks (empty when it can run)."""
-    name = engine_cfg.name
-    missing: list[str] = []
-    if name == "cpu":
-        return missing
-    problem = cuda_problem()
-    if problem:
-        missing.append(problem)
-    if name == "torch_sparse":
-        problem = backend_problem(str(engine_cfg.get("backend", "cusparselt")))
-        if problem:
-            missing.append(problem)
-    if name == "tensorrt_llm":
-        if importlib.util.find_spec("tensorrt_llm") is None:
-            missing.append(f"the tensorrt_llm package is not installed: {TRTLLM_INSTALL}")
-        build = str(engine_cfg.get("trtllm_build", "trtllm-build"))
-        if shutil.which(build) is None:
-            missing.append(f"the {build!r} command is not on PATH (it comes with the tensorrt_llm wheel)")
-        try:
-            find_convert_script(trtllm_examples_dir(engine_cfg))
-        except EngineError as error:
-            missing.append(str(error))
-    return missing
+class Engine(ABC):
+    """A speed benchmark of the pruned model (``conf/engine/<name>.yaml``, built from its ``_target_``).
+
+    The constructor checks the engine's own knobs; :meth:`check` whether it can run for this
+    method and pattern on this machine (before any weights load); :meth:`run` measures and fills
+    ``bench/...`` metrics as results come in, so a failure keeps what was measured. The knobs
+    every engine has feed the roofline prediction printed beside the measurements.
+    """
+
+    name: str = "engine"
+
+    def __init__(self, prefill_tokens=(128, 512, 2048), decode_batches=(1, 8, 32), decode_context: int = 128,
+                 warmup: int = 2, repeats: int = 5, roofline_gpu: str = "auto") -> None:
+        self.prefill_tokens = checks.positive_ints(prefill_tokens, "prefill_tokens")
+        self.decode_batches = checks.positive_ints(decode_batches, "decode_batches")
+        self.decode_context = checks.positive_int(decode_context, "decode_context")
+        self.warmup = checks.integer(warmup, "warmup", low=0)
+        self.repeats = checks.positive_int(repeats, "repeats")
+        self.roofline_gpu = str(roofline_gpu)
+
+    def check(self, pattern, method) -> None:
+        """Whether this engine can measure a model pruned by ``method`` with ``pattern``, here."""
+
+    @abstractmethod
+    def run(self, model, tokenizer, shape, gpu, bench_dir: Path, into: dict) -> None:
+        """Measure; fill ``into`` (the run's metrics) with ``bench/...`` keys as results come in."""
 
 
-def _positive_ints(values, key: str) -> list[int]:
-    out = []
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise EngineError(f"{key} entry {value!r} must be a positive integer")
-        out.append(value)
-    if not out:
-        raise EngineError(f"{key} must list at least one value")
-    return out
+class SparseEngine(Engine):
+    """An engine that runs 2:4 sparse kernels on a CUDA GPU."""
 
+    backend: str | None = None
 
-def check_engine_config(engine_cfg, pattern, method_name: str, check_environment: bool = True) -> None:
-    """Config checks (name, 2:4 pattern, sizes), then what this machine lacks; raise ``EngineError``."""
-    name = engine_cfg.get("name")
-    if name not in ENGINES:
-        raise EngineError(f"engine.name={name!r} is not valid; allowed: {', '.join(ENGINES)} (or engine=null)")
-    for key in ("warmup",):
-        if int(engine_cfg.get(key, 0)) < 0:
-            raise EngineError(f"engine.{key}={engine_cfg.get(key)!r} must be >= 0")
-    if int(engine_cfg.get("repeats", 1)) < 1:
-        raise EngineError(f"engine.repeats={engine_cfg.get('repeats')!r} must be >= 1")
-    if name == "cpu":
-        for value in engine_cfg.sparsities:
-            if not 0.0 < float(value) < 1.0:
-                raise EngineError(f"engine.sparsities entry {value!r} must lie in (0, 1)")
-        _positive_ints(engine_cfg.tokens, "engine.tokens")
-        if str(engine_cfg.get("clock", "cpu")) not in ("cpu", "wall"):
-            raise EngineError(f"engine.clock={engine_cfg.get('clock')!r} is not valid; allowed: cpu, wall")
-    else:
-        if getattr(pattern, "name", str(pattern)) != "2:4" or method_name == "dense":
+    def missing_requirements(self) -> list[str]:
+        """Everything this engine needs that this machine lacks (empty when it can run)."""
+        problems = [cuda_problem(), backend_problem(self.backend) if self.backend is not None else None]
+        return [p for p in problems if p]
+
+    def check(self, pattern, method) -> None:
+        if getattr(pattern, "name", str(pattern)) != "2:4" or not method.prunes:
             raise EngineError(
-                f"engine={name} runs 2:4 sparse kernels, so the model must be pruned with pattern=2:4 "
-                f"(got method={method_name}, pattern={getattr(pattern, 'name', pattern)}); "
+                f"engine={self.name} runs 2:4 sparse kernels, so the model must be pruned with pattern=2:4 "
+                f"(got method={getattr(method, 'name', type(method).__name__)}, pattern={getattr(pattern, 'name', pattern)}); "
                 "for unstructured sparsity the CPU benchmark engine=cpu measures CSR matmul instead"
             )
-        if str(engine_cfg.get("dtype", "float16")) not in SPARSE_DTYPES:
-            raise EngineError(f"engine.dtype={engine_cfg.get('dtype')!r} is not valid; allowed: {', '.join(SPARSE_DTYPES)}")
-        _positive_ints(engine_cfg.prefill_tokens, "engine.prefill_tokens")
-        _positive_ints(engine_cfg.decode_batches, "engine.decode_batches")
-        if name == "torch_sparse":
-            _positive_ints(engine_cfg.gemm_tokens, "engine.gemm_tokens")
-    if check_environment:
-        missing = missing_requirements(engine_cfg)
+        missing = self.missing_requirements()
         if missing:
-            alternative = " Without a GPU, use engine=cpu (CSR benchmark + roofline) or engine=null." if name != "cpu" else ""
-            raise EngineError(f"engine={name} cannot run here: " + "; ".join(missing) + "." + alternative)
+            raise EngineError(f"engine={self.name} cannot run here: " + "; ".join(missing) + "."
+                              " Without a GPU, use engine=cpu (CSR benchmark + roofline) or engine=null.")
 
 
 def require_sparse_kernels(backend: str = "cusparselt") -> None:

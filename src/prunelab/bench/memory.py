@@ -23,8 +23,8 @@ def measure(blocks: int, nsamples: int, seqlen: int, method: str) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from prunelab.config import build, compose
     from prunelab.evidence import PeakMemory
-    from prunelab.methods import build_method
     from prunelab.patterns import Unstructured
     from prunelab.prune import prune_model
 
@@ -32,9 +32,10 @@ def measure(blocks: int, nsamples: int, seqlen: int, method: str) -> dict:
     model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=blocks, **SMOLLM2_BLOCK)).eval()
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     ids = torch.randint(0, SMOLLM2_BLOCK["vocab_size"], (nsamples, seqlen))
+    pruner = build(compose(f"method={method}").method, "method")
     with PeakMemory() as memory:
         baseline_mb = memory.peak_rss / 2**20
-        report = prune_model(model, build_method({"name": method}), 0.5, Unstructured(), ids, torch.device("cpu"))
+        report = prune_model(model, pruner, 0.5, Unstructured(), ids, torch.device("cpu"), cache=False)
     peak_mb = memory.peak_rss / 2**20
     return {"blocks": blocks, "weights_mb": weights_mb, "rss_before_mb": baseline_mb, "peak_rss_mb": peak_mb,
             "growth_mb": peak_mb - baseline_mb, "calibration_s": report.calibration_s, "prune_s": report.prune_s}

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
-
 Bound = Literal["memory", "compute", "fused"]
 
 
@@ -399,13 +397,13 @@ def load_model_shape(name: str) -> ModelShape:
     """The shape of ``conf/model/<name>.yaml`` (random/embedded/local read here; hub needs its config)."""
     from omegaconf import OmegaConf
 
-    from prunelab import models
+    from prunelab.config import CONF_DIR, build
 
     path = CONF_DIR / "model" / f"{name}.yaml"
     if not path.exists():
         choices = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
         raise RooflineError(f"model={name!r} has no conf/model/{name}.yaml; allowed: {', '.join(choices)}")
-    return ModelShape.from_hf_config(models.load_config(OmegaConf.load(path)))
+    return ModelShape.from_hf_config(build(OmegaConf.load(path).source, "model.source").hf_config())
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -11,15 +11,16 @@ from typing import Any
 
 import torch
 
-from prunelab.bench import cpu_sparse, engines, roofline
+from prunelab.bench import roofline
+from prunelab.bench.engines import Engine
 from prunelab.bench.roofline import GPU, ModelShape, Phase
 
 log = logging.getLogger(__name__)
 
 
-def roofline_gpu(engine_cfg) -> GPU:
+def roofline_gpu(engine: Engine) -> GPU:
     """``engine.roofline_gpu``: a table name, or ``auto`` = the CUDA device found (else H100)."""
-    name = str(engine_cfg.get("roofline_gpu", "auto"))
+    name = str(engine.roofline_gpu)
     if name != "auto":
         return roofline.get_gpu(name)
     if torch.cuda.is_available():
@@ -30,17 +31,16 @@ def roofline_gpu(engine_cfg) -> GPU:
     return roofline.GPUS["H100"]
 
 
-def phases(engine_cfg) -> list[Phase]:
-    context = int(engine_cfg.get("decode_context", 128))
-    prefill = [roofline.Phase.prefill(int(n)) for n in engine_cfg.get("prefill_tokens", [128, 512, 2048])]
-    decode = [roofline.Phase.decode(int(b), context) for b in engine_cfg.get("decode_batches", [1, 8, 32])]
+def phases(engine: Engine) -> list[Phase]:
+    prefill = [roofline.Phase.prefill(n) for n in engine.prefill_tokens]
+    decode = [roofline.Phase.decode(b, engine.decode_context) for b in engine.decode_batches]
     return prefill + decode
 
 
-def roofline_metrics(shape: ModelShape, engine_cfg, gpu: GPU, bench_dir: Path) -> dict[str, Any]:
+def roofline_metrics(shape: ModelShape, engine: Engine, gpu: GPU, bench_dir: Path) -> dict[str, Any]:
     found: dict[str, Any] = {"bench/roofline_gpu": gpu.name, "bench/roofline_ridge": gpu.ridge}
     rows = []
-    for phase in phases(engine_cfg):
+    for phase in phases(engine):
         prediction = roofline.predict(shape, phase, gpu)
         rows.extend(prediction.rows())
         key = f"prefill_bound_{phase.tokens}" if phase.kind == "prefill" else f"decode_bound_b{phase.batch}"
@@ -71,49 +71,25 @@ def comparison_rows(metrics: dict[str, Any]) -> list[dict]:
     return rows
 
 
-def bench_stage(engine_cfg, model, tokenizer, device: torch.device, output_dir: Path,
+def bench_stage(engine: Engine, model, tokenizer, device: torch.device, output_dir: Path,
                 into: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Benchmark ``model`` (already pruned) with ``engine_cfg``; return ``bench/...`` metrics.
+    """Benchmark ``model`` (already pruned) with ``engine``; return ``bench/...`` metrics.
 
     ``device`` is the run's device, kept for the stage interface: ``cpu`` measures on the CPU and the
     2:4 engines on CUDA whatever it is. ``into`` (the run's metrics) is filled as results come in,
     so a failure keeps what was measured."""
     metrics: dict[str, Any] = into if into is not None else {}
     start = time.perf_counter()
-    name = engine_cfg.name
-    if name not in engines.ENGINES:
-        raise engines.EngineError(f"engine.name={name!r} is not valid; allowed: {', '.join(engines.ENGINES)}")
     bench_dir = Path(output_dir) / "bench"
     shape = ModelShape.from_hf_config(model.config)
-    gpu = roofline_gpu(engine_cfg)
-    metrics["bench/engine"] = name
-    metrics.update(roofline_metrics(shape, engine_cfg, gpu, bench_dir))
+    gpu = roofline_gpu(engine)
+    metrics["bench/engine"] = engine.name
+    metrics.update(roofline_metrics(shape, engine, gpu, bench_dir))
     metrics["artifacts/bench_dir"] = str(bench_dir)
-
-    if name == "cpu":
-        from prunelab.models import DecoderAdapter
-
-        adapter = DecoderAdapter(model)
-        weights = {n: layer.weight for n, layer in adapter.linear_layers(adapter.blocks[0]).items()}
-        results = cpu_sparse.benchmark_csr(weights, shape.linear_shapes(), [float(s) for s in engine_cfg.sparsities],
-                                           [int(t) for t in engine_cfg.tokens], int(engine_cfg.warmup),
-                                           int(engine_cfg.repeats), float(engine_cfg.min_sample_ms),
-                                           engine_cfg.get("threads"), str(engine_cfg.get("clock", "cpu")))
-        cpu_sparse.write_csv(results, bench_dir / "cpu_csr.csv")
-        metrics.update(engines.versions())
-        metrics.update(cpu_sparse.metrics(results))
-        log.info("CPU dense vs CSR (block 0 shapes, medians):\n%s", cpu_sparse.table(results))
-    elif name == "torch_sparse":
-        from prunelab.bench import torch_sparse
-
-        torch_sparse.run(engine_cfg, model, shape, gpu, bench_dir, metrics)
-    else:
-        from prunelab.bench import trtllm
-
-        trtllm.run(engine_cfg, model, tokenizer, bench_dir, metrics)
+    engine.run(model, tokenizer, shape, gpu, bench_dir, metrics)
     rows = comparison_rows(metrics)
     if not any(r["measured"] == r["measured"] for r in rows):  # nothing measured on a GPU (engine=cpu)
         rows = [{k: v for k, v in r.items() if k != "measured"} for r in rows]
-    log.info("2:4 speedup, roofline bound (%s) vs measured (%s):\n%s", gpu.name, name, roofline.format_table(rows))
+    log.info("2:4 speedup, roofline bound (%s) vs measured (%s):\n%s", gpu.name, engine.name, roofline.format_table(rows))
     metrics["time/bench_s"] = time.perf_counter() - start
     return metrics

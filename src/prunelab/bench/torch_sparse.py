@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from prunelab import checks
 from prunelab.bench import e2e, engines, gemm
 from prunelab.bench.roofline import GPU, ModelShape
 from prunelab.models import DecoderAdapter
@@ -35,6 +36,29 @@ def two_four_weights(model) -> dict:
             if name not in found and engines.is_two_four(layer.weight.data):
                 found[name] = layer.weight
     return found
+
+
+class TorchSparseEngine(engines.SparseEngine):
+    """``engine=torch_sparse``: see the module docstring."""
+
+    name = "torch_sparse"
+
+    def __init__(self, backend: str = "cusparselt", dtype: str = "float16",
+                 gemm_tokens=(1, 16, 64, 256, 1024, 2048, 4096), prefill_tokens=(128, 512, 2048),
+                 decode_batches=(1, 8, 32), decode_context: int = 128, decode_steps: int = 64, warmup: int = 5,
+                 repeats: int = 20, min_sample_ms: float = 1.0, logits_tolerance: float = 0.05,
+                 fail_on_mismatch: bool = True, roofline_gpu: str = "auto") -> None:
+        super().__init__(prefill_tokens, decode_batches, decode_context, warmup, repeats, roofline_gpu)
+        self.backend = checks.choice(backend, "backend", engines.BACKENDS)
+        self.dtype = checks.choice(dtype, "dtype", engines.SPARSE_DTYPES)
+        self.gemm_tokens = checks.positive_ints(gemm_tokens, "gemm_tokens")
+        self.decode_steps = checks.positive_int(decode_steps, "decode_steps")
+        self.min_sample_ms = checks.number(min_sample_ms, "min_sample_ms", low=0)
+        self.logits_tolerance = checks.number(logits_tolerance, "logits_tolerance", low=0)
+        self.fail_on_mismatch = checks.boolean(fail_on_mismatch, "fail_on_mismatch")
+
+    def run(self, model, tokenizer, shape, gpu, bench_dir: Path, into: dict) -> None:
+        run(self, model, shape, gpu, bench_dir, into)
 
 
 def run(engine_cfg, model, shape: ModelShape, gpu: GPU | None, bench_dir: Path, metrics: dict) -> None:

@@ -14,7 +14,9 @@ benchmark both.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from prunelab import checks
 from prunelab.bench import engines
 
 log = logging.getLogger(__name__)
@@ -119,9 +122,41 @@ def benchmark(runner: EngineRunner, engine_cfg) -> dict[str, dict[int, float]]:
     return {"prefill_ms": prefill, "decode_tok_s": decode}
 
 
+class TensorRTLLMEngine(engines.SparseEngine):
+    """``engine=tensorrt_llm``: see the module docstring."""
+
+    name = "tensorrt_llm"
+
+    def __init__(self, examples_dir: str | None = None, trtllm_build: str = "trtllm-build", dtype: str = "float16",
+                 dense_gemm_plugin: str = "disable", prefill_tokens=(128, 512, 2048), decode_batches=(1, 8, 32),
+                 decode_context: int = 128, decode_steps: int = 64, warmup: int = 2, repeats: int = 5,
+                 roofline_gpu: str = "auto") -> None:
+        super().__init__(prefill_tokens, decode_batches, decode_context, warmup, repeats, roofline_gpu)
+        self.examples_dir = examples_dir
+        self.trtllm_build = str(trtllm_build)
+        self.dtype = checks.choice(dtype, "dtype", engines.SPARSE_DTYPES)
+        self.dense_gemm_plugin = str(dense_gemm_plugin)
+        self.decode_steps = checks.positive_int(decode_steps, "decode_steps")
+
+    def missing_requirements(self) -> list[str]:
+        missing = super().missing_requirements()
+        if importlib.util.find_spec("tensorrt_llm") is None:
+            missing.append(f"the tensorrt_llm package is not installed: {engines.TRTLLM_INSTALL}")
+        if shutil.which(self.trtllm_build) is None:
+            missing.append(f"the {self.trtllm_build!r} command is not on PATH (it comes with the tensorrt_llm wheel)")
+        try:
+            engines.find_convert_script(engines.trtllm_examples_dir(self))
+        except engines.EngineError as error:
+            missing.append(str(error))
+        return missing
+
+    def run(self, model, tokenizer, shape, gpu, bench_dir: Path, into: dict) -> None:
+        run(self, model, tokenizer, bench_dir, into)
+
+
 def run(engine_cfg, model, tokenizer, bench_dir: Path, metrics: dict) -> None:
     """Export, convert, build dense + 2:4, benchmark; fill ``metrics`` as results come in."""
-    missing = engines.missing_requirements(engine_cfg)
+    missing = engine_cfg.missing_requirements()
     if missing:
         raise engines.EngineError("engine=tensorrt_llm cannot run here: " + "; ".join(missing))
     import tensorrt_llm

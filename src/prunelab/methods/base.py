@@ -4,57 +4,24 @@ A method sees one linear layer at a time: its weight ``[out, in]``, the calibrat
 of that layer's input, the sparsity for this layer and the pattern. Most methods only define a
 *score* (higher = more important) and a comparison group; the pattern turns scores into a mask.
 Methods that also change the surviving weights (SparseGPT) override :meth:`prune_layer`.
-A method may also plan different sparsities per decoder block (OWL) before pruning starts.
+A method may also plan different sparsities per decoder block (OWL) from a pass over the dense
+model: it declares ``needs.dense_pass``, summarises each dense block in
+:meth:`summarize_dense_block` and turns the summaries into sparsities in :meth:`plan_block_sparsity`.
+
+Methods are built by Hydra from ``conf/method/<name>.yaml`` (``_target_`` + the method's own
+knobs); constructors check their arguments and raise :class:`~prunelab.checks.ConfigError`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
-from prunelab.patterns import ComparisonGroup, Pattern
-
-if TYPE_CHECKING:
-    from prunelab.calibration import CalibrationContext
-
-
-@dataclass
-class LayerStats:
-    """Statistics of one linear layer's calibration inputs ``X`` (``[tokens, in]``), in fp32."""
-
-    tokens: int = 0
-    sq_norm_sum: torch.Tensor | None = None  # sum_t X[t, j]^2, shape [in]
-    hessian_sum: torch.Tensor | None = None  # X^T X, shape [in, in]
-
-    @property
-    def activation_norms(self) -> torch.Tensor:
-        """``||X[:, j]||_2`` per input channel (the statistic of Wanda, RIA and OWL)."""
-        if self.sq_norm_sum is None:
-            raise RuntimeError("activation norms were not collected for this layer")
-        return self.sq_norm_sum.sqrt()
-
-    def update(self, inputs: torch.Tensor, norms: bool, hessian: bool) -> None:
-        flat = inputs.reshape(-1, inputs.shape[-1]).float()
-        self.tokens += flat.shape[0]
-        if norms:
-            sq = flat.pow(2).sum(dim=0)
-            self.sq_norm_sum = sq if self.sq_norm_sum is None else self.sq_norm_sum + sq
-        if hessian:
-            gram = flat.T @ flat
-            self.hessian_sum = gram if self.hessian_sum is None else self.hessian_sum + gram
-
-
-@dataclass(frozen=True)
-class StatsNeeds:
-    norms: bool = False
-    hessian: bool = False
-
-    @property
-    def any(self) -> bool:
-        return self.norms or self.hessian
+from prunelab import checks
+from prunelab.patterns import COMPARISON_GROUPS, ComparisonGroup, Pattern
+from prunelab.stats import LayerStats, StatsNeeds
 
 
 class PruningMethod(ABC):
@@ -62,14 +29,33 @@ class PruningMethod(ABC):
 
     name: str = "base"
     needs: StatsNeeds = StatsNeeds()
+    prunes: bool = True  # False for the dense baseline: its runs remove nothing
 
     @abstractmethod
     def prune_layer(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
         """Return the new weight (same shape and dtype) with pruned entries set to zero."""
 
-    def plan_block_sparsity(self, context: "CalibrationContext", sparsity: float, pattern: Pattern) -> list[float]:
-        """Sparsity of each decoder block; uniform unless a method (OWL) says otherwise."""
-        return [sparsity] * context.num_blocks
+    def check_pattern(self, pattern: Pattern) -> None:
+        """Raise :class:`~prunelab.checks.ConfigError` when this method cannot prune with ``pattern``
+        (checked with the run plan, before any weights load)."""
+
+    def summarize_dense_block(self, linears: dict[str, nn.Linear], stats: dict[str, LayerStats]) -> float:
+        """One number per block of the dense model (``needs.dense_pass`` methods only)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no dense pass")
+
+    def dense_pass_key(self) -> dict:
+        """What the dense-pass summaries depend on besides the model and the calibration inputs
+        (they are cached under this key)."""
+        return {}
+
+    def plan_block_sparsity(self, summaries: list[float] | None, block_sizes: list[int], sparsity: float,
+                            pattern: Pattern) -> list[float]:
+        """Sparsity of each decoder block; uniform unless a method (OWL) says otherwise.
+
+        ``summaries``: :meth:`summarize_dense_block` of every block (``needs.dense_pass``), else None;
+        ``block_sizes``: the prunable parameters of every block.
+        """
+        return [sparsity] * len(block_sizes)
 
     @property
     def evidence(self) -> dict:
@@ -81,6 +67,9 @@ class ScoreMethod(PruningMethod):
     """A method defined by an importance score and the group in which scores are compared."""
 
     comparison: ComparisonGroup = "row"
+
+    def __init__(self, comparison: ComparisonGroup = "row") -> None:
+        self.comparison = checks.choice(comparison, "comparison", COMPARISON_GROUPS)
 
     @abstractmethod
     def score(self, weight: torch.Tensor, stats: LayerStats) -> torch.Tensor:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from prunelab.methods.base import LayerStats, PruningMethod
+from prunelab.methods.base import PruningMethod
 from prunelab.patterns import Pattern
+from prunelab.stats import LayerStats
 
 
 class Dense(PruningMethod):
     name = "dense"
+    prunes = False
 
     def prune_layer(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
         return weight

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from prunelab.methods.base import LayerStats, ScoreMethod
+from prunelab.methods.base import ScoreMethod
 from prunelab.patterns import ComparisonGroup
+from prunelab.stats import LayerStats
 
 
 class Magnitude(ScoreMethod):
     name = "magnitude"
 
     def __init__(self, comparison: ComparisonGroup = "layer") -> None:
-        self.comparison = comparison
+        super().__init__(comparison)
 
     def score(self, weight: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         return weight.abs().float()

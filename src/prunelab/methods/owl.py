@@ -12,31 +12,23 @@ For N:M the block keeps ``N + o_l`` of every ``M`` with ``o_l`` the offset ``M *
 (its density shift in units of ``1/M``) rounded so that the offsets sum to zero (reference's N:M
 variant). With ``lambda = 0.08`` and ``M = 4`` the offsets are below 0.64 in size, so 2:4 mostly stays 2:4.
 
-The outlier ratios depend only on the dense model, the calibration inputs and ``m`` (not on the
-sparsity or lambda), so they are cached as JSON under ``<asset cache>/stats`` and a sweep over
-sparsity or lambda runs the dense pass once.
+The method declares a dense pass (``needs.dense_pass``): :mod:`prunelab.prune` walks the dense
+model once, hands every block's linear layers and activation statistics to
+:meth:`OWL.summarize_dense_block`, and caches the ratios (they depend only on the dense model, the
+calibration inputs and ``m``, not on the sparsity or lambda), so a sweep over either runs it once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import math
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
+from torch import nn
 
-from prunelab import assets
-from prunelab.methods.base import LayerStats, PruningMethod, StatsNeeds
+from prunelab import checks
+from prunelab.methods.base import PruningMethod
+from prunelab.methods.wanda import wanda_score
 from prunelab.patterns import NM, Pattern
+from prunelab.stats import LayerStats, StatsNeeds
 
-if TYPE_CHECKING:
-    from prunelab.calibration import CalibrationContext
-
-log = logging.getLogger(__name__)
 _MAX_SPARSITY = 0.99
 
 
@@ -110,68 +102,44 @@ def block_nm_keep(ratios: list[float], sizes: list[int], pattern: NM, lambda_: f
 class OWL(PruningMethod):
     """Plans block sparsities from the dense model's outliers, then delegates to ``base``."""
 
-    def __init__(self, base: str, lambda_: float = 0.08, m: float = 5.0, cache: bool = True,
-                 bounded: bool = True, base_options: dict | None = None) -> None:
-        from prunelab.methods import build_method
-
-        if base.startswith("owl_") or base == "dense":
-            raise ValueError(f"OWL base method {base!r} is not valid; allowed: wanda, magnitude, ria, sparsegpt")
-        if not 0 <= float(lambda_) < 1:
-            raise ValueError(f"owl_lambda={lambda_!r} must be in [0, 1)")
-        if not float(m) > 0:
-            raise ValueError(f"method.m={m!r} (outlier threshold, times the mean score) must be > 0")
-        self.base = build_method({"name": base, **dict(base_options or {})})
-        self.name = f"owl_{base}"
-        self.lambda_ = float(lambda_)
-        self.m = float(m)
-        self.cache = bool(cache)
-        self.bounded = bool(bounded)
-        self.needs = StatsNeeds(norms=self.base.needs.norms, hessian=self.base.needs.hessian)
+    def __init__(self, base: PruningMethod, lambda_: float = 0.08, m: float = 5.0, bounded: bool = True) -> None:
+        if not isinstance(base, PruningMethod) or not base.prunes or base.needs.dense_pass:
+            raise checks.ConfigError(
+                f"base={type(base).__name__} is not a valid OWL base; it must be a pruning method that plans no "
+                "block sparsities itself (wanda, magnitude, ria, sparsegpt or one of your own)"
+            )
+        self.base = base
+        self.name = f"owl_{getattr(base, 'name', type(base).__name__.lower())}"
+        self.lambda_ = checks.number(lambda_, "lambda_", low=0, high=1, high_open=True, what="owl_lambda")
+        self.m = checks.number(m, "m", low=0, low_open=True, what="owl_m: outlier above m times the mean score")
+        self.bounded = checks.boolean(bounded, "bounded")
+        self.needs = StatsNeeds(norms=base.needs.norms, hessian=base.needs.hessian, dense_pass=True)
         self.ratios: list[float] = []
         self.plan: list[float] = []
         self.keep_n: list[int] = []
-        self.cache_hit = False
-        self.plan_s = 0.0
+
+    def check_pattern(self, pattern: Pattern) -> None:
+        self.base.check_pattern(pattern)
 
     # -- pass 1 -----------------------------------------------------------------------------
-    def plan_block_sparsity(self, context: "CalibrationContext", sparsity: float, pattern: Pattern) -> list[float]:
-        start = time.perf_counter()
-        sizes = [sum(layer.weight.numel() for layer in context.adapter.linear_layers(block).values())
-                 for block in context.adapter.blocks]
-        self.ratios = self._outlier_ratios(context)
+    def summarize_dense_block(self, linears: dict[str, nn.Linear], stats: dict[str, LayerStats]) -> float:
+        """``D_l``: the block's outlier ratio of Wanda scores."""
+        return outlier_ratio([wanda_score(layer.weight, stats[name]) for name, layer in linears.items()], self.m)
+
+    def dense_pass_key(self) -> dict:
+        return {"summary": "owl_outlier_ratio", "m": self.m}
+
+    def plan_block_sparsity(self, summaries: list[float] | None, block_sizes: list[int], sparsity: float,
+                            pattern: Pattern) -> list[float]:
+        if summaries is None or len(summaries) != len(block_sizes):
+            raise RuntimeError("OWL needs one outlier ratio per block from the dense pass")
+        self.ratios = list(summaries)
         if isinstance(pattern, NM):
-            self.keep_n = block_nm_keep(self.ratios, sizes, pattern, self.lambda_)
+            self.keep_n = block_nm_keep(self.ratios, block_sizes, pattern, self.lambda_)
             self.plan = [1.0 - n / pattern.m for n in self.keep_n]
         else:
-            self.plan = block_sparsities(self.ratios, sizes, sparsity, self.lambda_, self.bounded)
-        self.plan_s = time.perf_counter() - start
+            self.plan = block_sparsities(self.ratios, block_sizes, sparsity, self.lambda_, self.bounded)
         return list(self.plan)
-
-    def _outlier_ratios(self, context: "CalibrationContext") -> list[float]:
-        path = None
-        if self.cache:
-            path = assets.cache_dir() / "stats" / f"owl_outliers_{stats_key(context, self.m)}.json"
-            if path.exists():
-                cached = json.loads(path.read_text())
-                ratios = cached.get("ratios", [])
-                if len(ratios) == context.num_blocks and all(math.isfinite(r) and 0 <= r <= 1 for r in ratios):
-                    self.cache_hit = True
-                    log.info("OWL outlier ratios from cache %s", path)
-                    return [float(r) for r in ratios]
-        from prunelab.calibration import sequential
-
-        ratios: list[float] = [0.0] * context.num_blocks
-
-        def on_block(index: int, block, linears, stats: dict[str, LayerStats]) -> bool:
-            scores = [layer.weight.abs().float() * stats[name].activation_norms.to(layer.weight.device).unsqueeze(0)
-                      for name, layer in linears.items()]
-            ratios[index] = outlier_ratio(scores, self.m)
-            return False
-
-        sequential(context, StatsNeeds(norms=True), on_block, description="OWL outliers (dense)")
-        if path is not None:
-            _write_atomic(path, {"m": self.m, "ratios": ratios})
-        return ratios
 
     # -- pass 2 -----------------------------------------------------------------------------
     def prune_layer(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
@@ -189,35 +157,7 @@ class OWL(PruningMethod):
             "owl_block_sparsity": self.plan,
             "owl_m": self.m,
             "owl_lambda": self.lambda_,
-            "owl_cache_hit": self.cache_hit,
-            "owl_plan_s": self.plan_s,
         }
         if self.keep_n:
             facts["owl_block_keep_n"] = self.keep_n
         return {**self.base.evidence, **facts}
-
-
-def stats_key(context: "CalibrationContext", m: float) -> str:
-    """Content key of the dense pass: block-0 inputs (model embeddings + calibration tokens),
-    every block's weights, the block count and ``m``."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps({"m": m, "blocks": context.num_blocks}).encode())
-    for states in context.hidden:
-        digest.update(_tensor_bytes(states))
-    for block in context.adapter.blocks:
-        for name, tensor in block.state_dict().items():
-            digest.update(name.encode())
-            digest.update(_tensor_bytes(tensor))
-    return digest.hexdigest()
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
-
-
-def _write_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".tmp{id(payload)}")
-    temporary.write_text(json.dumps(payload))
-    temporary.replace(path)

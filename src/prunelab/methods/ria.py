@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from prunelab.methods.base import LayerStats, ScoreMethod, StatsNeeds
+from prunelab import checks
+from prunelab.methods.base import ScoreMethod
 from prunelab.patterns import NM, ComparisonGroup, Pattern, PatternError, deal_channels, refine_channels
+from prunelab.stats import LayerStats, StatsNeeds
 
 
 def relative_importance(weight: torch.Tensor) -> torch.Tensor:
@@ -30,14 +32,10 @@ class RIA(ScoreMethod):
 
     def __init__(self, alpha: float = 0.5, comparison: ComparisonGroup = "layer",
                  permute_channels: bool = False, refine_permutation: bool = True) -> None:
-        if comparison not in ("row", "layer"):
-            raise ValueError(f"method.comparison={comparison!r} is not valid for ria; allowed: 'layer', 'row'")
-        if float(alpha) < 0:
-            raise ValueError(f"ria_alpha={alpha!r} must be >= 0 (exponent on the activation norm)")
-        self.alpha = float(alpha)
-        self.comparison = comparison
-        self.permute_channels = bool(permute_channels)
-        self.refine_permutation = bool(refine_permutation)
+        super().__init__(comparison)
+        self.alpha = checks.number(alpha, "alpha", low=0, what="ria_alpha, the exponent on the activation norm")
+        self.permute_channels = checks.boolean(permute_channels, "permute_channels")
+        self.refine_permutation = checks.boolean(refine_permutation, "refine_permutation")
         self._kept_gain: list[float] = []
         self.last_order: torch.Tensor | None = None  # column order of the last permuted N:M layer
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from prunelab.methods.base import LayerStats, PruningMethod, StatsNeeds
+from prunelab import checks
+from prunelab.methods.base import PruningMethod
 from prunelab.patterns import NM, Pattern, PatternError, prune_lowest
+from prunelab.stats import LayerStats, StatsNeeds
 
 _SUBGROUP = 16
 
@@ -56,12 +58,12 @@ class SparseGPT(PruningMethod):
     needs = StatsNeeds(hessian=True)
 
     def __init__(self, blocksize: int = 128, percdamp: float = 0.01) -> None:
-        if int(blocksize) <= 0:
-            raise ValueError(f"method.blocksize={blocksize!r} must be a positive integer")
-        if not float(percdamp) > 0:
-            raise ValueError(f"method.percdamp={percdamp!r} must be > 0 (damping, fraction of mean diag H)")
-        self.blocksize = int(blocksize)
-        self.percdamp = float(percdamp)
+        self.blocksize = checks.positive_int(blocksize, "blocksize")
+        self.percdamp = checks.number(percdamp, "percdamp", low=0, low_open=True, what="damping, a fraction of mean diag H")
+
+    def check_pattern(self, pattern: Pattern) -> None:
+        if isinstance(pattern, NM) and self.blocksize % pattern.m:
+            raise PatternError(f"blocksize={self.blocksize} must be a multiple of M={pattern.m} for pattern {pattern.name}")
 
     @torch.no_grad()
     def prune_layer(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern) -> torch.Tensor:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from prunelab.methods.base import LayerStats, ScoreMethod, StatsNeeds
+from prunelab.methods.base import ScoreMethod
 from prunelab.patterns import ComparisonGroup
+from prunelab.stats import LayerStats, StatsNeeds
+
+
+def wanda_score(weight: torch.Tensor, stats: LayerStats) -> torch.Tensor:
+    """``|W_ij| * ||X_j||_2`` in fp32 (also OWL's outlier statistic)."""
+    return weight.abs().float() * stats.activation_norms.to(weight.device).unsqueeze(0)
 
 
 class Wanda(ScoreMethod):
@@ -13,7 +19,7 @@ class Wanda(ScoreMethod):
     needs = StatsNeeds(norms=True)
 
     def __init__(self, comparison: ComparisonGroup = "row") -> None:
-        self.comparison = comparison
+        super().__init__(comparison)
 
     def score(self, weight: torch.Tensor, stats: LayerStats) -> torch.Tensor:
-        return weight.abs().float() * stats.activation_norms.to(weight.device).unsqueeze(0)
+        return wanda_score(weight, stats)

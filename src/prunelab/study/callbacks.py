@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 class AggregateSweep(Callback):
-    """``on_multirun_end``: results.csv, pivot tables, figures, report and the W&B summary run.
+    """``on_multirun_end``: results.csv, pivot tables, figures, report and the tracker's summary run.
 
     A failure here is logged, never raised: the jobs' own evidence is already on disk and
     ``python -m prunelab.study.aggregate <sweep_dir>`` redoes this step.
@@ -24,6 +24,8 @@ class AggregateSweep(Callback):
         self.report = report
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # Imported here, not at the top: Hydra builds this callback for every run, single runs
+        # included, and aggregation loads matplotlib, seaborn and PyMuPDF (~2 s) that they never use.
         from prunelab.study.aggregate import aggregate
 
         sweep_dir = Path(config.hydra.sweep.dir)

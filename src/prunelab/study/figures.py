@@ -4,9 +4,8 @@
 ``ppl_vs_sparsity.png``        perplexity (log) vs sparsity per method, one panel per eval set
 ``zeroshot_vs_sparsity.png``   zero-shot mean accuracy vs sparsity per method
 ``patterns.png``               perplexity per method, unstructured vs N:M
-``ria_alpha.png``              perplexity vs RIA's alpha
-``owl_lambda.png``             perplexity vs OWL's lambda
-``owl_block_sparsity.png``     OWL's sparsity of every block
+``knob_method.<key>.png``      perplexity vs any numeric method knob the sweep varies (alpha, lambda_)
+``owl_block_sparsity.png``     OWL's sparsity of every block (jobs whose method has ``lambda_``)
 ``module_sensitivity.png``     perplexity when pruning attention only, MLP only, or all
 ``calibration.png``            perplexity of each domain by calibration set (+ task accuracy)
 =============================  ===============================================================
@@ -26,7 +25,15 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from prunelab.study.aggregate import Sweep, headline_metrics, with_setting  # noqa: E402
+from prunelab.study.records import (  # noqa: E402
+    KNOB_FIGURE,
+    METHOD_PREFIX,
+    Sweep,
+    headline_metrics,
+    knob_label,
+    prunes_nothing,
+    with_setting,
+)
 
 log = logging.getLogger(__name__)
 sns.set_theme(style="whitegrid", context="notebook")
@@ -71,7 +78,7 @@ def _save(grid_or_fig, path: Path) -> Path:
 
 def _lines(sweep: Sweep, frame: pd.DataFrame, x: str, metrics: list[str], hue_candidates: list[str],
            title: str, path: Path, log_y: bool, style_candidates: tuple[str, ...] = (),
-           baseline: dict[str, float] | None = None) -> Path | None:
+           baseline: dict[str, float] | None = None, x_label: str | None = None) -> Path | None:
     if frame.empty or not metrics:
         return None
     hue = _hue(frame, hue_candidates)
@@ -87,6 +94,7 @@ def _lines(sweep: Sweep, frame: pd.DataFrame, x: str, metrics: list[str], hue_ca
             axis.set_yscale("log")
         axis.set_title(metric)
         axis.set_ylabel(metric.split(" (")[0])
+        axis.set_xlabel(x_label or x)
         if baseline and metric in baseline:  # the dense model, for scale
             axis.axhline(baseline[metric], color="black", linestyle="--", linewidth=1)
             axis.annotate(f"dense {baseline[metric]:.3g}", (0.02, baseline[metric]), xycoords=("axes fraction", "data"),
@@ -120,12 +128,13 @@ def _bars(sweep: Sweep, frame: pd.DataFrame, x: str, hue: str | None, metrics: l
 # ----------------------------------------------------------------------------------- the figures
 def ppl_vs_sparsity(sweep: Sweep, path: Path) -> Path | None:
     """One line per method; a dense run in the sweep (e.g. ``hydra.sweep.subdir=dense``) is a dashed line."""
-    pruned = sweep.completed[sweep.completed["method"] != "dense"]
+    unpruned = prunes_nothing(sweep.completed)
+    pruned = sweep.completed[~unpruned]
     if pruned["sparsity"].astype(str).nunique() < 2:
         return None
     frame = pruned.assign(sparsity=pruned["sparsity"].astype(float))
     metrics = _ppl_metrics(sweep)
-    dense = sweep.completed[sweep.completed["method"] == "dense"]
+    dense = sweep.completed[unpruned]
     baseline = {_label(m): float(dense[m].mean()) for m in metrics if m in dense and dense[m].notna().any()}
     return _lines(sweep, frame, "sparsity", metrics, ["method", "modules", "calib_data", "pattern"],
                   "Perplexity vs sparsity (log scale)", path, log_y=True, style_candidates=("pattern", "modules"),
@@ -150,33 +159,38 @@ def patterns(sweep: Sweep, path: Path) -> Path | None:
                  path, hue_order=order)
 
 
-def _knob_curve(sweep: Sweep, knob: str, methods: tuple[str, ...], title: str, path: Path) -> Path | None:
-    frame = sweep.completed[sweep.completed["method"].astype(str).str.startswith(methods)]
-    if frame.empty or frame[knob].astype(str).nunique() < 2:
+def numeric_method_knobs(sweep: Sweep) -> list[str]:
+    """The method knobs this sweep varies that are numbers (each gets a figure)."""
+    return [k for k in sweep.varying_knobs() if k.startswith(METHOD_PREFIX)
+            and pd.to_numeric(sweep.completed[k].dropna(), errors="coerce").notna().all()]
+
+
+def knob_curve(sweep: Sweep, knob: str, path: Path) -> Path | None:
+    """Perplexity (and zero-shot mean) against one method knob, over the jobs whose method has it."""
+    frame = sweep.completed.dropna(subset=[knob])
+    if frame[knob].astype(str).nunique() < 2:
         return None
     frame = with_setting(frame.assign(**{knob: frame[knob].astype(float)}))
     metrics = _ppl_metrics(sweep) + [m for m in headline_metrics(sweep) if m.endswith("mean_acc")]
-    return _lines(sweep, frame, knob, metrics, ["setting", "method", "pattern"], title, path, log_y=True,
-                  style_candidates=("method",))
+    methods = ", ".join(dict.fromkeys(frame["method"].astype(str)))
+    name = knob_label(knob)
+    return _lines(sweep, frame, knob, metrics, ["setting", "method", "pattern"], f"{methods}: perplexity vs {name}",
+                  path, log_y=True, style_candidates=("method",), x_label=name)
 
 
-def ria_alpha(sweep: Sweep, path: Path) -> Path | None:
-    return _knob_curve(sweep, "ria_alpha", ("ria", "owl_ria"), "RIA: perplexity vs alpha", path)
-
-
-def owl_lambda(sweep: Sweep, path: Path) -> Path | None:
-    return _knob_curve(sweep, "owl_lambda", ("owl_",), "OWL: perplexity vs lambda", path)
+OWL_LAMBDA = "method.lambda_"  # the knob of the methods that allot each block its own sparsity
 
 
 def owl_block_sparsity(sweep: Sweep, path: Path) -> Path | None:
     blocks = sweep.block_sparsity
+    if blocks.empty or OWL_LAMBDA not in blocks:
+        return None
+    blocks = blocks.dropna(subset=[OWL_LAMBDA])
     if blocks.empty:
         return None
-    blocks = blocks[blocks["method"].astype(str).str.startswith("owl_")]
-    if blocks.empty:
-        return None
+    lambdas = blocks[OWL_LAMBDA].astype(float)
     blocks = blocks.assign(label=[f"{m} s={s:g} λ={lam:g}" for m, s, lam in
-                                  zip(blocks["method"], blocks["sparsity"].astype(float), blocks["owl_lambda"].astype(float))])
+                                  zip(blocks["method"], blocks["sparsity"].astype(float), lambdas)])
     figure, axis = plt.subplots(figsize=(8, 4))
     sns.lineplot(data=blocks, x="block", y="block_sparsity", hue="label", marker="o", ax=axis)
     axis.set_xlabel("decoder block")
@@ -212,8 +226,6 @@ FIGURES: dict[str, Callable[[Sweep, Path], Path | None]] = {
     "ppl_vs_sparsity": ppl_vs_sparsity,
     "zeroshot_vs_sparsity": zeroshot_vs_sparsity,
     "patterns": patterns,
-    "ria_alpha": ria_alpha,
-    "owl_lambda": owl_lambda,
     "owl_block_sparsity": owl_block_sparsity,
     "module_sensitivity": module_sensitivity,
     "calibration": calibration,
@@ -225,8 +237,11 @@ def draw_all(sweep: Sweep, directory: Path) -> dict[str, Path]:
     if sweep.completed.empty:
         return {}
     directory.mkdir(parents=True, exist_ok=True)
+    draws = dict(FIGURES)
+    for knob in numeric_method_knobs(sweep):
+        draws[f"{KNOB_FIGURE}{knob}"] = lambda sweep, path, knob=knob: knob_curve(sweep, knob, path)
     made = {}
-    for name, draw in FIGURES.items():
+    for name, draw in draws.items():
         try:
             path = draw(sweep, directory / f"{name}.png")
         except Exception:  # noqa: BLE001 - one bad figure must not cost the others

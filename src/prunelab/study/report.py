@@ -2,20 +2,23 @@
 
 Published WikiText-2 perplexities (``/work/shared/REFERENCE.md``: Wanda README and paper, OWL and
 RIA READMEs) are shown beside ours where model, method, sparsity/pattern and evaluation set match;
-the qualitative orderings those tables show are checked on whatever the sweep contains.
+the qualitative orderings those tables show are checked on whatever the sweep contains. The PDF
+is the Markdown typeset by ``markdown-pdf`` (PyMuPDF), figures and all.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
+from markdown_pdf import MarkdownPdf, Section
 
-from prunelab.study.aggregate import KNOBS, Sweep, format_markdown, with_setting
+from prunelab.study.records import GENERIC, KNOB_FIGURE, Sweep, knob_columns, knob_label, with_setting
 
 
 @dataclass(frozen=True)
@@ -49,17 +52,25 @@ PUBLISHED: tuple[Published, ...] = (
     Published("llama3_8b", "ria", "unstructured 50%", 9.34, "RIA README"),
 )
 REFERENCE_METRIC = "eval/ppl_wikitext2"
+LARGE = 1e4  # from here on a number is shown without decimals, with thousands separators
 
 
-def _settings(frame: pd.DataFrame) -> pd.DataFrame:
-    return with_setting(frame)
+def _number(value, digits: int) -> str:
+    """A number for a reader: ``digits`` decimals, or none (with thousands separators) when large."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return "" if value is None else str(value)
+    if isinstance(value, numbers.Integral):
+        return f"{value:,}" if abs(value) >= LARGE else str(value)
+    if math.isnan(value):
+        return ""
+    return f"{value:,.0f}" if abs(value) >= LARGE else f"{value:.{digits}f}"
 
 
 def reference_table(sweep: Sweep) -> pd.DataFrame:
     """Our WikiText-2 perplexity beside the published one, for every matching setting."""
     if REFERENCE_METRIC not in sweep.results or sweep.completed.empty:
         return pd.DataFrame()
-    frame = _settings(sweep.completed.dropna(subset=[REFERENCE_METRIC]))
+    frame = with_setting(sweep.completed.dropna(subset=[REFERENCE_METRIC]))
     rows = []
     for ref in PUBLISHED:
         match = frame[(frame["model"] == ref.model) & (frame["method"] == ref.method) & (frame["setting"] == ref.setting)]
@@ -76,16 +87,17 @@ def _ppl_columns(sweep: Sweep) -> list[str]:
 
 
 def _context_columns(frame: pd.DataFrame, exclude: tuple[str, ...]) -> list[str]:
-    return [name for name, _ in KNOBS if name in frame.columns and name not in exclude]
+    """Generic knobs to compare within; method knobs differ between methods by nature, never context."""
+    return [name for name in GENERIC if name in frame.columns and name not in exclude]
 
 
 def qualitative_checks(sweep: Sweep) -> list[str]:
     """The orderings every published table shows, checked on this sweep's numbers (✓ holds, ✗ not)."""
-    frame = _settings(sweep.completed)
+    frame = with_setting(sweep.completed)
     if frame.empty:
         return []
     lines: list[str] = []
-    context = _context_columns(frame, ("method", "sparsity", "pattern", "ria_alpha", "owl_lambda"))
+    context = _context_columns(frame, ("method", "sparsity", "pattern"))
     for metric in _ppl_columns(sweep):
         data = frame.dropna(subset=[metric]).assign(**{c: frame[c].astype(str) for c in context})
         varying = [c for c in context if data[c].nunique() > 1]
@@ -95,33 +107,36 @@ def qualitative_checks(sweep: Sweep) -> list[str]:
             for better in ("wanda", "ria", "sparsegpt"):
                 if ("magnitude", "unstructured 50%") in by and (better, "unstructured 50%") in by:
                     ours, mag = by[(better, "unstructured 50%")], by[("magnitude", "unstructured 50%")]
-                    lines.append(f"{'✓' if ours < mag else '✗'} {better} below magnitude at 50%: {ours:.2f} vs {mag:.2f} ({where})")
+                    lines.append(f"{'✓' if ours < mag else '✗'} {better} below magnitude at 50%: "
+                                 f"{_number(ours, 2)} vs {_number(mag, 2)} ({where})")
             for method in by.index.get_level_values(0).unique():
                 chain = [s for s in ("unstructured 50%", "4:8", "2:4") if (method, s) in by]
                 if len(chain) >= 2:
                     values = [by[(method, s)] for s in chain]
                     holds = all(a < b for a, b in zip(values, values[1:]))
-                    shown = " < ".join(f"{s} {v:.2f}" for s, v in zip(chain, values))
+                    shown = " < ".join(f"{s} {_number(v, 2)}" for s, v in zip(chain, values))
                     lines.append(f"{'✓' if holds else '✗'} {method}: {shown} ({where})")
             if ("wanda", "unstructured 70%") in by and ("owl_wanda", "unstructured 70%") in by:
                 owl, uniform = by[("owl_wanda", "unstructured 70%")], by[("wanda", "unstructured 70%")]
-                lines.append(f"{'✓' if owl < uniform else '✗'} OWL-Wanda below uniform Wanda at 70%: {owl:.2f} vs {uniform:.2f} ({where})")
+                lines.append(f"{'✓' if owl < uniform else '✗'} OWL-Wanda below uniform Wanda at 70%: "
+                             f"{_number(owl, 2)} vs {_number(uniform, 2)} ({where})")
             unstructured = group[group["pattern"] == "unstructured"]
             for method, curve in unstructured.groupby("method"):
                 curve = curve.groupby(curve["sparsity"].astype(float))[metric].mean().sort_index()
                 if len(curve) >= 3:
                     holds = bool((curve.diff().dropna() > 0).all())
-                    shown = ", ".join(f"{s:g}: {v:.4g}" for s, v in curve.items())
+                    shown = ", ".join(f"{s:g}: {_number(v, 2)}" for s, v in curve.items())
                     lines.append(f"{'✓' if holds else '✗'} {method}: perplexity rises with sparsity ({shown}) ({where})")
     return lines
 
 
-# ------------------------------------------------------------------------------------- markdown
+# ---------------------------------------------------------------------------- setup and captions
 def _setup(sweep: Sweep) -> list[str]:
     frame = sweep.results
     counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
     varying = sweep.varying_knobs()
-    constant = {name: frame[name].dropna().astype(str).unique() for name, _ in KNOBS if name in frame and name not in varying}
+    done = sweep.completed
+    constant = {name: done[name].dropna().astype(str).unique() for name in knob_columns(done) if name not in varying}
     first = next(iter(sweep.records.values()), {})
     config = first.get("config") or {}
     evaluation = config.get("eval") or {}
@@ -151,20 +166,55 @@ CAPTIONS = {
     "ppl_vs_sparsity": "Perplexity (log scale) against sparsity, one line per method.",
     "zeroshot_vs_sparsity": "Zero-shot mean accuracy against sparsity.",
     "patterns": "Perplexity per method: unstructured vs N:M at the same sparsity.",
-    "ria_alpha": "RIA: perplexity against the exponent alpha on the activation norm.",
-    "owl_lambda": "OWL: perplexity against lambda (0 = uniform sparsity).",
     "owl_block_sparsity": "OWL: sparsity assigned to each decoder block.",
     "module_sensitivity": "Perplexity when only attention, only the MLP, or every linear layer is pruned.",
     "calibration": "Perplexity of each domain by the calibration set used for pruning.",
 }
 
 
+def caption(name: str) -> str:
+    if name.startswith(KNOB_FIGURE):
+        knob = name.removeprefix(KNOB_FIGURE)
+        return f"Perplexity against {knob_label(knob)} (`{knob}`), over the jobs whose method has this knob."
+    return CAPTIONS.get(name, name)
+
+
+# ------------------------------------------------------------------------------------- tables
+def markdown_table(table: pd.DataFrame, metric: str = "") -> str:
+    """A table as Markdown through ``DataFrame.to_markdown``: index levels as named columns, pivot
+    columns as ``<knob>=<value>``, 4 decimals for accuracies, 2 for other numbers, none for large ones."""
+    shown = table.reset_index() if any(name is not None for name in table.index.names) else table
+    across = table.columns.name
+    labels = [f"{across}={c}" if across and c in table.columns else str(c) for c in shown.columns]
+    cells = pd.DataFrame({label: [_number(v, 4 if "acc" in metric + label else 2) for v in shown[column]]
+                          for label, column in zip(labels, shown.columns)})
+    numeric = [pd.api.types.is_numeric_dtype(shown[c]) and not pd.api.types.is_bool_dtype(shown[c])
+               for c in shown.columns]
+    return cells.to_markdown(index=False, disable_numparse=True,
+                             colalign=["right" if n else "left" for n in numeric])
+
+
+def _one_line(text) -> str:
+    """A table cell: no line breaks, no ``|`` (Markdown tables cannot hold them)."""
+    return " ".join(str(text).replace("|", "/").split())
+
+
+def _failed_jobs(sweep: Sweep) -> pd.DataFrame:
+    results = sweep.results
+    failed = results[~results["status"].isin(["completed", "skipped"])] if not results.empty else results
+    return pd.DataFrame({"job": failed["job"].astype(str), "status": failed["status"].astype(str),
+                         "overrides": [f"`{_one_line(o)}`" for o in failed["overrides"]],
+                         "error": [_one_line(e)[:300] for e in failed["error"]]}) if not failed.empty else failed
+
+
+# ------------------------------------------------------------------------------------- markdown
 def markdown(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Path]) -> str:
     parts = [f"# Study report: {sweep.directory.name}", "",
              f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} from `{sweep.directory}` "
-             "by `prunelab.study.aggregate` (the multirun callback, or `python -m prunelab.study.aggregate <dir>`).", "", "## Setup", "", *_setup(sweep), "", "## Results", ""]
+             "by `prunelab.study.aggregate` (the multirun callback, or `python -m prunelab.study.aggregate <dir>`).",
+             "", "## Setup", "", *_setup(sweep), "", "## Results", ""]
     for metric, table in tables.items():
-        parts += [f"### {metric}", "", format_markdown(table, metric), ""]
+        parts += [f"### {metric}", "", markdown_table(table, metric), ""]
     parts += ["## Published numbers", ""]
     reference = reference_table(sweep)
     if reference.empty:
@@ -172,20 +222,17 @@ def markdown(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, P
         parts += [f"No published number matches this sweep's setting: they are WikiText-2 (`{REFERENCE_METRIC}`) "
                   f"perplexities of {models}. The orderings they show are checked below.", ""]
     else:
-        parts += [reference.to_markdown(index=False, floatfmt=".2f"), ""]
+        parts += [markdown_table(reference), ""]
     checks = qualitative_checks(sweep)
     parts += ["### Orderings of the published tables, on our numbers", "",
               *(f"- {line}" for line in checks or ["(no setting of this sweep allows a check)"]), ""]
     if figures:
         parts += ["## Figures", ""]
         for name, path in figures.items():
-            parts += [f"![{name}]({path.relative_to(sweep.directory)})", "", f"*{CAPTIONS.get(name, name)}*", ""]
-    failed = sweep.results[~sweep.results["status"].isin(["completed", "skipped"])] if not sweep.results.empty else sweep.results
+            parts += [f"![{name}]({path.relative_to(sweep.directory).as_posix()})", "", f"*{caption(name)}*", ""]
+    failed = _failed_jobs(sweep)
     if not failed.empty:
-        parts += ["## Jobs that did not complete", "", "| job | status | overrides | error |", "|---|---|---|---|"]
-        parts += [f"| {r.job} | {r.status} | `{r.overrides}` | {str(r.error).replace('|', '/')[:300]} |"
-                  for r in failed.itertuples()]
-        parts.append("")
+        parts += ["## Jobs that did not complete", "", markdown_table(failed), ""]
     parts += ["## Runs and their configs", ""]
     for job, record in sweep.records.items():
         parts += [f"<details><summary>job {job}: {record.get('status')} — <code>{' '.join(record.get('overrides') or [])}</code>"
@@ -195,69 +242,30 @@ def markdown(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, P
 
 
 # ------------------------------------------------------------------------------------------ PDF
-def format_text(table: pd.DataFrame, metric: str) -> str:
-    """A pivot table as aligned monospace text (4 digits for accuracies, 2 otherwise)."""
-    digits = 4 if "acc" in metric else 2
-    return table.to_string(float_format=lambda v: f"{v:.{digits}f}", na_rep="", sparsify=False)
+PDF_CSS = """
+body { font-family: sans-serif; font-size: 9pt; }
+h1 { font-size: 16pt; } h2 { font-size: 13pt; } h3 { font-size: 11pt; }
+table { border-collapse: collapse; margin-bottom: 6pt; }
+th, td { border: 0.5pt solid #999999; padding: 1pt 4pt; font-size: 8pt; }
+img { width: 100%; }
+pre, code { font-size: 7pt; }
+"""
 
 
-PAGE = (8.27, 11.69)  # A4 portrait, inches
-LINES_PER_PAGE = 70
-
-
-def _text_pages(pdf, title: str, lines: list[str], size: float = 7.0) -> None:
-    import matplotlib.pyplot as plt
-
-    wrapped = [piece for line in lines
-               for piece in (textwrap.wrap(line, 120, subsequent_indent="    ", replace_whitespace=False,
-                                           drop_whitespace=False) or [""])]
-    for start in range(0, max(len(wrapped), 1), LINES_PER_PAGE):
-        figure = plt.figure(figsize=PAGE)
-        figure.text(0.06, 0.97, title if start == 0 else f"{title} (cont.)", fontsize=12, weight="bold", va="top")
-        figure.text(0.06, 0.94, "\n".join(wrapped[start:start + LINES_PER_PAGE]), fontsize=size,
-                    family="monospace", va="top")
-        pdf.savefig(figure)
-        plt.close(figure)
-
-
-def write_pdf(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Path], path: Path) -> Path:
-    import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
-    from matplotlib.backends.backend_pdf import PdfPages
-
-    with PdfPages(path) as pdf:
-        setup = [line.replace("`", "") for line in _setup(sweep)]
-        table_lines = []
-        for metric, table in tables.items():
-            table_lines += [metric, *format_text(table, metric).splitlines(), ""]
-        reference = reference_table(sweep)
-        checks = ["Published numbers:", *(reference.to_string(index=False).splitlines() if not reference.empty
-                                          else ["(no published number matches this sweep's setting)"]),
-                  "", "Orderings of the published tables, on our numbers:", *qualitative_checks(sweep)]
-        _text_pages(pdf, f"Study report: {sweep.directory.name}", setup + [""] + table_lines + checks)
-        for name, image in figures.items():
-            figure = plt.figure(figsize=PAGE)
-            axis = figure.add_axes((0.04, 0.1, 0.92, 0.8))
-            axis.imshow(mpimg.imread(image))
-            axis.axis("off")
-            figure.text(0.06, 0.95, CAPTIONS.get(name, name), fontsize=11)
-            pdf.savefig(figure)
-            plt.close(figure)
-        failed = sweep.results[~sweep.results["status"].isin(["completed", "skipped"])] if not sweep.results.empty else sweep.results
-        if not failed.empty:
-            _text_pages(pdf, "Jobs that did not complete",
-                        [f"job {r.job} [{r.status}] {r.overrides}\n    {r.error}" for r in failed.itertuples()])
-        config_lines = []
-        for job, record in sweep.records.items():
-            config_lines += [f"job {job}: {record.get('status')}  {' '.join(record.get('overrides') or [])}",
-                             *yaml.safe_dump(record.get("config") or {}, sort_keys=False).splitlines(), ""]
-        _text_pages(pdf, "Runs and their configs", config_lines, size=6.0)
+def write_pdf(text: str, root: Path, path: Path, title: str = "") -> Path:
+    """Typeset Markdown as a PDF; relative image paths resolve against ``root``."""
+    pdf = MarkdownPdf(toc_level=2)
+    pdf.meta = {**pdf.meta, "title": title}  # the class holds the defaults; leave them alone
+    pdf.add_section(Section(text, root=str(root)), user_css=PDF_CSS)
+    pdf.save(path)
     return path
 
 
 def write_report(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Path]) -> tuple[Path, Path]:
     """``report.md`` and ``report.pdf`` in the sweep directory."""
+    text = markdown(sweep, tables, figures)
     md_path = sweep.directory / "report.md"
-    md_path.write_text(markdown(sweep, tables, figures))
-    pdf_path = write_pdf(sweep, tables, figures, sweep.directory / "report.pdf")
+    md_path.write_text(text)
+    pdf_path = write_pdf(text, sweep.directory, sweep.directory / "report.pdf",
+                         title=f"Study report: {sweep.directory.name}")
     return md_path, pdf_path

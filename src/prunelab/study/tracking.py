@@ -1,49 +1,39 @@
-"""A sweep's summary in W&B: one extra run in the sweep's group with the results table and figures.
+"""A sweep's summary for the experiment tracker: one extra run in the sweep's group.
 
-Follows the ``logger`` config of the study (``mode`` offline, online or disabled; ``kind: none``
-logs nothing); offline runs land in ``<sweep dir>/wandb`` for ``wandb sync`` later.
+It goes through the study's ``logger`` config like every job (``prunelab.loggers``): W&B offline
+lands in ``<sweep dir>/wandb`` for ``wandb sync`` later; ``logger=none`` logs nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from prunelab.study.naming import sweep_group
-
-if TYPE_CHECKING:
-    from prunelab.study.aggregate import Sweep
+from prunelab.config import build
+from prunelab.naming import sweep_group
+from prunelab.study.records import Sweep, headline_metrics, pivot
 
 log = logging.getLogger(__name__)
 
 
-def log_sweep_summary(sweep: "Sweep", logger_cfg, figures: dict[str, Path], group: str | None = None) -> None:
-    if logger_cfg is None or logger_cfg.get("kind", "none") == "none":
-        return
-    import wandb
-
+def log_sweep_summary(sweep: Sweep, logger_cfg: Any, figures: dict[str, Path], group: str | None = None) -> None:
+    """The results table, one pivot per headline metric and the figures, as a ``summary`` run."""
+    logger = build(logger_cfg, "logger")
     group = group or sweep_group(sweep.directory)
-    run = wandb.init(project=logger_cfg.get("project", "prunelab"), entity=logger_cfg.get("entity"),
-                     mode=logger_cfg.get("mode", "offline"), dir=str(sweep.directory), group=group,
-                     job_type="summary", name=f"summary {group}", reinit="finish_previous",
-                     config={"sweep_dir": str(sweep.directory), "jobs": len(sweep.results)})
+    logger.start(sweep.directory, {"sweep_dir": str(sweep.directory), "jobs": len(sweep.results)},
+                 name=f"summary {group}", group=group, job_type="summary")
     try:
-        results = sweep.results.astype({c: str for c in ("error", "overrides", "reused_from") if c in sweep.results})
-        payload = {"summary/results": wandb.Table(dataframe=results)}
-        from prunelab.study.aggregate import headline_metrics, pivot
-
+        text = [c for c in ("error", "overrides", "reused_from") if c in sweep.results]
+        logger.log_table("summary/results", sweep.results.astype({c: str for c in text}))
         for metric in headline_metrics(sweep):
             table = pivot(sweep, metric)
             if not table.empty:
-                flat = table.reset_index()
-                flat.columns = [str(c) for c in flat.columns]
-                payload[f"summary/{metric.replace('/', '_')}"] = wandb.Table(dataframe=flat)
+                logger.log_table(f"summary/{metric.replace('/', '_')}", table)
         for name, path in figures.items():
-            payload[f"figures/{name}"] = wandb.Image(str(path))
-        run.log(payload)
-        run.summary.update({"jobs": len(sweep.results),
-                            **{f"jobs_{k}": int(v) for k, v in sweep.results["status"].value_counts().items()}})
+            logger.log_image(f"figures/{name}", path)
+        counts = sweep.results["status"].value_counts() if not sweep.results.empty else {}
+        logger.log_metrics({"jobs": len(sweep.results), **{f"jobs_{k}": int(v) for k, v in counts.items()}})
     finally:
-        run.finish()
-    log.info("W&B summary run logged (group %s, mode %s)", group, logger_cfg.get("mode"))
+        logger.finish()
+    log.info("summary run logged with %s (group %s)", type(logger).__name__, group)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prunelab.evidence import write_json
+
 log = logging.getLogger(__name__)
 
 # Top-level keys that never change what a run measures.
@@ -85,24 +87,12 @@ def reused_record(prior: PriorResult, sweep_dir: Path, overrides: list[str]) -> 
     return record
 
 
-def current_sweep_dir(output_dir: Path) -> Path:
-    """The running multirun's ``hydra.sweep.dir`` (the job directory's parent outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().sweep.dir)
-    return output_dir.parent
-
-
-def resume(output_dir: Path, config_print: str, overrides: list[str]) -> dict[str, Any] | None:
+def resume(output_dir: Path, sweep_dir: Path, config_print: str, overrides: list[str]) -> dict[str, Any] | None:
     """The record to report instead of running, when this config already completed in the sweep.
 
     In the job's own directory (the same study re-run): nothing is touched. Elsewhere in the
     sweep (the grid was reordered): a ``status: skipped`` copy naming its source is written here.
     """
-    from prunelab.evidence import write_json
-
-    sweep_dir = current_sweep_dir(output_dir)
     prior = find_completed(sweep_dir, config_print, prefer_dir=output_dir)
     if prior is None:
         return None

@@ -1,0 +1,248 @@
+"""One validated run plan from the composed config: every check that needs no weights, done once.
+
+:func:`make_plan` builds the components (method, pattern, model source, engine, logger) and reads
+the plain sections into typed records; then, from the model's config alone (a meta-device
+skeleton, no weights read), it checks the target blocks and modules, the N:M divisibility of
+every pruned layer and the sequence lengths. The stages of :mod:`prunelab.pipeline` consume the
+frozen :class:`RunPlan` and rebuild nothing. Every failure is a :class:`ConfigError` naming the
+key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from prunelab import checks, data, models, zeroshot
+from prunelab.bench.engines import Engine
+from prunelab.config import POSITIVE, between, build, finite_numbers, is_component, label, missing_keys, read
+from prunelab.evaluate import PerplexitySpec
+from prunelab.loggers import Logger
+from prunelab.methods.base import PruningMethod
+from prunelab.patterns import Pattern, check_sparsity, parse_pattern
+from prunelab.prune import PruneTarget
+
+ConfigError = checks.ConfigError
+
+
+# ---------------------------------------------------------------------- schemas of the sections
+@dataclass(frozen=True)
+class RootSettings:
+    """The top level of ``conf/config.yaml`` (groups are read by their own schemas)."""
+
+    model: Any
+    method: Any
+    calib_data: Any
+    eval: Any
+    logger: Any
+    target: Any
+    engine: Any = None
+    local: Any = None  # conf/local/default.yaml, machine-specific and optional
+    sparsity: float = field(default=0.5, metadata=between(0, 1, high_open=True, what="the fraction of weights removed"))
+    pattern: Any = "unstructured"
+    ria_alpha: float = 0.5
+    owl_lambda: float = 0.08
+    owl_m: float = 5.0
+    save_model: bool = False
+    seed: int = 0
+    run_name: str | None = None
+    group: str | None = None
+    force: bool = False
+    cache_calibration: bool = True
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str
+    seqlen: int = field(metadata=POSITIVE)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "auto"
+    path: str | None = None
+    source: Any = None
+
+
+@dataclass(frozen=True)
+class CalibSettings:
+    dataset: str = field(metadata={"allowed": tuple(data.ALL_SETS)})
+    nsamples: int = field(metadata=POSITIVE)
+    seqlen: int = field(metadata=POSITIVE)
+    seed: int = 0
+    batch_size: int = field(default=8, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    ppl_datasets: tuple[str, ...] = field(default=(), metadata={"allowed": tuple(data.ALL_SETS)})
+    seqlen: int = field(default=256, metadata=between(2, what="tokens per window; each predicts the next"))
+    max_windows: int | None = field(default=None, metadata=POSITIVE)
+    batch_size: int = field(default=4, metadata=POSITIVE)
+    tasks: tuple[str, ...] = ()
+    limit: int | float | None = None
+    limit_per_task: dict | None = None
+    num_fewshot: int | None = field(default=0, metadata=between(0))
+    zeroshot_batch_size: int = field(default=16, metadata=POSITIVE)
+    zeroshot_data: Literal["auto", "offline", "online"] = "auto"
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    modules: tuple[str, ...] = ("all",)
+    blocks: tuple[int, int] | None = None
+
+
+# ----------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class ModelPlan:
+    name: str
+    source: models.ModelSource
+    dtype: torch.dtype
+    device: torch.device
+    context: int  # tokens; 0 when the config does not say
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    spec: data.CalibrationSpec
+    batch_size: int
+    cache: bool  # reuse token windows and dense-pass summaries across runs
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    perplexity: PerplexitySpec
+    zeroshot: zeroshot.ZeroShotSpec
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything one run does, checked; the stages read only this."""
+
+    model: ModelPlan
+    method: PruningMethod
+    method_label: str
+    sparsity: float  # 0 for methods that prune nothing
+    pattern: Pattern
+    target: PruneTarget
+    calibration: CalibrationPlan | None  # None: the method needs no calibration data
+    evaluation: EvalPlan
+    engine: Engine | None
+    logger: Logger
+    save_model: bool
+
+    def summary(self) -> dict[str, Any]:
+        """The plan in a few scalars, recorded in metrics.json and printed at the start."""
+        return {
+            "model": self.model.name, "method": self.method_label, "sparsity": self.sparsity,
+            "pattern": self.pattern.name, "target_modules": list(self.target.modules),
+            "target_blocks": list(self.target.blocks) if self.target.blocks else None,
+            "calibration": (f"{self.calibration.spec.dataset} {self.calibration.spec.nsamples}x"
+                            f"{self.calibration.spec.seqlen} seed {self.calibration.spec.seed}"
+                            if self.calibration else None),
+            "perplexity": list(self.evaluation.perplexity.datasets),
+            "zeroshot_tasks": list(self.evaluation.zeroshot.tasks),
+            "engine": getattr(self.engine, "name", type(self.engine).__name__) if self.engine is not None else None,
+            "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
+        }
+
+
+def make_plan(cfg: DictConfig) -> RunPlan:
+    """Check the composed config without loading weights; raise :class:`ConfigError`."""
+    missing = missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"{missing[0]} must be set (its config leaves it as ???), e.g. {missing[0]}=...")
+    finite_numbers(cfg)
+    root = read(RootSettings, cfg, "")
+    method = _component(cfg.method, "method", PruningMethod)
+    pattern = build(cfg.pattern, "pattern") if is_component(cfg.pattern) else parse_pattern(root.pattern)
+    sparsity = root.sparsity if method.prunes else 0.0
+    if method.prunes:
+        check_sparsity(pattern, sparsity)
+        method.check_pattern(pattern)
+    engine = _component(cfg.get("engine"), "engine", Engine) if cfg.get("engine") is not None else None
+    if engine is not None:
+        engine.check(pattern, method)
+    logger = _component(cfg.logger, "logger", Logger)
+
+    calib = read(CalibSettings, cfg.calib_data, "calib_data")
+    calibration = None
+    if method.needs.any:
+        if calib.dataset in data.ONLINE_SETS and not models.hub_reachable():
+            raise ConfigError(
+                f"calib_data={calib.dataset} needs the Hugging Face hub, which is unreachable here; "
+                f"offline calibration sets: {', '.join(data.OFFLINE_SETS)}"
+            )
+        calibration = CalibrationPlan(data.CalibrationSpec(calib.dataset, calib.nsamples, calib.seqlen, calib.seed),
+                                      calib.batch_size, root.cache_calibration)
+    evaluation = _evaluation(read(EvalSettings, cfg.eval, "eval"))
+    target = _target(read(TargetSettings, _target_node(cfg.target), "target"))
+
+    settings = read(ModelSettings, cfg.model, "model", source=None)
+    source = _component(cfg.model.source, "model.source", models.ModelSource)
+    dtype, device = models.resolve_dtype(settings.dtype), models.resolve_device(settings.device)
+    hf_config = source.hf_config()
+    model = ModelPlan(settings.name, source, dtype, device, models.context_length(hf_config))
+    for key, seqlen in (("calib_data.seqlen", calib.seqlen), ("eval.seqlen", evaluation.perplexity.seqlen)):
+        if model.context and seqlen > model.context:
+            raise ConfigError(f"{key}={seqlen} exceeds the model's context of {model.context} tokens")
+    _check_against_model(models.skeleton(hf_config), target, pattern, method)
+    return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
+                   engine, logger, root.save_model)
+
+
+def _component(node: Any, key: str, kind: type) -> Any:
+    built = build(node, key)
+    if not isinstance(built, kind):
+        raise ConfigError(f"{key}._target_={node.get('_target_')!r} is not a {kind.__module__}.{kind.__qualname__}; "
+                          "see README 'Architecture' for the interface it must implement")
+    return built
+
+
+def _evaluation(settings: EvalSettings) -> EvalPlan:
+    for name in settings.ppl_datasets:
+        if name in data.ONLINE_SETS and not models.hub_reachable():
+            raise ConfigError(
+                f"eval.ppl_datasets entry {name!r} needs the Hugging Face hub, which is unreachable here; "
+                f"offline sets: {', '.join(data.OFFLINE_SETS)}"
+            )
+    perplexity = PerplexitySpec(settings.ppl_datasets, settings.seqlen, settings.max_windows, settings.batch_size)
+    tasks = zeroshot.resolve(settings.tasks, settings.limit, settings.limit_per_task, settings.num_fewshot,
+                             settings.zeroshot_batch_size, settings.zeroshot_data)
+    return EvalPlan(perplexity, tasks)
+
+
+def _target_node(node: Any) -> Any:
+    """``target.modules=attention`` (one name, not a list) means ``[attention]``."""
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if isinstance(plain, dict) and isinstance(plain.get("modules"), str):
+        plain["modules"] = [plain["modules"]]
+    return plain
+
+
+def _target(settings: TargetSettings) -> PruneTarget:
+    if not settings.modules:
+        raise ConfigError("target.modules=[] selects no layer; allowed: all, attention, mlp or layer names "
+                          "(a dense run is method=dense)")
+    if settings.blocks is not None:
+        start, stop = settings.blocks
+        if not 0 <= start < stop:
+            raise ConfigError(f"target.blocks={list(settings.blocks)} must be [start, stop) with 0 <= start < stop")
+    return PruneTarget(settings.modules, settings.blocks)
+
+
+def _check_against_model(skeleton, target: PruneTarget, pattern: Pattern, method: PruningMethod) -> None:
+    """Targets exist, and every layer that will be pruned fits the pattern (from shapes alone)."""
+    adapter = models.DecoderAdapter(skeleton)
+    target.validate(adapter)
+    if not method.prunes:
+        return
+    width_problem = getattr(pattern, "width_problem", None)
+    for index, block in enumerate(adapter.blocks):
+        if not target.selects_block(index):
+            continue
+        for name, layer in adapter.linear_layers(block).items():
+            problem = width_problem(layer.in_features) if width_problem and target.selects_layer(name) else None
+            if problem:
+                raise ConfigError(f"pattern={pattern.name} cannot prune layers.{index}.{name}: {problem}")

@@ -1,0 +1,325 @@
+"""The sweep data model: every ``metrics.json`` of a sweep directory as one table of knobs and metrics.
+
+A row holds the job's status, the generic knobs (:data:`GENERIC_KNOBS`), every scalar knob of
+*its own* method config as ``method.<key>`` (a nested base as ``method.base.<key>``), any other
+swept key as ``cfg:<key>`` and every scalar metric. Nothing here knows a method by name, so a new
+method needs no change in this package. The rest of :mod:`prunelab.study` builds on this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+# (column, dotted config key, key of the record's "plan"): the plan is read first (it says what
+# the run did, e.g. sparsity 0 for a method that prunes nothing); a job that failed before
+# planning has only its config. Lists are joined with "+".
+GENERIC_KNOBS: tuple[tuple[str, str, str | None], ...] = (
+    ("model", "model.name", "model"),
+    ("method", "method.name", "method"),
+    ("sparsity", "sparsity", "sparsity"),
+    ("pattern", "pattern", "pattern"),
+    ("modules", "target.modules", "target_modules"),
+    ("blocks", "target.blocks", "target_blocks"),
+    ("calib_data", "calib_data.dataset", None),
+    ("calib_nsamples", "calib_data.nsamples", None),
+    ("calib_seqlen", "calib_data.seqlen", None),
+    ("seed", "seed", None),
+)
+GENERIC = tuple(name for name, _, _ in GENERIC_KNOBS)
+METHOD_PREFIX = "method."
+UNSHOWN_METHOD_KEYS = ("_target_", "name")  # the class and the display label (the `method` column)
+ID_COLUMNS = ("job", "status", "error", "overrides", "fingerprint", "reused_from")
+UNSWEPT_PREFIXES = ("logger", "hydra")  # overrides that never get a column (nor does `+experiment=`)
+MISSING = "-"  # a knob the row's method does not have, in table labels
+KNOB_FIGURE = "knob_"  # figure of a numeric method knob: knob_method.alpha (figures draws it, report captions it)
+_INTERPOLATION = re.compile(r"\$\{([^.:}][^:}]*)\}")  # ${ria_alpha}; not ${.base.name}, not ${oc.env:X}
+
+
+@dataclass
+class Sweep:
+    """Everything gathered from one sweep directory."""
+
+    directory: Path
+    results: pd.DataFrame
+    block_sparsity: pd.DataFrame
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # job -> metrics.json
+
+    @property
+    def completed(self) -> pd.DataFrame:
+        return self.results[self.results["status"].isin(["completed", "skipped"])]
+
+    def metric_columns(self) -> list[str]:
+        return [c for c in self.results.columns if "/" in c]
+
+    def varying_knobs(self, frame: pd.DataFrame | None = None) -> list[str]:
+        return varying_knobs(self.completed if frame is None else frame)
+
+
+# ------------------------------------------------------------------------------------ the knobs
+def knob_columns(frame: pd.DataFrame) -> list[str]:
+    """The generic knobs, then the method knobs, as far as ``frame`` has them."""
+    return [c for c in GENERIC if c in frame.columns] + [c for c in frame.columns if c.startswith(METHOD_PREFIX)]
+
+
+def knob_label(column: str) -> str:
+    """``method.lambda_`` -> ``lambda``, ``method.base.alpha`` -> ``base.alpha``: the knob as a reader says it."""
+    return column.removeprefix(METHOD_PREFIX).rstrip("_")
+
+
+def prunes_nothing(frame: pd.DataFrame) -> pd.Series:
+    """Rows of baseline runs: sparsity 0 (the plan records 0 for a method that prunes nothing)."""
+    return pd.to_numeric(frame["sparsity"], errors="coerce").eq(0)
+
+
+def _varies_within_a_method(frame: pd.DataFrame, column: str) -> bool:
+    """A method knob varies when one method runs with several values (not when methods differ)."""
+    rows = frame.dropna(subset=[column])
+    return bool(len(rows)) and bool((rows[column].astype(str).groupby(rows["method"].astype(str)).nunique() > 1).any())
+
+
+def varying_knobs(frame: pd.DataFrame) -> list[str]:
+    """Knob columns with more than one value, generic knobs first, then method knobs.
+
+    A baseline in the sweep (a dense run) makes ``method`` vary, but not the knobs it ignores
+    (sparsity, calibration...): those are judged on the pruned jobs alone.
+    """
+    if frame.empty:
+        return []
+    baseline = prunes_nothing(frame)
+    judged = frame[~baseline] if (~baseline).any() else frame
+    varying = [c for c in GENERIC if c in judged.columns and judged[c].astype(str).nunique(dropna=False) > 1]
+    varying += [c for c in knob_columns(judged) if c.startswith(METHOD_PREFIX) and _varies_within_a_method(judged, c)]
+    if "method" not in varying and frame["method"].astype(str).nunique() > 1:
+        varying.insert(0, "method")
+    return varying
+
+
+# ----------------------------------------------------------------------------------- reading
+def _cell(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _select(config: Any, key: str) -> Any:
+    value = OmegaConf.select(config, key, default=None)
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def method_knobs(method: Any, prefix: str = METHOD_PREFIX) -> dict[str, Any]:
+    """Every scalar knob of a method config, as ``method.<key>``; nested methods flattened."""
+    knobs: dict[str, Any] = {}
+    if not isinstance(method, dict):
+        return knobs
+    for key, value in method.items():
+        if key in UNSHOWN_METHOD_KEYS:
+            continue
+        if isinstance(value, dict):
+            knobs.update(method_knobs(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str, bool)):
+            knobs[f"{prefix}{key}"] = value
+    return knobs
+
+
+def interpolated_into_method(job_dir: Path) -> set[str]:
+    """Config keys that the job's method config takes by interpolation (``alpha: ${ria_alpha}``).
+
+    Read from the unresolved config Hydra saves in ``<job>/.hydra/config.yaml``; a record written
+    without Hydra has none, and its overrides of such keys keep their ``cfg:`` column.
+    """
+    path = job_dir / ".hydra" / "config.yaml"
+    try:
+        method = (yaml.safe_load(path.read_text()) or {}).get("method")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return set()
+    found: set[str] = set()
+    stack = [method]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str):
+            found.update(_INTERPOLATION.findall(node))
+    return found
+
+
+def _override_columns(overrides: list[str], config: Any, hidden: set[str]) -> dict[str, Any]:
+    """``cfg:<key>`` for every swept key that no knob column shows already."""
+    known = {dotted for _, dotted, _ in GENERIC_KNOBS}
+    columns = {}
+    for override in overrides:
+        key, _, text = override.lstrip("+~").partition("=")
+        group, _, package = key.partition("@")
+        where = package or group
+        if (where in known or where in hidden or where in ("experiment", "method")
+                or where.startswith((*UNSWEPT_PREFIXES, METHOD_PREFIX))  # method knobs have their own columns
+                or any(dotted.startswith(where + ".") for dotted in known)):  # a group already shown (model=...)
+            continue
+        value = _select(config, where)
+        columns[f"cfg:{where}"] = text if value is None or isinstance(value, dict) else _cell(value)
+    return columns
+
+
+def _row(job: str, record: dict[str, Any], hidden: set[str]) -> dict[str, Any]:
+    config = OmegaConf.create(record.get("config") or {})
+    plan = record.get("plan") or {}
+    row: dict[str, Any] = {
+        "job": job,
+        "status": record.get("status", "unknown"),
+        "error": record.get("error", ""),
+        "overrides": " ".join(record.get("overrides") or []),
+        "fingerprint": record.get("fingerprint", ""),
+        "reused_from": record.get("reused_from", ""),
+    }
+    for name, dotted, plan_key in GENERIC_KNOBS:
+        row[name] = _cell(plan[plan_key] if plan_key in plan else _select(config, dotted))
+    row.update(method_knobs((record.get("config") or {}).get("method")))
+    row.update(_override_columns(record.get("overrides") or [], config, hidden))
+    for key, value in (record.get("metrics") or {}).items():
+        if isinstance(value, (int, float, str, bool)):
+            row[key] = value
+    return row
+
+
+def _job_name(sweep_dir: Path, path: Path) -> str:
+    return str(path.parent.relative_to(sweep_dir)) or "."
+
+
+def _job_order(job: str) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in Path(job).parts)
+
+
+def _ordered(results: pd.DataFrame) -> pd.DataFrame:
+    """Ids, generic knobs, method knobs, other swept keys, metrics (rows add columns as they come)."""
+    first = [*ID_COLUMNS, *knob_columns(results), *(c for c in results.columns if c.startswith("cfg:"))]
+    first = [c for c in first if c in results.columns]
+    return results[first + [c for c in results.columns if c not in first]]
+
+
+def read_records(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """job -> record for every ``metrics.json`` under ``sweep_dir``, in job order; a skipped job
+    whose source is also present is dropped (the source is the row)."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in sweep_dir.rglob("metrics.json"):
+        try:
+            records[_job_name(sweep_dir, path)] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            log.warning("unreadable %s: %s", path, error)
+    completed_prints = {r.get("fingerprint") for r in records.values() if r.get("status") == "completed"}
+    return {job: r for job, r in sorted(records.items(), key=lambda item: _job_order(item[0]))
+            if not (r.get("status") == "skipped" and r.get("fingerprint") in completed_prints)}
+
+
+def collect(sweep_dir: Path | str) -> Sweep:
+    """Read a sweep directory into a :class:`Sweep`: one row per job, and per-block sparsity."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist")
+    records = read_records(sweep_dir)
+    hidden = set().union(*(interpolated_into_method(sweep_dir / job) for job in records))
+    rows = [_row(job, record, hidden) for job, record in records.items()]
+    results = _ordered(pd.DataFrame(rows)) if rows else pd.DataFrame(columns=[*ID_COLUMNS, *GENERIC])
+    blocks = pd.DataFrame([
+        {**row, "block": index, "block_sparsity": value}
+        for row, record in zip(rows, records.values()) if record.get("status") in ("completed", "skipped")
+        for index, value in enumerate((record.get("metrics") or {}).get("prune/block_sparsity") or [])
+    ])
+    if not blocks.empty:  # per job and block: the job's knobs, then the block's sparsity
+        blocks = blocks[["job", *knob_columns(blocks), "block", "block_sparsity"]]
+    return Sweep(sweep_dir, results, blocks, records)
+
+
+# ------------------------------------------------------------------------------------ tables
+def headline_metrics(sweep: Sweep) -> list[str]:
+    """Metrics worth a table: perplexities, zero-shot and task accuracies (in that order)."""
+    columns = sweep.metric_columns()
+    ppl = [c for c in columns if c.startswith("eval/ppl_") and not c.endswith("_tokens")]
+    zeroshot = sorted(c for c in columns if c.startswith("zeroshot/") and not c.endswith("_stderr")
+                      and (c.endswith(("mean_acc", "/acc")) or "/exact_match" in c))
+    mean_first = sorted(zeroshot, key=lambda c: (not c.endswith("mean_acc"), c))
+    tasks = sorted(c for c in columns if c.startswith("eval/") and c not in ppl and not c.endswith(("_tokens", "_s"))
+                   and not c.startswith("eval/ppl_"))
+    return ppl + mean_first + tasks
+
+
+def with_setting(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``setting``: "unstructured 70%", "2:4" or "dense", one axis for studies that mix them."""
+    if frame.empty:
+        return frame.assign(setting=pd.Series(dtype=str))
+    baseline = prunes_nothing(frame)
+
+    def label(row, dense: bool) -> str:
+        if dense:
+            return "dense"
+        if isinstance(row.get("pattern"), str) and row["pattern"] != "unstructured":
+            return row["pattern"]
+        return f"unstructured {float(row['sparsity']):.0%}" if pd.notna(row.get("sparsity")) else "dense"
+
+    return frame.assign(setting=[label(row, dense) for (_, row), dense in zip(frame.iterrows(), baseline)])
+
+
+def table_axes(sweep: Sweep) -> tuple[list[str], str | None]:
+    """Rows and column of the pivot tables: sparsity (or the pattern setting) across, other knobs down."""
+    varying = sweep.varying_knobs()
+    if len(varying) <= 1:
+        return varying or ["method"], None
+    if "sparsity" in varying and "pattern" in varying:
+        varying = [k for k in varying if k not in ("sparsity", "pattern")] + ["setting"]
+    across = "sparsity" if "sparsity" in varying else varying[-1]
+    return [k for k in varying if k != across], across
+
+
+def _labels(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Knob columns as table labels: text, with :data:`MISSING` where the row's method lacks the knob."""
+    return frame.assign(**{c: frame[c].astype(object).where(frame[c].notna(), MISSING).astype(str) for c in columns})
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def pivot(sweep: Sweep, metric: str) -> pd.DataFrame:
+    """One metric by the varying knobs (mean over repeated configs, e.g. seeds)."""
+    if metric not in sweep.results:
+        return pd.DataFrame()
+    frame = with_setting(sweep.completed.dropna(subset=[metric]))
+    if frame.empty:
+        return pd.DataFrame()
+    rows, across = table_axes(sweep)
+    frame = _labels(frame, rows)
+    if across is None:
+        return frame.groupby(rows, sort=False)[metric].mean().to_frame(metric)
+    if frame[across].isna().any():
+        frame = _labels(frame, [across])
+    table = frame.pivot_table(index=rows, columns=across, values=metric, aggfunc="mean", sort=False)
+    numbers = sorted((c for c in table.columns if _is_number(c)), key=float)
+    return table[numbers + [c for c in table.columns if not _is_number(c)]]
+
+
+def summary_table(sweep: Sweep) -> pd.DataFrame:
+    """Every headline metric (columns) for every distinct setting of the varying knobs (rows)."""
+    metrics = headline_metrics(sweep)
+    frame = with_setting(sweep.completed)
+    if frame.empty or not metrics:
+        return pd.DataFrame()
+    rows = sweep.varying_knobs() or ["method"]
+    return _labels(frame, rows).groupby(rows, sort=False)[metrics].mean()

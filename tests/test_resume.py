@@ -1,0 +1,97 @@
+"""Per-run machinery of a sweep: config fingerprints, run names, resuming (skip, redo, force,
+a reordered grid) and the calibration-window cache, on real tiny-model runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunelab import caches, data, naming, pipeline, resume
+from prunelab.study.records import collect
+from tests.conftest import TINY, compose_config
+
+
+def run_job(job_dir: Path, *overrides: str, multirun: bool = True) -> float:
+    """One tiny job in ``job_dir``; as a job of the sweep ``job_dir.parent`` unless ``multirun=False``."""
+    cfg = compose_config(*TINY, *overrides)
+    return pipeline.main(cfg, output_dir=job_dir, overrides=list(overrides),
+                         sweep_dir=job_dir.parent if multirun else None)
+
+
+# ----------------------------------------------------------------------------------- fingerprints
+def test_fingerprint_ignores_logging_and_force_but_not_knobs():
+    def fingerprint(*overrides: str) -> str:
+        return resume.fingerprint(compose_config(*overrides))
+
+    base = fingerprint(*TINY)
+    assert base == fingerprint(*TINY[:-1], "logger=wandb", "force=true", "group=x", "run_name=y")
+    for knob in ("sparsity=0.6", "method=magnitude", "calib_data=austen", "seed=1", "target.modules=[mlp]"):
+        assert fingerprint(*TINY, knob) != base, knob
+
+
+def test_run_label_names_a_job_by_its_own_overrides():
+    overrides = ["method=wanda", "sparsity=0.5", "+experiment=sparsity_curve", "logger=none", "force=true"]
+    assert naming.run_label(overrides, default="x") == "method=wanda,sparsity=0.5"
+    assert naming.run_label(["+experiment=a"], default="wanda-s0.5") == "wanda-s0.5"
+    assert naming.sweep_group(Path.cwd() / "multirun" / "study") == os.path.join("multirun", "study")
+
+
+# ----------------------------------------------------------------------------------------- resuming
+def test_completed_job_is_skipped_failed_is_redone_force_redoes(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = run_job(sweep / "0", "sparsity=0.4")
+    record_path = sweep / "0" / "metrics.json"
+    stamp = record_path.stat().st_mtime_ns
+    assert run_job(sweep / "0", "sparsity=0.4") == first  # the same study again: nothing rerun
+    assert record_path.stat().st_mtime_ns == stamp
+
+    record = json.loads(record_path.read_text())
+    record["status"] = "failed"
+    record_path.write_text(json.dumps(record))
+    run_job(sweep / "0", "sparsity=0.4")  # a failed job is redone
+    assert json.loads(record_path.read_text())["status"] == "completed"
+    stamp = record_path.stat().st_mtime_ns
+
+    run_job(sweep / "0", "sparsity=0.4", "force=true")
+    assert record_path.stat().st_mtime_ns != stamp
+    assert json.loads(record_path.read_text())["status"] == "completed"
+    stamp = record_path.stat().st_mtime_ns
+
+    run_job(sweep / "0", "sparsity=0.4", multirun=False)  # a single run is never skipped
+    assert record_path.stat().st_mtime_ns != stamp
+
+
+def test_reordered_grid_reuses_results_and_keeps_displaced_ones(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_job(sweep / "0", "sparsity=0.4")
+    run_job(sweep / "1", "sparsity=0.6")
+    # The grid changed: job 0 is now sparsity=0.6 (done in 1/), job 1 a new point.
+    run_job(sweep / "0", "sparsity=0.6")
+    reused = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert reused["status"] == "skipped" and reused["reused_from"] == os.path.join("1", "metrics.json")
+    kept = list((sweep / "0").glob("metrics.*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["config"]["sparsity"] == 0.4
+    assert resume.find_completed(sweep, json.loads(kept[0].read_text())["fingerprint"]).path == kept[0]
+    table = collect(sweep).results
+    assert sorted(table["sparsity"]) == [0.6]  # the copy in 0/ is dropped while 1/ holds the original
+
+
+# ------------------------------------------------------------------------------ calibration cache
+def test_calibration_cache_returns_the_same_windows_without_redrawing(tmp_path, tokenizer, monkeypatch):
+    spec = data.CalibrationSpec("wiki", 3, 32, 0)
+    fresh = data.calibration_tokens(spec, tokenizer)
+    first = caches.calibration_tokens(spec, tokenizer, root=tmp_path)
+    assert torch.equal(first, fresh)
+    assert len(list((tmp_path / "calib_tokens").glob("wiki-*.pt"))) == 1
+
+    def no_redraw(*_args, **_kwargs):
+        raise AssertionError("calibration windows were drawn again")
+
+    monkeypatch.setattr(data, "calibration_tokens", no_redraw)
+    assert torch.equal(caches.calibration_tokens(spec, tokenizer, root=tmp_path), fresh)
+    with pytest.raises(AssertionError):  # another seed is another key
+        caches.calibration_tokens(data.CalibrationSpec("wiki", 3, 32, 1), tokenizer, root=tmp_path)
