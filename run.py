@@ -8,19 +8,22 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from prunelab import pipeline
+from prunelab.study import callbacks
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()  # Hydra's state is read here and nowhere else
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    return pipeline.main(
-        cfg,
-        output_dir=Path(hydra_cfg.runtime.output_dir),
-        overrides=list(hydra_cfg.overrides.task),
-        sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None,
-    )
+    with pipeline.user_errors():
+        return pipeline.main(
+            cfg,
+            output_dir=Path(hydra_cfg.runtime.output_dir),
+            overrides=list(hydra_cfg.overrides.task),
+            sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None,
+        )
 
 
 if __name__ == "__main__":
     main()
+    raise SystemExit(callbacks.exit_status())  # a sweep with failed jobs exits non-zero (single runs raise)

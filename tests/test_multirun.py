@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["calib_data.nsamples=4", "eval.max_windows=2", "eval.ppl_datasets=[wiki]"]
 
 
-def multirun(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def multirun(*overrides: str, timeout: int = 600, returncode: int = 0) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "run.py", "-m", *overrides], cwd=ROOT, capture_output=True,
                             text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
     return result
 
 
@@ -45,9 +45,11 @@ def test_failed_job_is_recorded_the_sweep_goes_on_and_a_rerun_redoes_only_it(tmp
     paths = ",".join(str(checkpoints / n) for n in ("a", "b", "c"))
     command = ["model=local", f"model.path={paths}", "model.dtype=float32", "model.seqlen=64", "model.device=cpu",
                *TINY, "logger=none", f"hydra.sweep.dir={sweep}"]
-    multirun(*command)
+    failing = multirun(*command, returncode=1)  # every job ran; the sweep's exit status says one failed
     first = records(sweep)
     assert [r["status"] for r in first.values()] == ["completed", "failed", "completed"]
+    said = failing.stdout + failing.stderr  # Hydra's log goes to stdout
+    assert "1 job(s) of" in said and "job 1 [failed]" in said and "Re-run the same command" in said
     assert "model.path=" in first["1"]["error"] and first["1"]["traceback"]
     table = pd.read_csv(sweep / "results.csv")  # written by the callback at the end of the multirun
     assert table["status"].tolist() == ["completed", "failed", "completed"]

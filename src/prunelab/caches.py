@@ -13,10 +13,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from prunelab import assets, data
+from prunelab.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +55,51 @@ def cache_path(key: dict, root: Path | None = None) -> Path:
 def calibration_tokens(spec: data.CalibrationSpec, tokenizer, root: Path | None = None) -> torch.Tensor:
     """``data.calibration_tokens`` through the disk cache (a miss computes and stores them).
 
-    ``root`` defaults to ``assets.cache_dir()/stats``.
+    A cached entry is used only if it is readable and its key, dtype, shape
+    (``[nsamples, seqlen]``) and checksum are right; otherwise it is discarded with a warning that
+    names the file, and the windows are drawn again. ``root`` defaults to ``assets.cache_dir()/stats``.
     """
     key = cache_key(spec, tokenizer)
     path = cache_path(key, root)
     if path.exists():
-        stored = torch.load(path, weights_only=True)
-        if stored.get("key") == json.dumps(key, sort_keys=True):
+        found = _cached_windows(path, json.dumps(key, sort_keys=True), (spec.nsamples, spec.seqlen))
+        if found is not None:
             log.info("calibration windows from cache %s", path)
-            return stored["input_ids"]
+            return found
     input_ids = data.calibration_tokens(spec, tokenizer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")  # parallel jobs may race: last rename wins
-    torch.save({"key": json.dumps(key, sort_keys=True), "input_ids": input_ids}, partial)
-    partial.replace(path)
+    buffer = io.BytesIO()
+    torch.save({"key": json.dumps(key, sort_keys=True), "input_ids": input_ids, "sha256": _digest(input_ids)}, buffer)
+    atomic_write(path, buffer.getvalue())
     return input_ids
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(_tensor_bytes(tensor)).hexdigest()
+
+
+def _discard(path: Path, why: str, what: str) -> None:
+    log.warning("%s cache entry %s is %s; discarding it and computing it again", what, path, why)
+    path.unlink(missing_ok=True)
+
+
+def _cached_windows(path: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | None:
+    try:
+        stored = torch.load(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is rebuilt
+        _discard(path, f"unreadable ({type(error).__name__}: {str(error)[:120]})", "calibration-window")
+        return None
+    ids = stored.get("input_ids") if isinstance(stored, dict) else None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        why = "for another key" if isinstance(stored, dict) else "not a cache entry"
+    elif not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or tuple(ids.shape) != shape:
+        why = (f"of the wrong shape/dtype ({tuple(ids.shape)} {ids.dtype}, expected {shape} torch.int64)"
+               if isinstance(ids, torch.Tensor) else "missing its windows")
+    elif stored.get("sha256") != _digest(ids):
+        why = "corrupt (checksum mismatch)"
+    else:
+        return ids
+    _discard(path, why, "calibration-window")
+    return None
 
 
 # ------------------------------------------------------------------------- dense-pass summaries
@@ -92,20 +123,40 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
 
 
 def dense_summaries(key: str, count: int, compute: Callable[[], list[float]], root: Path | None = None) -> tuple[list[float], bool]:
-    """``compute()`` through the disk cache; returns the values and whether they came from it."""
+    """``compute()`` through the disk cache; returns the values and whether they came from it.
+
+    A cached entry is used only if it parses, holds ``count`` finite numbers and its checksum is
+    right; otherwise it is discarded with a warning that names the file, and computed again.
+    """
     path = (root or assets.cache_dir() / "stats") / "dense_pass" / f"{key}.json"
     if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-            values = [float(v) for v in stored.get("values", [])]
-        except (OSError, ValueError, TypeError, AttributeError):
-            values = []
-        if len(values) == count and all(math.isfinite(v) for v in values):
+        values = _cached_summaries(path, count)
+        if values is not None:
             log.info("dense-pass summaries from cache %s", path)
             return values, True
-    values = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    partial.write_text(json.dumps({"values": values}))
-    partial.replace(path)
+    values = [float(v) for v in compute()]
+    atomic_write(path, json.dumps({"values": values, "sha256": _values_digest(values)}))
     return values, False
+
+
+def _values_digest(values: list[float]) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+
+
+def _cached_summaries(path: Path, count: int) -> list[float] | None:
+    try:
+        stored = json.loads(path.read_text())
+        values = stored["values"]
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        _discard(path, f"unreadable ({type(error).__name__})", "dense-pass")
+        return None
+    if not isinstance(values, list) or len(values) != count:
+        why = f"of the wrong size ({len(values) if isinstance(values, list) else type(values).__name__}, expected {count})"
+    elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        why = "holding values that are not finite numbers"
+    elif stored.get("sha256") != _values_digest([float(v) for v in values]):
+        why = "corrupt or edited (checksum mismatch)"
+    else:
+        return [float(v) for v in values]
+    _discard(path, why, "dense-pass")
+    return None

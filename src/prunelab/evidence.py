@@ -14,6 +14,8 @@ from typing import Any
 import psutil
 import torch
 
+from prunelab.files import atomic_write
+
 PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "omegaconf", "lm_eval", "wandb", "prunelab")
 
 
@@ -91,8 +93,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Write atomically, so a killed job never leaves half a file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable(payload), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    """Write atomically (:func:`prunelab.files.atomic_write`): a killed job, a full disk or a second
+    writer never leaves half a file behind, and a failed write keeps the previous record."""
+    atomic_write(path, json.dumps(_jsonable(payload), indent=2, sort_keys=False) + "\n")

@@ -32,6 +32,10 @@ class ModelConfigError(ConfigError):
     """The model config points at something that cannot be loaded here."""
 
 
+class ModelLoadError(RuntimeError):
+    """The weights or tokenizer could not be read (a truncated or corrupt file): names the path."""
+
+
 @lru_cache(maxsize=1)
 def hub_reachable(timeout: float = 3.0) -> bool:
     """True when the Hugging Face hub answers; False offline or with HF_HUB_OFFLINE=1."""
@@ -88,8 +92,13 @@ class ModelSource(ABC):
         """``(model, tokenizer)`` on the CPU in ``dtype``, in eval mode, no KV cache."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_location())
-        model = AutoModelForCausalLM.from_pretrained(self.location(), dtype=dtype, low_cpu_mem_usage=True)
+        location = self.location()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_location())
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, low_cpu_mem_usage=True)
+        except Exception as error:  # noqa: BLE001 - safetensors, tokenizers, torch: any read failure, with the path
+            raise ModelLoadError(f"cannot load the model from {location}: {type(error).__name__}: {error} "
+                                 "(a truncated or corrupt checkpoint?)") from error
         return _ready(model, tokenizer)
 
 

@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from prunelab import caches, data, evidence, naming, resume
+from prunelab import caches, data, evidence, naming, outcome, resume
+from prunelab.assets import AssetMissingError
+from prunelab.checks import ConfigError
 from prunelab.evaluate import evaluate_perplexity
+from prunelab.models import ModelLoadError
+from prunelab.outcome import OutcomeError
 from prunelab.plan import CalibrationPlan, EvalPlan, ModelPlan, RunPlan, make_plan
 from prunelab.prune import PruneReport, prune_model
 from prunelab.zeroshot import evaluate_zeroshot
@@ -80,12 +92,16 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     """All stages of one run; fills ``metrics`` as it goes so a failure keeps what was measured."""
     model, tokenizer, load_metrics = load_stage(plan.model)
     metrics.update(load_metrics)
+    outcome.check_finite_weights(model, "after loading")
     report = prune_stage(plan, model, tokenizer)
     metrics.update(report.metrics())
     log.info("pruned with %s (%s): achieved sparsity %.4f (target %.4f); calibration %.1f s, pruning %.1f s",
              report.method, report.pattern, report.achieved_sparsity, report.target_sparsity,
              report.calibration_s, report.prune_s)
+    outcome.check_finite_weights(model, "after pruning")
+    outcome.check_sparsity(report)
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device))
+    outcome.check_finite_metrics(metrics)
     if plan.save_model:
         metrics.update(save_stage(model, tokenizer, output_dir / "model"))
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
@@ -94,63 +110,160 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
         bench_stage(plan.engine, model, tokenizer, plan.model.device, output_dir, into=metrics)
 
 
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGTERM is turned into this; Ctrl-C is SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signal = signal.Signals(signum).name
+
+
+@contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """Inside the block SIGTERM raises :class:`Interrupted`, as Ctrl-C raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def job_claim(output_dir: Path) -> Iterator[bool]:
+    """Hold the job directory's lock for the whole job (``False``: another process holds it).
+
+    Two invocations of the same sweep into the same directory then share its jobs: no job runs
+    twice, and one that another process finished is found completed and skipped. The lock is the
+    operating system's (``flock`` through ``filelock``): it is released when the process dies.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(output_dir / ".job.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 def main(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float:
     """Run one experiment and leave its evidence in ``output_dir``; return the headline metric.
 
     ``sweep_dir`` is the multirun's directory when this is one job of a sweep (``None`` for a
-    single run): a config that already completed in it is not redone, and a failure is recorded
-    without raising so the sweep goes on.
+    single run): a config that already completed in it is not redone, another process running
+    the same job is left to it, and a failure is recorded without raising so the sweep goes on.
     """
-    multirun = sweep_dir is not None
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    config_print = resume.fingerprint(resolved)
-    if multirun:
+    if sweep_dir is None:
+        return _run(cfg, output_dir, overrides, multirun=False)
+    with job_claim(output_dir) as claimed:
+        if not claimed:
+            log.warning("job %s is being run by another process; left to it", output_dir)
+            return math.nan
+        config_print = resume.fingerprint(_resolved(cfg))
         prior = None if cfg.get("force", False) else resume.resume(output_dir, sweep_dir, config_print, overrides)
         if prior is not None:
             return headline(prior["metrics"])
         resume.set_aside_foreign(output_dir, config_print)
+        return _run(cfg, output_dir, overrides, multirun=True, sweep_dir=sweep_dir)
+
+
+def _resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config for the record; unresolved where a key is still ``???`` (the plan then
+    says which key to set)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool, sweep_dir: Path | None = None) -> float:
+    resolved = _resolved(cfg)
     metrics: dict[str, Any] = {}
     record: dict[str, Any] = {
         "status": "running",
         "overrides": overrides,
-        "fingerprint": config_print,
+        "fingerprint": resume.fingerprint(resolved),
         "config": resolved,
         "versions": evidence.versions(),
         "git_commit": evidence.git_commit(),
         "metrics": metrics,
     }
     metrics_path = output_dir / "metrics.json"
+    previous = resume.keep_previous(metrics_path)  # a forced re-run never loses the completed record
     evidence.write_json(metrics_path, record)
     logger = None
-    failed = False
     start = time.perf_counter()
     try:
-        plan = make_plan(cfg)
-        record["plan"] = plan.summary()
-        log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
-        name = cfg.get("run_name") or f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}"
-        group = cfg.get("group")
-        if multirun:  # W&B: a job is named by its overrides and grouped by its sweep directory
-            name = naming.run_label(overrides, default=name)
-            group = group or naming.sweep_group(sweep_dir)
-        plan.logger.start(output_dir, resolved, name=name, group=group)
-        logger = plan.logger
-        with evidence.PeakMemory() as memory:
-            run_experiment(plan, output_dir, metrics)
-        metrics.update(memory.metrics())
-        record["status"] = "completed"
+        with signals_as_interrupts():
+            plan = make_plan(cfg)
+            record["plan"] = plan.summary()
+            evidence.write_json(metrics_path, record)  # a job that dies later still says what it planned
+            log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
+            name = cfg.get("run_name") or f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}"
+            group = cfg.get("group")
+            if multirun:  # W&B: a job is named by its overrides and grouped by its sweep directory
+                name = naming.run_label(overrides, default=name)
+                group = group or naming.sweep_group(sweep_dir)
+            plan.logger.start(output_dir, resolved, name=name, group=group)
+            logger = plan.logger
+            with evidence.PeakMemory() as memory:
+                run_experiment(plan, output_dir, metrics)
+            metrics.update(memory.metrics())
+            record["status"] = "completed"
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: recorded, then the sweep stops
+        record["status"] = "interrupted"
+        record["error"] = f"interrupted by {getattr(stop, 'signal', 'SIGINT')}"
+        raise
     except Exception as error:  # recorded, then re-raised for a single run
-        failed = True
         record["status"] = "failed"
         record["error"] = f"{type(error).__name__}: {error}"
         record["traceback"] = traceback.format_exc()
-        log.error("run failed: %s", record["error"])
-        if not multirun:
+        if multirun:
+            log.error("job failed: %s", record["error"])
+        else:
             raise
     finally:
         metrics["time/total_s"] = time.perf_counter() - start
-        evidence.write_json(metrics_path, record)
+        _write_record(metrics_path, record)
+        if previous is not None and record["status"] == "completed":
+            previous.unlink(missing_ok=True)
         if logger is not None:
             logger.log_metrics({**metrics, "status": record["status"]})
-            logger.finish(failed=failed)
+            logger.finish(failed=record["status"] != "completed")
     return headline(metrics)
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    """The final record; if even that fails (a full disk), the last one written stays and the log says why."""
+    try:
+        evidence.write_json(path, record)
+    except OSError as error:
+        scalars = {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}
+        log.error("could not write %s (%s): the job's status %s and metrics %s are not on disk; "
+                  "the previous record stays", path, error, record["status"], scalars)
+        record["status"] = "failed"
+        raise
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """For the command line: a mistake in the config or a failed outcome check prints one line
+    (key, value, what is allowed) instead of a traceback; ``HYDRA_FULL_ERROR=1`` shows the trace."""
+    try:
+        yield
+    except (ConfigError, OutcomeError, AssetMissingError, ModelLoadError) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {error}\n(recorded in the run's metrics.json; HYDRA_FULL_ERROR=1 shows the traceback)",
+              file=sys.stderr)
+        raise SystemExit(2) from None

@@ -161,6 +161,7 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     if method.prunes:
         check_sparsity(pattern, sparsity)
         method.check_pattern(pattern)
+        method.check_sparsity(sparsity, pattern)
     engine = _component(cfg.get("engine"), "engine", Engine) if cfg.get("engine") is not None else None
     if engine is not None:
         engine.check(pattern, method)

@@ -74,6 +74,9 @@ class PruneReport:
     prune_s: float
     calibration_tokens: int
     method_evidence: dict = field(default_factory=dict)
+    layer_plan: dict[str, float] = field(default_factory=dict)  # planned sparsity of every layer (0: untouched)
+    layer_zeros_before: dict[str, float] = field(default_factory=dict)  # fraction of zeros before pruning
+    layer_inputs: dict[str, int] = field(default_factory=dict)  # in_features (the rounding of a row)
 
     def metrics(self) -> dict:
         return {
@@ -99,6 +102,15 @@ def _prune_linears(method: PruningMethod, linears: dict[str, nn.Linear], stats: 
         layer.weight.data = method.prune_layer(layer.weight.data, stats.get(name, LayerStats()), sparsity, pattern)
         changed = True
     return changed
+
+
+def layer_plan(adapter: DecoderAdapter, plan: list[float], target: PruneTarget, prunes: bool) -> dict[str, float]:
+    """The sparsity every layer should end with: its block's planned sparsity where targeted, else 0."""
+    return {
+        f"layers.{index}.{name}": plan[index] if prunes and target.selects_layer(name) else 0.0
+        for index, block in enumerate(adapter.blocks)
+        for name in adapter.linear_layers(block)
+    }
 
 
 def layer_sparsity(adapter: DecoderAdapter) -> dict[str, float]:
@@ -155,6 +167,7 @@ def prune_model(
     label = label or getattr(method, "name", type(method).__name__)
     adapter = DecoderAdapter(model)
     target.validate(adapter)
+    zeros_before = layer_sparsity(adapter)
     needs = method.needs
     if needs.any:
         if calibration_ids is None:
@@ -189,4 +202,8 @@ def prune_model(
         prune_s=context.timings["prune_s"],
         calibration_tokens=context.tokens,
         method_evidence={**method.evidence, **dense_evidence},
+        layer_plan=layer_plan(adapter, plan, target, method.prunes),
+        layer_zeros_before=zeros_before,
+        layer_inputs={f"layers.{index}.{name}": layer.in_features for index, block in enumerate(adapter.blocks)
+                      for name, layer in adapter.linear_layers(block).items()},
     )

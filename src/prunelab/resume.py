@@ -104,3 +104,15 @@ def resume(output_dir: Path, sweep_dir: Path, config_print: str, overrides: list
     write_json(output_dir / "metrics.json", record)
     log.info("skipped: a completed run of this config is in %s (force=true redoes it)", prior.path.parent)
     return record
+
+
+def keep_previous(metrics_path: Path) -> Path | None:
+    """Before a job re-runs over a *completed* record (``force=true``), keep a copy of it as
+    ``metrics.previous.json``: if the new run fails, the good result is still there (and still
+    found by :func:`find_completed`). The caller deletes the copy once the new run completed."""
+    record = read_record(metrics_path) if metrics_path.exists() else None
+    if record is None or record.get("status") != "completed":
+        return None
+    copy = metrics_path.with_name("metrics.previous.json")
+    write_json(copy, record)
+    return copy

@@ -39,6 +39,10 @@ class PruningMethod(ABC):
         """Raise :class:`~prunelab.checks.ConfigError` when this method cannot prune with ``pattern``
         (checked with the run plan, before any weights load)."""
 
+    def check_sparsity(self, sparsity: float, pattern: Pattern) -> None:
+        """Raise :class:`~prunelab.checks.ConfigError` when this method cannot reach ``sparsity``
+        (checked with the run plan; OWL: every block's sparsity must stay in [0, 0.99])."""
+
     def summarize_dense_block(self, linears: dict[str, nn.Linear], stats: dict[str, LayerStats]) -> float:
         """One number per block of the dense model (``needs.dense_pass`` methods only)."""
         raise NotImplementedError(f"{type(self).__name__} declares no dense pass")

@@ -121,6 +121,19 @@ class OWL(PruningMethod):
     def check_pattern(self, pattern: Pattern) -> None:
         self.base.check_pattern(pattern)
 
+    def check_sparsity(self, sparsity: float, pattern: Pattern) -> None:
+        """Blocks span ``[S - lambda, S + lambda]``: that band must fit in ``[0, 0.99]``, or the plan
+        would be clipped silently (``bounded=false`` reaches ``S - 2 lambda``: that must fit too)."""
+        reach = 2 * self.lambda_ if not self.bounded else self.lambda_
+        allowed = min(sparsity, _MAX_SPARSITY - sparsity) / (2 if not self.bounded else 1)
+        if sparsity - reach < -1e-12 or sparsity + reach > _MAX_SPARSITY + 1e-12:
+            raise checks.ConfigError(
+                f"owl_lambda={self.lambda_:g} (method.lambda_) with sparsity={sparsity:g} would plan blocks in "
+                f"[{sparsity - reach:g}, {sparsity + reach:g}], outside [0, {_MAX_SPARSITY}]; "
+                f"allowed: owl_lambda <= {max(allowed, 0.0):.4g} at this sparsity"
+            )
+        self.base.check_sparsity(sparsity, pattern)
+
     # -- pass 1 -----------------------------------------------------------------------------
     def summarize_dense_block(self, linears: dict[str, nn.Linear], stats: dict[str, LayerStats]) -> float:
         """``D_l``: the block's outlier ratio of Wanda scores."""
