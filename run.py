@@ -25,5 +25,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the job's record says `interrupted`; keep what finished, say how to resume
+        callbacks.interrupted()
+        raise SystemExit(130) from None
     raise SystemExit(callbacks.exit_status())  # a sweep with failed jobs exits non-zero (single runs raise)

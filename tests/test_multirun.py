@@ -44,7 +44,7 @@ def test_failed_job_is_recorded_the_sweep_goes_on_and_a_rerun_redoes_only_it(tmp
     sweep = tmp_path / "sweep"
     paths = ",".join(str(checkpoints / n) for n in ("a", "b", "c"))
     command = ["model=local", f"model.path={paths}", "model.dtype=float32", "model.seqlen=64", "model.device=cpu",
-               *TINY, "logger=none", f"hydra.sweep.dir={sweep}"]
+               *TINY, "logger=none", "hydra.sweeper.dense_baseline=false", f"hydra.sweep.dir={sweep}"]
     failing = multirun(*command, returncode=1)  # every job ran; the sweep's exit status says one failed
     first = records(sweep)
     assert [r["status"] for r in first.values()] == ["completed", "failed", "completed"]
@@ -72,7 +72,7 @@ def test_joblib_launcher_and_wandb_offline_group_and_names(tmp_path):
     sweep = tmp_path / "sweep"
     multirun("model=tiny_random", *TINY, "sparsity=0.3,0.6", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
              "logger=wandb", "logger.mode=offline", "hydra.callbacks.aggregate.report=false",
-             f"hydra.sweep.dir={sweep}")
+             "hydra.sweeper.dense_baseline=false", f"hydra.sweep.dir={sweep}")
     done = records(sweep)
     assert [r["config"]["sparsity"] for r in done.values()] == [0.3, 0.6]
     assert all(r["status"] == "completed" for r in done.values())
@@ -98,3 +98,25 @@ def test_optuna_sweeper_searches_ria_alpha(tmp_path):
     ppl = {r["config"]["ria_alpha"]: r["metrics"]["eval/ppl_wiki"] for r in trials.values()}
     assert best["best_value"] == pytest.approx(min(ppl.values()))
     assert best["best_params"]["ria_alpha"] == pytest.approx(min(ppl, key=ppl.get))
+
+
+@pytest.mark.slow  # two Python start-ups of run.py
+def test_an_ad_hoc_sweep_gets_a_stable_directory_a_dense_baseline_and_resumes(tmp_path):
+    command = [sys.executable, str(ROOT / "run.py"), "-m", "model=tiny_random", *TINY, "logger=none",
+               "method=magnitude,wanda", "sparsity=0.3,0.6", "hydra.callbacks.aggregate.report=false"]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    sweep = tmp_path / "multirun" / "tiny_random" / (
+        "method=magnitude,wanda__sparsity=0.3,0.6__calib_data.nsamples=4__eval.max_windows=2__eval.ppl_datasets=[wiki]")
+    done = records(sweep)
+    assert len(done) == 5 and [r["plan"]["method"] for r in done.values()].count("dense") == 1
+    assert all(r["status"] == "completed" for r in done.values())
+    said = first.stdout + first.stderr
+    assert "job 1/5" in said and "job 5/5" in said and "ETA" in said  # progress, one line per job
+    assert f"all jobs: {sweep / 'results.csv'}" in said and "eval/ppl_wiki" in said  # the table at the end
+    table = pd.read_csv(sweep / "results.csv")
+    assert sorted(table["sparsity"].astype(float)) == [0.0, 0.3, 0.3, 0.6, 0.6]  # dense: the 0% point
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("skipped: a completed run") == 5  # the same command resumes

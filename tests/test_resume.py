@@ -95,3 +95,26 @@ def test_calibration_cache_returns_the_same_windows_without_redrawing(tmp_path, 
     assert torch.equal(caches.calibration_tokens(spec, tokenizer, root=tmp_path), fresh)
     with pytest.raises(AssertionError):  # another seed is another key
         caches.calibration_tokens(data.CalibrationSpec("wiki", 3, 32, 1), tokenizer, root=tmp_path)
+
+
+# -------------------------------------------------------------------- ad-hoc sweeps: name, baseline
+def test_an_ad_hoc_sweep_is_named_by_its_command_line_in_any_order():
+    assert naming.sweep_name(["-m", "method=magnitude,wanda,ria", "sparsity=0.3,0.5,0.7,0.9"]) == \
+        naming.sweep_name(["sparsity=0.3,0.5,0.7,0.9", "logger=none", "-m", "method=magnitude,wanda,ria"]) == \
+        "method=magnitude,wanda,ria__sparsity=0.3,0.5,0.7,0.9"
+    assert naming.sweep_name(["-m", "model=tiny_random", "hydra.launcher.n_jobs=2", "seed=1,2"]) == "seed=1,2"
+    assert naming.sweep_name(["-m", "model.path=/a/b", "seed=1,2"]) == "seed=1,2__model.path=_a_b"
+    long = naming.sweep_name(["-m", "method=" + ",".join(["magnitude"] * 30)])
+    assert len(long) == naming.SWEEP_NAME_MAX and long != naming.sweep_name(["-m", "method=" + ",".join(["wanda"] * 30)])
+
+
+def test_the_dense_baseline_joins_once_per_setting_a_dense_model_sees():
+    from prunelab.study.sweeper import baseline_jobs
+
+    grid = [[f"method={m}", f"sparsity={s}", "eval.max_windows=8"] for m in ("wanda", "ria") for s in (0.3, 0.5)]
+    assert baseline_jobs(grid) == [["method=dense", "eval.max_windows=8"]]
+    by_model = [[f"model={m}", "method=ria", f"ria_alpha={a}", "calib_data=wiki"] for m in ("a", "b") for a in (0, 1)]
+    assert baseline_jobs(by_model) == [["method=dense", "model=a"], ["method=dense", "model=b"]]
+    with_dense = grid + [["method=dense", "sparsity=0.3", "eval.max_windows=8"]]
+    assert baseline_jobs(with_dense) == []  # the sweep has its baseline already
+    assert baseline_jobs([["method=owl", "method@method.base=ria", "target.modules=[mlp]"]]) == [["method=dense"]]

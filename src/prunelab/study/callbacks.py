@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,27 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 SUMMARY_LINES = 15
 _unfinished: list[str] = []  # jobs of the sweeps this process ran that did not complete
+_active: dict[str, Any] = {}  # the sweep this process is running: its directory and logger config
 
 
 def exit_status() -> int:
     """1 when a sweep of this process left a job failed or interrupted, else 0."""
     return 1 if _unfinished else 0
+
+
+def _print_results(sweep, report: bool) -> None:
+    """The sweep's first headline table and where its report is, at the end of the console output."""
+    from prunelab.study.records import headline_metrics, pivot
+
+    metrics = headline_metrics(sweep)
+    table = pivot(sweep, metrics[0]) if metrics else None
+    lines = [f"Results of {sweep.directory.resolve()}"]
+    if table is not None and not table.empty:
+        lines += [f"{metrics[0]}:", table.to_markdown(floatfmt=".4g")]
+    lines.append(f"all jobs: {(sweep.directory / 'results.csv').resolve()}")
+    if report:
+        lines.append(f"report: {(sweep.directory / 'report.pdf').resolve()}")
+    print("\n".join(lines), flush=True)
 
 
 def _running_elsewhere(job_dir: Path) -> bool:
@@ -63,6 +82,65 @@ def report_unfinished(sweep_dir: Path) -> None:
               len(lines), sweep_dir, "\n  ".join(shown))
 
 
+class SweepProgress(Callback):
+    """One line per job: ``job k/N``, what it runs, the time so far and an ETA from the jobs that
+    actually ran (skipped ones take a second); it also remembers the sweep for :func:`interrupted`."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.durations: list[float] = []
+        self.job_start = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.start = time.perf_counter()
+        _active.update(sweep_dir=Path(config.hydra.sweep.dir), logger=config.get("logger"), group=config.get("group"))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
+            return
+        self.job_start = time.perf_counter()
+        done = int(config.hydra.job.num)
+        total = os.environ.get("PRUNELAB_SWEEP_JOBS")
+        ran = [d for d in self.durations if d > 5.0]  # jobs found completed take a second or two
+        elapsed = time.perf_counter() - self.start
+        eta = ""
+        if total and ran:
+            eta = f", ETA {_clock(sum(ran) / len(ran) * (int(total) - done))}"
+        log.info("job %d%s: %s (elapsed %s%s)", done + 1, f"/{total}" if total else "",
+                 " ".join(config.hydra.overrides.task), _clock(elapsed), eta)
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if self.job_start:
+            self.durations.append(time.perf_counter() - self.job_start)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def interrupted() -> None:
+    """After Ctrl-C in a sweep: aggregate what finished and say how to resume."""
+    sweep_dir = _active.get("sweep_dir")
+    command = "python " + " ".join(sys.argv)
+    if sweep_dir is None or not Path(sweep_dir).is_dir():
+        print(f"\nInterrupted. The run's metrics.json records it as interrupted; `{command}` runs it again.",
+              file=sys.stderr)
+        return
+    finished = 0
+    try:
+        from prunelab.study.aggregate import aggregate
+
+        sweep = aggregate(sweep_dir, logger_cfg=None)
+        finished = int(sweep.results["status"].isin(["completed", "skipped"]).sum()) if not sweep.results.empty else 0
+    except Exception:  # noqa: BLE001 - the jobs' records are on disk whatever happens here
+        log.exception("aggregating %s after the interrupt failed", sweep_dir)
+    print(f"\nInterrupted: {finished} job(s) of {sweep_dir} finished; their table and report are in "
+          f"{Path(sweep_dir).resolve()}.\nRun the same command again to resume (finished jobs are skipped):\n  {command}",
+          file=sys.stderr)
+
+
 class AggregateSweep(Callback):
     """``on_multirun_end``: results.csv, pivot tables, figures, report and the tracker's summary run.
 
@@ -84,9 +162,10 @@ class AggregateSweep(Callback):
             log.warning("no sweep directory %s to aggregate", sweep_dir)
             return
         try:
-            aggregate(sweep_dir, figures=self.figures, report=self.report, logger_cfg=config.get("logger"),
-                      group=config.get("group"))
+            sweep = aggregate(sweep_dir, figures=self.figures, report=self.report, logger_cfg=config.get("logger"),
+                              group=config.get("group"))
             log.info("aggregated %s: results.csv, tables/, figures/%s", sweep_dir, ", report.md/.pdf" if self.report else "")
+            _print_results(sweep, self.report)
         except Exception:  # noqa: BLE001 - the sweep itself succeeded; say how to redo this step
             log.exception("aggregating %s failed; redo with `python -m prunelab.study.aggregate %s`", sweep_dir, sweep_dir)
         report_unfinished(sweep_dir)

@@ -1,0 +1,31 @@
+"""``hydra/sweeper=baseline``: Hydra's grid sweeper plus the dense-baseline jobs of
+:mod:`prunelab.study.sweeper` (conf/hydra/sweeper/baseline.yaml selects it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.types import Override
+
+from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs
+
+log = logging.getLogger(__name__)
+
+
+class BaselineSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None,
+                 dense_baseline: bool = True) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.dense_baseline = dense_baseline
+
+    def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
+        batches = BasicSweeper.split_arguments(overrides, max_batch_size)
+        jobs = [job for batch in batches for job in batch]
+        extra = baseline_jobs(jobs) if self.dense_baseline else []
+        if extra:
+            log.info("dense baseline: %d more job(s) (%s)", len(extra), "; ".join(" ".join(j) for j in extra))
+            batches.append(extra)
+        os.environ[JOBS_VARIABLE] = str(len(jobs) + len(extra))
+        return batches
