@@ -4,9 +4,9 @@
   ``nsamples``, ``seqlen`` and the seed, so they are reusable across methods, sparsities and
   patterns. Block 0's inputs are these windows through the embedding (recomputed, cheap); block
   ``l``'s statistics depend on how blocks ``< l`` were pruned, so nothing later is reusable.
-- Dense-pass summaries (``dense_pass/``): one number per block of the *dense* model (OWL's
-  outlier ratios), keyed by the content of the block-0 inputs and every block's weights plus what
-  the method says they depend on (:meth:`PruningMethod.dense_pass_key`), so an OWL sweep over
+- Dense-pass summaries (``dense_pass/``): one value per block of the *dense* model (OWL's
+  outlier ratios, ShortGPT's Block Influence, FLAP's per-channel fluctuations), keyed by the
+  content of the block-0 inputs and every block's weights plus what the method says they depend on (:meth:`PruningMethod.dense_pass_key`), so an OWL sweep over
   sparsity or lambda runs the dense pass once.
 """
 
@@ -18,6 +18,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -91,21 +92,42 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def dense_summaries(key: str, count: int, compute: Callable[[], list[float]], root: Path | None = None) -> tuple[list[float], bool]:
-    """``compute()`` through the disk cache; returns the values and whether they came from it."""
-    path = (root or assets.cache_dir() / "stats") / "dense_pass" / f"{key}.json"
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-            values = [float(v) for v in stored.get("values", [])]
-        except (OSError, ValueError, TypeError, AttributeError):
-            values = []
-        if len(values) == count and all(math.isfinite(v) for v in values):
+def dense_summaries(key: str, count: int, compute: Callable[[], list[Any]], root: Path | None = None) -> tuple[list[Any], bool]:
+    """``compute()`` through the disk cache; returns the values and whether they came from it.
+
+    One number per block (OWL's outlier ratios, ShortGPT's Block Influence) is stored as JSON;
+    anything else (FLAP's per-channel tensors) with ``torch.save`` and read back weights-only."""
+    folder = (root or assets.cache_dir() / "stats") / "dense_pass"
+    for path in (folder / f"{key}.json", folder / f"{key}.pt"):
+        values = _read_summaries(path) if path.exists() else None
+        if values is not None and len(values) == count and all(_finite(v) for v in values):
             log.info("dense-pass summaries from cache %s", path)
             return values, True
     values = compute()
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    path = folder / f"{key}.{'json' if numbers else 'pt'}"
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
-    partial.write_text(json.dumps({"values": values}))
+    if numbers:
+        partial.write_text(json.dumps({"values": [float(v) for v in values]}))
+    else:
+        torch.save({"values": values}, partial)
     partial.replace(path)
     return values, False
+
+
+def _read_summaries(path: Path) -> list[Any] | None:
+    try:
+        if path.suffix == ".json":
+            return [float(v) for v in json.loads(path.read_text()).get("values", [])]
+        return list(torch.load(path, weights_only=True).get("values", []))
+    except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+        return None
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return isinstance(value, (int, float)) and math.isfinite(value)

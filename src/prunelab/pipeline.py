@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunelab import caches, data, evidence, naming, resume
+from prunelab import caches, data, evidence, models, naming, resume
 from prunelab.evaluate import evaluate_perplexity
 from prunelab.plan import CalibrationPlan, EvalPlan, ModelPlan, RunPlan, make_plan
 from prunelab.prune import PruneReport, prune_model
@@ -61,11 +61,11 @@ def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device) -> dict[s
     return metrics
 
 
-def save_stage(model, tokenizer, directory: Path) -> dict[str, Any]:
-    """The pruned model as safetensors; ``from_pretrained`` gives back the same zeros."""
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    return {"artifacts/model_dir": str(directory)}
+def save_stage(model, tokenizer, directory: Path, note: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pruned model as safetensors: ``from_pretrained`` gives back the same zeros, or the same
+    shrunk model (``model=local model.path=<dir>`` where a structured method left layers of
+    different shapes); ``note`` (method, sparsity) is recorded in its config."""
+    return models.save_pretrained(model, tokenizer, directory, note)
 
 
 def headline(metrics: dict[str, Any]) -> float:
@@ -87,7 +87,8 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
              report.calibration_s, report.prune_s)
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device))
     if plan.save_model:
-        metrics.update(save_stage(model, tokenizer, output_dir / "model"))
+        metrics.update(save_stage(model, tokenizer, output_dir / "model",
+                                  {"method": plan.method_label, "sparsity": plan.sparsity}))
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
         from prunelab.bench.stage import bench_stage
 
