@@ -92,7 +92,9 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
         from prunelab.bench.stage import bench_stage
 
-        bench_stage(plan.engine, model, tokenizer, plan.model.device, output_dir, into=metrics)
+        bench_stage(plan.engine, model, tokenizer, plan.model.device, output_dir, into=metrics,
+                    dense=lambda: plan.model.source.load(plan.model.dtype)[0])  # reloaded, not copied: no second
+        # model in memory while pruning; RandomSource is seeded, so it gives back the same weights
 
 
 def main(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float:

@@ -89,6 +89,7 @@ class Engine(ABC):
     """
 
     name: str = "engine"
+    needs_dense: bool = False  # True: run() also takes ``dense``, a loader of the unpruned model
 
     def __init__(self, prefill_tokens=(128, 512, 2048), decode_batches=(1, 8, 32), decode_context: int = 128,
                  warmup: int = 2, repeats: int = 5, roofline_gpu: str = "auto") -> None:
@@ -102,9 +103,17 @@ class Engine(ABC):
     def check(self, pattern, method) -> None:
         """Whether this engine can measure a model pruned by ``method`` with ``pattern``, here."""
 
+    def predict(self, shape, gpu, bench_dir: Path) -> dict:
+        """The analytic prediction recorded beside the measurements: by default the 2:4 roofline."""
+        from prunelab.bench.stage import roofline_metrics
+
+        return roofline_metrics(shape, self, gpu, bench_dir)
+
     @abstractmethod
     def run(self, model, tokenizer, shape, gpu, bench_dir: Path, into: dict) -> None:
-        """Measure; fill ``into`` (the run's metrics) with ``bench/...`` keys as results come in."""
+        """Measure; fill ``into`` (the run's metrics) with ``bench/...`` keys as results come in.
+        An engine with ``needs_dense`` also takes ``dense``: a function that returns the unpruned
+        model (the stage reloads it from the run's model source)."""
 
 
 class SparseEngine(Engine):

@@ -7,6 +7,7 @@ import csv
 import logging
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -72,24 +73,30 @@ def comparison_rows(metrics: dict[str, Any]) -> list[dict]:
 
 
 def bench_stage(engine: Engine, model, tokenizer, device: torch.device, output_dir: Path,
-                into: dict[str, Any] | None = None) -> dict[str, Any]:
+                into: dict[str, Any] | None = None, dense: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Benchmark ``model`` (already pruned) with ``engine``; return ``bench/...`` metrics.
 
     ``device`` is the run's device, kept for the stage interface: ``cpu`` measures on the CPU and the
-    2:4 engines on CUDA whatever it is. ``into`` (the run's metrics) is filled as results come in,
-    so a failure keeps what was measured."""
+    2:4 engines on CUDA whatever it is. ``dense`` loads the unpruned model, for engines that compare
+    against it (``needs_dense``). ``into`` (the run's metrics) is filled as results come in, so a
+    failure keeps what was measured."""
     metrics: dict[str, Any] = into if into is not None else {}
     start = time.perf_counter()
     bench_dir = Path(output_dir) / "bench"
-    shape = ModelShape.from_hf_config(model.config)
+    shape = ModelShape.from_model(model)
     gpu = roofline_gpu(engine)
     metrics["bench/engine"] = engine.name
-    metrics.update(roofline_metrics(shape, engine, gpu, bench_dir))
+    metrics.update(engine.predict(shape, gpu, bench_dir))
     metrics["artifacts/bench_dir"] = str(bench_dir)
-    engine.run(model, tokenizer, shape, gpu, bench_dir, metrics)
+    if engine.needs_dense:
+        engine.run(model, tokenizer, shape, gpu, bench_dir, metrics, dense=dense)
+    else:
+        engine.run(model, tokenizer, shape, gpu, bench_dir, metrics)
     rows = comparison_rows(metrics)
     if not any(r["measured"] == r["measured"] for r in rows):  # nothing measured on a GPU (engine=cpu)
         rows = [{k: v for k, v in r.items() if k != "measured"} for r in rows]
-    log.info("2:4 speedup, roofline bound (%s) vs measured (%s):\n%s", gpu.name, engine.name, roofline.format_table(rows))
+    if rows:
+        log.info("2:4 speedup, roofline bound (%s) vs measured (%s):\n%s", gpu.name, engine.name,
+                 roofline.format_table(rows))
     metrics["time/bench_s"] = time.perf_counter() - start
     return metrics
