@@ -138,7 +138,8 @@ class RunPlan:
         """The plan in a few scalars, recorded in metrics.json and printed at the start."""
         return {
             "model": self.model.name, "method": self.method_label, "sparsity": self.sparsity,
-            "pattern": self.pattern.name, "target_modules": list(self.target.modules),
+            "pattern": "structured" if self.method.structured else self.pattern.name,
+            "target_modules": list(self.target.modules),
             "target_blocks": list(self.target.blocks) if self.target.blocks else None,
             "calibration": (f"{self.calibration.spec.dataset} {self.calibration.spec.nsamples}x"
                             f"{self.calibration.spec.seqlen} seed {self.calibration.spec.seed}"
