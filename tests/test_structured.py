@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab import models, structure
+from prunelab import assets, models, structure
 from prunelab.methods.flap import FLAP, fluctuation_metric, standardize
 from prunelab.methods.mag_sp import MagnitudeSP
 from prunelab.methods.wanda_sp import WandaSP
@@ -19,7 +19,7 @@ from prunelab.patterns import Unstructured
 from prunelab.prune import PruneTarget, prune_model, prune_structured
 from prunelab.stats import BlockIO, LayerStats
 from prunelab.structure import BlockGeometry, Removal, Scope
-from tests.conftest import build_method, compose_config
+from tests.conftest import build_method, compose_config, requires_embedded
 
 CPU = torch.device("cpu")
 SMOL = BlockGeometry(hidden=576, heads=9, kv_heads=3, head_dim=64, intermediate=1536)  # the embedded model
@@ -243,3 +243,27 @@ def test_structured_method_yaml_composes_and_plans():
         plan = make_plan(cfg)
         assert plan.method.structured and plan.method_label == name
         assert (plan.calibration is None) is (name == "mag_sp")
+
+
+# --- the embedded model (slow tier) -------------------------------------------------------------
+@requires_embedded
+def test_embedded_flap_shrinks_saves_smaller_and_reloads_with_the_same_perplexity(tmp_path, monkeypatch):
+    from prunelab import pipeline
+
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))  # calibration windows recomputed here
+    small_eval = ["logger=none", "calib_data.nsamples=8", "eval.ppl_datasets=[wiki]", "eval.max_windows=4"]
+    overrides = ["method=flap", "sparsity=0.2", "save_model=true", *small_eval]
+    pipeline.main(compose_config(*overrides), output_dir=tmp_path / "pruned", overrides=overrides)
+    pruned = json.loads((tmp_path / "pruned" / "metrics.json").read_text())["metrics"]
+    assert pruned["prune/achieved_sparsity"] == pytest.approx(0.2, abs=0.002)
+    assert pruned["artifacts/model_loader"] == "local (prunelab_layers)"  # AL-AM: blocks differ
+    dense_dir = assets.paths().smollm2_dir
+    dense_bytes = sum(f.stat().st_size for f in dense_dir.glob("*.safetensors"))
+    dense_params = 134_515_008  # SmolLM2-135M, tied embeddings
+    kept = dense_params - (pruned["prune/structured_weights_before"] - pruned["prune/structured_weights_after"])
+    assert pruned["artifacts/model_bytes"] / dense_bytes == pytest.approx(kept / dense_params, rel=0.01)
+    reload = ["model=local", f"model.path={tmp_path / 'pruned' / 'model'}", "model.dtype=float32",
+              "model.seqlen=256", "method=dense", *small_eval]
+    pipeline.main(compose_config(*reload), output_dir=tmp_path / "reloaded", overrides=reload)
+    reloaded = json.loads((tmp_path / "reloaded" / "metrics.json").read_text())["metrics"]
+    assert reloaded["eval/ppl_wiki"] == pytest.approx(pruned["eval/ppl_wiki"], rel=1e-5)

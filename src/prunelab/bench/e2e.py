@@ -104,19 +104,20 @@ def measure(model, prefill_tokens: list[int], decode_batches: list[int], decode_
 @torch.no_grad()
 def measure_interleaved(models: dict, prefill_tokens: list[int], decode_batches: list[int], decode_context: int,
                         steps: int, vocab: int, device: torch.device, warmup: int, repeats: int,
-                        min_sample_ms: float = 0.0) -> dict[str, EndToEnd]:
+                        min_sample_ms: float = 0.0, clock: str = "wall") -> dict[str, EndToEnd]:
     """:func:`measure` for several models at once, their samples alternating (a, b, a, b, ...) so that
-    a change of machine load hits each alike: the same prompts, threads and warm-up for all."""
+    a change of machine load hits each alike: the same prompts, threads and warm-up for all.
+    ``clock`` as :class:`~prunelab.bench.timing.Stopwatch` (CPU only; CUDA events on a GPU)."""
     for model in models.values():
         model.eval()
     prefill: dict[str, dict[int, Timing]] = {name: {} for name in models}
     for n in prefill_tokens:
         ids = random_ids(1, n, vocab, device)
         calls = {name: (lambda model=model: model(input_ids=ids, use_cache=False)) for name, model in models.items()}
-        for name, timing in time_interleaved(calls, device, warmup, repeats, min_sample_ms).items():
+        for name, timing in time_interleaved(calls, device, warmup, repeats, min_sample_ms, clock).items():
             prefill[name][n] = timing
     decode: dict[str, dict[int, DecodeTiming]] = {name: {} for name in models}
-    watch = Stopwatch(device)
+    watch = Stopwatch(device, clock)
     for batch in decode_batches:
         prompt = random_ids(batch, decode_context, vocab, device, seed=1)
         samples: dict[str, list[float]] = {name: [] for name in models}

@@ -61,7 +61,8 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype, seed: int =
 def settings(args) -> structured.StructuredEngine:
     return structured.StructuredEngine(prefill_tokens=args.prefill, decode_batches=args.batches,
                                        decode_context=args.context, decode_steps=args.steps, warmup=args.warmup,
-                                       repeats=args.repeats, device=args.device, memory_tokens=max(args.prefill))
+                                       repeats=args.repeats, device=args.device, memory_tokens=max(args.prefill),
+                                       threads=None, clock="wall")
 
 
 def structured_part(model, args, out: Path, report: dict) -> None:

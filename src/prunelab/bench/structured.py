@@ -4,7 +4,9 @@ stock dense kernels; ``engine=roofline``: the 2:4 roofline prediction alone.
 A structured method leaves a smaller *dense* model, so its speedup needs no special kernel. This
 engine reloads the unpruned model from the run's model source (no copy is held during pruning),
 then times both on the same device with the same threads, after warm-up, their samples
-interleaved (dense, pruned, dense, ...), medians of repeats: prefill latency per prompt length,
+interleaved (dense, pruned, dense, ...), medians of repeats (on a CPU by default one thread and
+the process's CPU time, which a shared, oversubscribed machine does not inflate; ``clock=wall``
+for elapsed time): prefill latency per prompt length,
 decode tokens/s per batch with the KV cache, parameter bytes and peak memory of one prefill.
 Beside every measured ratio: the ideal ratio from FLOPs (prefill) and bytes moved (decode) of
 the two shapes (:func:`prunelab.bench.roofline.structured_ideal`; embeddings, attention and
@@ -87,13 +89,14 @@ class StructuredEngine(engines.Engine):
     needs_dense = True
 
     def __init__(self, prefill_tokens=(128, 512), decode_batches=(1, 8), decode_context: int = 128,
-                 decode_steps: int = 32, warmup: int = 2, repeats: int = 7, min_sample_ms: float = 0.0,
-                 threads: int | None = None, device: str = "auto", memory_tokens: int = 512,
+                 decode_steps: int = 16, warmup: int = 1, repeats: int = 5, min_sample_ms: float = 0.0,
+                 threads: int | None = 1, clock: str = "cpu", device: str = "auto", memory_tokens: int = 512,
                  roofline_gpu: str = "H100") -> None:
         super().__init__(prefill_tokens, decode_batches, decode_context, warmup, repeats, roofline_gpu)
         self.decode_steps = checks.positive_int(decode_steps, "decode_steps")
         self.min_sample_ms = checks.number(min_sample_ms, "min_sample_ms", low=0)
         self.threads = None if threads is None else checks.positive_int(threads, "threads")
+        self.clock = checks.choice(clock, "clock", ("cpu", "wall"))
         self.device = checks.choice(device, "device", ("auto", "cpu", "cuda"))
         self.memory_tokens = checks.positive_int(memory_tokens, "memory_tokens")
 
@@ -128,10 +131,11 @@ def measure_pair(models: dict, settings: StructuredEngine, device: torch.device,
         vocab = int(models["dense"].config.vocab_size)
         into.update(engines.versions())
         into["bench/threads"] = torch.get_num_threads()
+        into["bench/clock"] = "cuda events" if device.type == "cuda" else settings.clock
         into["bench/load_avg_1m"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         results = e2e.measure_interleaved(models, list(settings.prefill_tokens), list(settings.decode_batches),
                                           settings.decode_context, settings.decode_steps, vocab, device,
-                                          settings.warmup, settings.repeats, settings.min_sample_ms)
+                                          settings.warmup, settings.repeats, settings.min_sample_ms, settings.clock)
         into["bench/load_avg_1m_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         memory = {name: peak_memory_bytes(model, settings.memory_tokens, vocab, device) for name, model in models.items()}
         params = {name: parameter_bytes(model) for name, model in models.items()}
