@@ -166,6 +166,22 @@ def _dense_summaries(method: PruningMethod, context: CalibrationContext, cache: 
     return summaries, {"dense_pass_cached": hit, "dense_pass_s": time.perf_counter() - start}
 
 
+def _prepare(adapter: DecoderAdapter, method: PruningMethod, calibration_ids: torch.Tensor | None,
+             device: torch.device, batch_size: int, label: str, cache: bool) -> tuple[CalibrationContext, list | None, dict]:
+    """Block 0's calibration inputs (when the method needs statistics) and the dense-pass summaries
+    (when it declares a dense pass)."""
+    if method.needs.any:
+        if calibration_ids is None:
+            raise ValueError(f"method {label} needs calibration data")
+        context = capture_block_inputs(adapter, calibration_ids, device, batch_size)
+    else:
+        context = CalibrationContext(adapter, device, [], [])
+    if not method.needs.dense_pass:
+        return context, None, {}
+    summaries, evidence = _dense_summaries(method, context, cache)
+    return context, summaries, evidence
+
+
 @torch.no_grad()
 def prune_model(
     model: nn.Module,
@@ -186,13 +202,7 @@ def prune_model(
     adapter = DecoderAdapter(model)
     target.validate(adapter)
     needs = method.needs
-    if needs.any:
-        if calibration_ids is None:
-            raise ValueError(f"method {label} needs calibration data")
-        context = capture_block_inputs(adapter, calibration_ids, device, batch_size)
-    else:
-        context = CalibrationContext(adapter, device, [], [])
-    summaries, dense_evidence = _dense_summaries(method, context, cache) if needs.dense_pass else (None, {})
+    context, summaries, dense_evidence = _prepare(adapter, method, calibration_ids, device, batch_size, label, cache)
     plan = method.plan_block_sparsity(summaries, block_sizes(adapter), sparsity, pattern)
     plan = [s if target.selects_block(i) else 0.0 for i, s in enumerate(plan)]
 
@@ -222,18 +232,9 @@ def _weights(adapter: DecoderAdapter) -> dict[str, int]:
 
 
 @torch.no_grad()
-def prune_structured(
-    model: nn.Module,
-    method: StructuredMethod,
-    sparsity: float,
-    calibration_ids: torch.Tensor | None,
-    device: torch.device,
-    target: PruneTarget = PruneTarget(),
-    batch_size: int = 8,
-    label: str | None = None,
-    cache: bool = True,
-    shrink: bool = True,
-) -> PruneReport:
+def prune_structured(model: nn.Module, method: StructuredMethod, sparsity: float, calibration_ids: torch.Tensor | None,
+                     device: torch.device, target: PruneTarget = PruneTarget(), batch_size: int = 8,
+                     label: str | None = None, cache: bool = True, shrink: bool = True) -> PruneReport:
     """Remove the units ``method`` chooses, for real (``shrink``) or by zeroing them (the masked twin
     of the same model, for checks). Achieved sparsity = 1 - remaining linear weights / original; in
     ``shrink`` mode it must equal what the method planned, or the run fails."""
@@ -245,13 +246,7 @@ def prune_structured(
     method.check_structure(geometries, sparsity, scope)
     original = _weights(adapter)
     needs = method.needs
-    if needs.any:
-        if calibration_ids is None:
-            raise ValueError(f"method {label} needs calibration data")
-        context = capture_block_inputs(adapter, calibration_ids, device, batch_size)
-    else:
-        context = CalibrationContext(adapter, device, [], [])
-    summaries, dense_evidence = _dense_summaries(method, context, cache) if needs.dense_pass else (None, {})
+    context, summaries, dense_evidence = _prepare(adapter, method, calibration_ids, device, batch_size, label, cache)
     if needs.dense_pass:
         method.plan_removals(summaries, geometries, sparsity, scope)
     removals: dict[int, Removal] = {}

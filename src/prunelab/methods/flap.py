@@ -35,22 +35,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab import checks
+from prunelab import checks, structure
 from prunelab.checks import ConfigError
 from prunelab.methods.base import StructuredMethod
 from prunelab.stats import BlockIO, LayerStats, StatsNeeds
-from prunelab.structure import (
-    ATTENTION_OUTPUT,
-    MLP_OUTPUT,
-    BlockGeometry,
-    Removal,
-    Scope,
-    check_uniform,
-    group_scores,
-    lowest,
-    nearest_count,
-    uniform_counts,
-)
+from prunelab.structure import ATTENTION_OUTPUT, MLP_OUTPUT, BlockGeometry, Removal, Scope
 
 METRICS = ("IFV", "WIFV", "WIFN")
 STRUCTURES = ("UL-UM", "UL-MM", "AL-MM", "AL-AM")
@@ -91,7 +80,7 @@ class FLAP(StructuredMethod):
     # -- checks before any weights load ---------------------------------------------------------
     def check_structure(self, geometries: list[BlockGeometry], sparsity: float, scope: Scope) -> None:
         if self.structure == "UL-UM":
-            check_uniform(geometries, sparsity, scope, self.name)
+            structure.check_uniform(geometries, sparsity, scope, self.name)
             return
         if self.structure in ("UL-MM", "AL-MM"):
             blocks = [geometries[i] for i in scope.blocks]
@@ -153,13 +142,13 @@ class FLAP(StructuredMethod):
         for index in scope.blocks:
             geometry, summary = geometries[index], summaries[index]
             if self.structure == "UL-UM":
-                groups, channels = uniform_counts(geometry, sparsity, scope)
+                groups, channels = structure.uniform_counts(geometry, sparsity, scope)
             else:
                 groups = self.remove_heads // len(scope.blocks)
                 rest = sparsity * scope.params(geometry) - groups * geometry.group_params
-                channels = nearest_count(rest, geometry.channel_params, geometry.intermediate - 1) if scope.mlp else 0
-            removed[index] = (lowest(group_scores(summary["attention"], geometry, "sum"), groups),
-                              lowest(summary["mlp"], channels))
+                channels = structure.nearest_count(rest, geometry.channel_params, geometry.intermediate - 1) if scope.mlp else 0
+            removed[index] = (structure.lowest(structure.group_scores(summary["attention"], geometry, "sum"), groups),
+                              structure.lowest(summary["mlp"], channels))
         return removed
 
     def _global_counts(self, summaries, geometries, sparsity, scope) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -169,7 +158,7 @@ class FLAP(StructuredMethod):
         for index in scope.blocks:
             geometry, summary = geometries[index], summaries[index]
             if scope.attention:
-                scores = group_scores(standardize(summary["attention"]), geometry, "mean")
+                scores = structure.group_scores(standardize(summary["attention"]), geometry, "mean")
                 best = int(torch.argmax(scores))
                 units += [(float(v), geometry.group_params, index, "group", g) for g, v in enumerate(scores.tolist()) if g != best]
             if scope.mlp:
@@ -183,7 +172,7 @@ class FLAP(StructuredMethod):
             groups = sorted((u for u in units if u[3] == "group"), key=lambda u: u[0])[:self.remove_heads]
             channels = sorted((u for u in units if u[3] == "channel"), key=lambda u: u[0])
             rest = sparsity * total - sum(u[1] for u in groups)
-            chosen = groups + channels[:nearest_count(rest, channels[0][1], len(channels)) if channels else 0]
+            chosen = groups + channels[:structure.nearest_count(rest, channels[0][1], len(channels)) if channels else 0]
         removed = {index: ([], []) for index in scope.blocks}
         for _, _, index, kind, unit in chosen:
             removed[index][0 if kind == "group" else 1].append(unit)
