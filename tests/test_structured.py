@@ -247,11 +247,10 @@ def test_structured_method_yaml_composes_and_plans():
 
 # --- the embedded model (slow tier) -------------------------------------------------------------
 @requires_embedded
-def test_embedded_flap_shrinks_saves_smaller_and_reloads_with_the_same_perplexity(tmp_path, monkeypatch):
+def test_embedded_flap_shrinks_saves_smaller_and_reloads_with_the_same_perplexity(tmp_path):
     from prunelab import pipeline
 
-    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))  # calibration windows recomputed here
-    small_eval = ["logger=none", "calib_data.nsamples=8", "eval.ppl_datasets=[wiki]", "eval.max_windows=4"]
+    small_eval = ["logger=none", "cache_calibration=false", "calib_data.nsamples=8", "eval.ppl_datasets=[wiki]", "eval.max_windows=4"]
     overrides = ["method=flap", "sparsity=0.2", "save_model=true", *small_eval]
     pipeline.main(compose_config(*overrides), output_dir=tmp_path / "pruned", overrides=overrides)
     pruned = json.loads((tmp_path / "pruned" / "metrics.json").read_text())["metrics"]

@@ -344,7 +344,15 @@ def speed_table(sweep: Sweep) -> pd.DataFrame:
         return pd.DataFrame()
     accuracy = [m for m in headline_metrics(sweep) if m.startswith("eval/ppl_")][:1]
     accuracy += [m for m in headline_metrics(sweep) if m.endswith("mean_acc")][:1]
-    order = sorted(speed, key=lambda c: (not c.startswith("bench/prefill"), "roofline" in c, c))
+    kinds = {"speedup": 0, "ideal": 1, "efficiency": 2}
+
+    def position(column: str) -> tuple:  # prefill before decode, each length: speedup, ideal, efficiency
+        phase, _, rest = column.removeprefix("bench/").partition("_")
+        kind, _, size = rest.partition("_")
+        return ("roofline" in column or phase not in ("prefill", "decode"), phase != "prefill",
+                int("".join(filter(str.isdigit, size)) or 0), kinds.get(kind, 3), column)
+
+    order = sorted(speed, key=position)
     return frame.groupby(["setting", "method"], sort=False)[accuracy + order].mean()
 
 
