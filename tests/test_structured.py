@@ -99,7 +99,7 @@ def test_flap_metrics_by_hand():
     # sample variance per channel: [1, 3, 0, 1]; mean [2, 1, 2, 0]
     assert torch.allclose(stats.variance, torch.tensor([1.0, 3.0, 0.0, 1.0]))
     assert torch.allclose(stats.mean, torch.tensor([2.0, 1.0, 2.0, 0.0]))
-    column_sq = torch.tensor([10.0, 4.0, 0.5, 1.0])  # sum_i W_ij^2 of O_PROJ
+    # sum_i W_ij^2 of O_PROJ: [10, 4, 0.5, 1]
     assert torch.allclose(fluctuation_metric("IFV", O_PROJ, stats), torch.tensor([1.0, 3.0, 0.0, 1.0]))
     assert torch.allclose(fluctuation_metric("WIFV", O_PROJ, stats), torch.tensor([10.0, 12.0, 0.0, 1.0]))
     norms = inputs.pow(2).sum(0).sqrt()  # ||X_j||
@@ -120,7 +120,7 @@ def test_flap_adaptive_structure_weighs_heads_by_their_weights():
          "attention_mean": torch.zeros(4), "mlp_mean": torch.zeros(4)},
     ]
     geometry = [TWO_HEADS, TWO_HEADS]
-    total = 2 * TWO_HEADS.params  # 2 * (32 + 48) = 160
+    # in all 2 * (32 + 48) = 160 weights
     method = FLAP(structure="AL-AM")
     # ascending: mlp0[0] -1.16 (12), mlp1[3] -1.16 (12), head0/0 -0.87 (16), ... target 0.25 * 160 = 40:
     # 12, 24, 40 -> exactly the two weakest channels and block 0's head 0. Each block keeps its best units.

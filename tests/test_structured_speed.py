@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from prunelab.bench import e2e, roofline
 from prunelab.bench.roofline import BlockDims, ModelShape, Phase
 from prunelab.plan import make_plan
-from prunelab.study import aggregate, records, report
+from prunelab.study import aggregate, records
 from tests.conftest import CONF_DIR, ROOT, build_method, compose_config
 from tests.test_study import compose_with_hydra, grid, run_hydra_job
 

@@ -18,8 +18,8 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn

@@ -18,7 +18,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab import caches, structure
-from prunelab.calibration import CalibrationContext, capture_block_inputs, dense_pass, sequential
+from prunelab.calibration import (
+    CalibrationContext,
+    capture_block_inputs,
+    dense_pass,
+    sequential,
+)
 from prunelab.checks import ConfigError
 from prunelab.methods.base import PruningMethod, StructuredMethod
 from prunelab.models import DecoderAdapter

@@ -50,7 +50,7 @@ class BlockGeometry:
     intermediate: int
 
     @classmethod
-    def from_block(cls, block: nn.Module) -> "BlockGeometry":
+    def from_block(cls, block: nn.Module) -> BlockGeometry:
         attention, mlp = block.self_attn, block.mlp
         head_dim = int(attention.head_dim)
         return cls(hidden=int(attention.q_proj.in_features), heads=attention.q_proj.out_features // head_dim,

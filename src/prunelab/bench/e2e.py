@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-from prunelab.bench.timing import Stopwatch, Timing, synchronize, time_call, time_interleaved
+from prunelab.bench.timing import (
+    Stopwatch,
+    Timing,
+    synchronize,
+    time_call,
+    time_interleaved,
+)
 
 
 def random_ids(batch: int, tokens: int, vocab: int, device: torch.device, seed: int = 0) -> torch.Tensor:

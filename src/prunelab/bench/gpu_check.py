@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from prunelab.bench import engines, roofline, structured
+from prunelab.bench import engines, structured
 from prunelab.bench.roofline import ModelShape, format_table
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
@@ -91,7 +91,8 @@ def structured_part(model, args, out: Path, report: dict) -> None:
 
 
 def two_four_part(model, args, out: Path, report: dict) -> None:
-    from prunelab.bench.stage import roofline_gpu, roofline_metrics
+    from prunelab.bench.engines import roofline_metrics
+    from prunelab.bench.stage import roofline_gpu
     from prunelab.bench.torch_sparse import TorchSparseEngine, run
     from prunelab.patterns import NM
 

@@ -3,18 +3,17 @@ printed side by side and recorded as ``bench/...`` metrics (and CSVs under ``<ru
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from prunelab.bench import roofline
 from prunelab.bench.engines import Engine
-from prunelab.bench.roofline import GPU, ModelShape, Phase
+from prunelab.bench.roofline import GPU, ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -30,31 +29,6 @@ def roofline_gpu(engine: Engine) -> GPU:
             return found
         log.warning("GPU %s is not in the roofline table; predicting for H100", torch.cuda.get_device_name())
     return roofline.GPUS["H100"]
-
-
-def phases(engine: Engine) -> list[Phase]:
-    prefill = [roofline.Phase.prefill(n) for n in engine.prefill_tokens]
-    decode = [roofline.Phase.decode(b, engine.decode_context) for b in engine.decode_batches]
-    return prefill + decode
-
-
-def roofline_metrics(shape: ModelShape, engine: Engine, gpu: GPU, bench_dir: Path) -> dict[str, Any]:
-    found: dict[str, Any] = {"bench/roofline_gpu": gpu.name, "bench/roofline_ridge": gpu.ridge}
-    rows = []
-    for phase in phases(engine):
-        prediction = roofline.predict(shape, phase, gpu)
-        rows.extend(prediction.rows())
-        key = f"prefill_bound_{phase.tokens}" if phase.kind == "prefill" else f"decode_bound_b{phase.batch}"
-        found[f"bench/roofline_{key}"] = prediction.speedup
-        if phase.kind == "decode" and phase.batch == 1:
-            found["bench/roofline_decode_bound"] = prediction.speedup
-    found["bench/roofline_linear_decode_bound"] = 1 / roofline.sparse_weight_fraction()
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    with (bench_dir / "roofline.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return found
 
 
 def comparison_rows(metrics: dict[str, Any]) -> list[dict]:

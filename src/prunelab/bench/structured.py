@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -159,7 +160,7 @@ def measure_pair(models: dict, settings: StructuredEngine, device: torch.device,
                  "bench/peak_memory_tokens": settings.memory_tokens, "bench/repeats": settings.repeats,
                  "bench/warmup": settings.warmup, "bench/measured_on": str(device)})
     bad = [k for k, v in into.items() if k.startswith("bench/") and isinstance(v, float) and k.split("/")[1].startswith(
-        ("prefill_", "decode_")) and not (v == v and 0 < v < float("inf"))]
+        ("prefill_", "decode_")) and not (math.isfinite(v) and v > 0)]
     if bad:
         raise engines.EngineError(f"the speed benchmark produced non-finite or non-positive numbers: {bad[:5]}")
     bench_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,13 @@ import torch
 from torch import nn
 
 from prunelab import checks
-from prunelab.patterns import COMPARISON_GROUPS, NM, ComparisonGroup, Pattern, PatternError
+from prunelab.patterns import (
+    COMPARISON_GROUPS,
+    NM,
+    ComparisonGroup,
+    Pattern,
+    PatternError,
+)
 from prunelab.stats import BlockIO, LayerStats, StatsNeeds
 from prunelab.structure import (
     ATTENTION_OUTPUT,

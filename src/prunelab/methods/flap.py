@@ -39,7 +39,13 @@ from prunelab import checks, structure
 from prunelab.checks import ConfigError
 from prunelab.methods.base import StructuredMethod
 from prunelab.stats import BlockIO, LayerStats, StatsNeeds
-from prunelab.structure import ATTENTION_OUTPUT, MLP_OUTPUT, BlockGeometry, Removal, Scope
+from prunelab.structure import (
+    ATTENTION_OUTPUT,
+    MLP_OUTPUT,
+    BlockGeometry,
+    Removal,
+    Scope,
+)
 
 METRICS = ("IFV", "WIFV", "WIFN")
 STRUCTURES = ("UL-UM", "UL-MM", "AL-MM", "AL-AM")
