@@ -88,6 +88,7 @@ def test_no_import_circles_in_the_package():
     ("prunelab.methods", ("prunelab.calibration", "prunelab.prune", "prunelab.pipeline", "prunelab.plan",
                           "prunelab.study", "prunelab.caches", "prunelab.config")),
     ("prunelab.stats", ("prunelab.",)),
+    ("prunelab.structure", ("prunelab.",)),
     ("prunelab.checks", ("prunelab.",)),
     ("prunelab.patterns", ("prunelab.methods", "prunelab.calibration", "prunelab.study")),
     ("prunelab.calibration", ("prunelab.methods", "prunelab.prune", "prunelab.study")),

@@ -73,7 +73,7 @@ def test_unpruned_sequential_pass_reproduces_the_model(tiny_model):
 
     sequential_norms = []
 
-    def on_block(index, block, linears, stats):
+    def on_block(index, block, linears, stats, io):
         sequential_norms.append(stats["mlp.down_proj"].activation_norms)
         return False
 

@@ -114,6 +114,20 @@ def test_unknown_group_option_lists_the_valid_ones():
         (["target.blocks=[0,5]"], ["target.blocks=[0, 5]", "<= 2"]),
         (["target.blocks=5"], ["target.blocks=5", "list"]),
         (["logger=wandb", "logger.mode=sometimes"], ["logger.mode='sometimes'", "offline"]),
+        # structured pruning: the tiny model has 2 blocks of 2 KV head groups (4 query heads)
+        (["method=wanda_sp", "pattern=2:4"], ["pattern=2:4", "method=wanda_sp", "allowed: pattern=unstructured"]),
+        (["method=flap", "pattern=4:8"], ["pattern=4:8", "method=flap", "allowed: pattern=unstructured"]),
+        (["method=wanda_sp", "sparsity=0.9"], ["sparsity=0.9", "every attention head of layers.0",
+                                               "allowed: sparsity < 0.7500 or target.modules=mlp"]),
+        (["method=mag_sp", "sparsity=0.8", "target.modules=attention"], ["sparsity=0.8", "every attention head"]),
+        (["method=flap", "method.structure=AL-MM", "method.remove_heads=3"],
+         ["method.remove_heads=3", "every attention head", "allowed: method.remove_heads <= 2"]),
+        (["method=shortgpt", "sparsity=0.8"], ["sparsity=0.8", "all 2 decoder blocks", "allowed: sparsity < 0.7500"]),
+        (["method=shortgpt", "sparsity=0.8", "target.blocks=[1,2]"], ["sparsity=0.8", "all 1 decoder blocks"]),
+        (["method=shortgpt", "target.modules=mlp"], ["target.modules", "allowed: target.modules=all"]),
+        (["method=wanda_sp", "target.modules=[q_proj]"], ["'q_proj'", "allowed: all, attention, mlp"]),
+        (["method=flap", "method.metric=XX"], ["method.metric='XX'", "IFV, WIFV, WIFN"]),
+        (["method=flap", "method.structure=AL-XX"], ["method.structure='AL-XX'", "UL-UM, UL-MM, AL-MM, AL-AM"]),
     ],
 )
 def test_bad_input_names_key_value_and_what_is_allowed(overrides, words):

@@ -4,9 +4,9 @@
   ``nsamples``, ``seqlen`` and the seed, so they are reusable across methods, sparsities and
   patterns. Block 0's inputs are these windows through the embedding (recomputed, cheap); block
   ``l``'s statistics depend on how blocks ``< l`` were pruned, so nothing later is reusable.
-- Dense-pass summaries (``dense_pass/``): one number per block of the *dense* model (OWL's
-  outlier ratios), keyed by the content of the block-0 inputs and every block's weights plus what
-  the method says they depend on (:meth:`PruningMethod.dense_pass_key`), so an OWL sweep over
+- Dense-pass summaries (``dense_pass/``): one value per block of the *dense* model (OWL's
+  outlier ratios, ShortGPT's Block Influence, FLAP's per-channel fluctuations), keyed by the
+  content of the block-0 inputs and every block's weights plus what the method says they depend on (:meth:`PruningMethod.dense_pass_key`), so an OWL sweep over
   sparsity or lambda runs the dense pass once.
 """
 
@@ -19,6 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -122,41 +123,82 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def dense_summaries(key: str, count: int, compute: Callable[[], list[float]], root: Path | None = None) -> tuple[list[float], bool]:
+def dense_summaries(key: str, count: int, compute: Callable[[], list[Any]], root: Path | None = None) -> tuple[list[Any], bool]:
     """``compute()`` through the disk cache; returns the values and whether they came from it.
 
-    A cached entry is used only if it parses, holds ``count`` finite numbers and its checksum is
-    right; otherwise it is discarded with a warning that names the file, and computed again.
+    One number per block (OWL's outlier ratios, ShortGPT's Block Influence) is stored as JSON;
+    anything else (FLAP's per-channel tensors) with ``torch.save`` and read back weights-only. A
+    cached entry is used only if it reads, holds ``count`` finite values and its checksum is right;
+    otherwise it is discarded with a warning that names the file, and computed again.
     """
-    path = (root or assets.cache_dir() / "stats") / "dense_pass" / f"{key}.json"
-    if path.exists():
-        values = _cached_summaries(path, count)
+    folder = (root or assets.cache_dir() / "stats") / "dense_pass"
+    for path in (folder / f"{key}.json", folder / f"{key}.pt"):
+        values = _cached_summaries(path, count) if path.exists() else None
         if values is not None:
             log.info("dense-pass summaries from cache %s", path)
             return values, True
-    values = [float(v) for v in compute()]
-    atomic_write(path, json.dumps({"values": values, "sha256": _values_digest(values)}))
+    values = list(compute())
+    if _numbers(values):
+        values = [float(v) for v in values]
+        atomic_write(folder / f"{key}.json", json.dumps({"values": values, "sha256": _summary_digest(values)}))
+    else:
+        buffer = io.BytesIO()
+        torch.save({"values": values, "sha256": _summary_digest(values)}, buffer)
+        atomic_write(folder / f"{key}.pt", buffer.getvalue())
     return values, False
 
 
-def _values_digest(values: list[float]) -> str:
-    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+def _numbers(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def _cached_summaries(path: Path, count: int) -> list[float] | None:
+def _summary_digest(values: Any) -> str:
+    if isinstance(values, list) and _numbers(values):
+        return hashlib.sha256(json.dumps([float(v) for v in values]).encode()).hexdigest()
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            digest.update(f"tensor{tuple(value.shape)}{value.dtype}".encode())
+            digest.update(_tensor_bytes(value))
+        elif isinstance(value, dict):
+            for name in sorted(value):
+                digest.update(str(name).encode())
+                feed(value[name])
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    feed(values)
+    return digest.hexdigest()
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _cached_summaries(path: Path, count: int) -> list[Any] | None:
     try:
-        stored = json.loads(path.read_text())
+        stored = json.loads(path.read_text()) if path.suffix == ".json" else torch.load(path, weights_only=True)
         values = stored["values"]
-    except (OSError, ValueError, TypeError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - any unreadable entry is recomputed
         _discard(path, f"unreadable ({type(error).__name__})", "dense-pass")
         return None
     if not isinstance(values, list) or len(values) != count:
         why = f"of the wrong size ({len(values) if isinstance(values, list) else type(values).__name__}, expected {count})"
-    elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+    elif not all(_finite(v) for v in values):
         why = "holding values that are not finite numbers"
-    elif stored.get("sha256") != _values_digest([float(v) for v in values]):
+    elif stored.get("sha256") != _summary_digest(values):
         why = "corrupt or edited (checksum mismatch)"
     else:
-        return [float(v) for v in values]
+        return [float(v) for v in values] if _numbers(values) else values
     _discard(path, why, "dense-pass")
     return None

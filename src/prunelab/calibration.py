@@ -15,13 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab.models import DecoderAdapter
-from prunelab.stats import LayerStats, StatsNeeds
+from prunelab.stats import BlockIO, LayerStats, StatsNeeds
 
 
 class _StopForward(Exception):
@@ -120,16 +121,20 @@ def _run_block(block: nn.Module, hidden: list[torch.Tensor], call_args: list[tup
     return outputs
 
 
-BlockCallback = Callable[[int, nn.Module, dict[str, nn.Linear], dict[str, LayerStats]], bool]
+BlockCallback = Callable[[int, nn.Module, dict[str, nn.Linear], dict[str, LayerStats], BlockIO], bool]
 
 
 @torch.no_grad()
-def sequential(context: CalibrationContext, needs: StatsNeeds, on_block: BlockCallback, description: str = "calibrate") -> None:
-    """Walk the blocks in order, collecting ``needs`` statistics and calling ``on_block``.
+def sequential(context: CalibrationContext, needs: StatsNeeds, on_block: BlockCallback, description: str = "calibrate",
+               moments: bool = False) -> None:
+    """Walk the blocks in order, collecting ``needs`` statistics (and per-channel input moments with
+    ``moments``) and calling ``on_block``.
 
-    ``on_block(index, block, linears, stats)`` may change the block's weights; it returns True
-    when it did, and the block's outputs are then recomputed with the new weights before they
-    feed the next block (the papers' sequential protocol).
+    ``on_block(index, block, linears, stats, io)`` may change the block's weights (``io``: the
+    block's inputs and its outputs before the change); it returns True when it did, and the block's
+    outputs are then recomputed with the new weights before they feed the next block (the papers'
+    sequential protocol). The block may also have been replaced by a smaller one (structured
+    pruning): the walk continues with ``context.adapter.blocks[index]``.
     """
     hidden = list(context.hidden)
     home = next(context.adapter.model.parameters()).device
@@ -139,10 +144,10 @@ def sequential(context: CalibrationContext, needs: StatsNeeds, on_block: BlockCa
         linears = context.adapter.linear_layers(block)
         stats = {name: LayerStats() for name in linears}
         handles = []
-        if needs.per_block:
+        if needs.per_block or moments:
             for name, layer in linears.items():
                 def hook(_module, inputs, _output, layer_stats=stats[name]):
-                    layer_stats.update(inputs[0], norms=needs.norms, hessian=needs.hessian)
+                    layer_stats.update(inputs[0], norms=needs.norms, hessian=needs.hessian, moments=moments)
                 handles.append(layer.register_forward_hook(hook))
         start = time.perf_counter()
         try:
@@ -154,10 +159,11 @@ def sequential(context: CalibrationContext, needs: StatsNeeds, on_block: BlockCa
         context.timings["calibration_s"] += time.perf_counter() - start
 
         start = time.perf_counter()
-        changed = on_block(index, block, linears, stats)
+        changed = on_block(index, block, linears, stats, BlockIO(hidden, outputs))
         _sync(device)
         context.timings["prune_s"] += time.perf_counter() - start
         del stats
+        block = context.adapter.blocks[index]
 
         if changed and index < context.num_blocks - 1:
             start = time.perf_counter()
@@ -168,16 +174,18 @@ def sequential(context: CalibrationContext, needs: StatsNeeds, on_block: BlockCa
         context.adapter.blocks[index] = block.to(home)
 
 
-BlockSummary = Callable[[dict[str, nn.Linear], dict[str, LayerStats]], float]
+BlockSummary = Callable[[dict[str, nn.Linear], dict[str, LayerStats], BlockIO], Any]
 
 
-def dense_pass(context: CalibrationContext, summarize: BlockSummary, description: str = "dense pass") -> list[float]:
-    """``summarize(linears, stats)`` of every block of the model as it is (activation norms collected)."""
-    summaries: list[float] = []
+def dense_pass(context: CalibrationContext, summarize: BlockSummary, description: str = "dense pass") -> list[Any]:
+    """``summarize(linears, stats, io)`` of every block of the model as it is (activation norms and
+    input moments collected; ``io`` holds the block's inputs and outputs)."""
+    summaries: list[Any] = []
 
-    def on_block(index: int, block: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, LayerStats]) -> bool:
-        summaries.append(float(summarize(linears, stats)))
+    def on_block(index: int, block: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, LayerStats],
+                 io: BlockIO) -> bool:
+        summaries.append(summarize(linears, stats, io))
         return False
 
-    sequential(context, StatsNeeds(norms=True), on_block, description=description)
+    sequential(context, StatsNeeds(norms=True), on_block, description=description, moments=True)
     return summaries

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunelab import assets
+from prunelab import assets, structure
 from prunelab.checks import ConfigError
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,12 @@ class ModelSource(ABC):
 
     def load(self, dtype: torch.dtype):
         """``(model, tokenizer)`` on the CPU in ``dtype``, in eval mode, no KV cache."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         location = self.location()
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_location())
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, low_cpu_mem_usage=True)
+            model = load_pretrained(location, dtype)
         except Exception as error:  # noqa: BLE001 - safetensors, tokenizers, torch: any read failure, with the path
             raise ModelLoadError(f"cannot load the model from {location}: {type(error).__name__}: {error} "
                                  "(a truncated or corrupt checkpoint?)") from error
@@ -187,11 +187,108 @@ def _ready(model, tokenizer):
 
 def skeleton(hf_config) -> nn.Module:
     """The model's modules with their shapes on the meta device (no memory, no weights read):
-    what the plan checks targets and N:M widths against before anything loads."""
+    what the plan checks targets and N:M widths against before anything loads. A shrunk model's
+    per-layer shape map (``prunelab_layers`` in its config) is applied."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(hf_config)
+        model = AutoModelForCausalLM.from_config(hf_config)
+        shapes = getattr(hf_config, structure.SHAPE_MAP_KEY, None)
+        if shapes:
+            structure.reshape_to(model, shapes)
+    return model
+
+
+# ----------------------------------------------------------------------- shrunk checkpoints
+def load_pretrained(location: str, dtype: torch.dtype) -> nn.Module:
+    """``from_pretrained``, or, where a structured method left layers of different shapes (the
+    config's ``prunelab_layers``), the model built layer by layer to those shapes and the
+    safetensors loaded into it (every weight must match; only a tied ``lm_head`` may be absent)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(location)
+    shapes = getattr(config, structure.SHAPE_MAP_KEY, None)
+    if not shapes:
+        return AutoModelForCausalLM.from_pretrained(location, dtype=dtype, low_cpu_mem_usage=True)
+    from safetensors.torch import load_file
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = AutoModelForCausalLM.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
+    structure.reshape_to(model, shapes)
+    files = sorted(Path(location).glob("*.safetensors"))
+    if not files:
+        raise ModelConfigError(f"model.path={location!r} has a per-layer shape map but no *.safetensors weights")
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise ModelConfigError(f"model.path={location!r}: weights do not match the shape map "
+                               f"(missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    if tied:
+        model.tie_weights()
+    return model
+
+
+def save_pretrained(model: nn.Module, tokenizer, directory: Path, note: dict | None = None) -> dict:
+    """Save as safetensors so that the shrunk model reloads: with equal layers, a plain HF config
+    (head counts, ``head_dim``, MLP width, block count; with compensation biases,
+    ``attention_bias``/``mlp_bias`` and zero biases where none were added) that ``from_pretrained``
+    reads; with layers that differ, the per-layer shape map ``prunelab_layers`` that
+    :func:`load_pretrained` reads (``model=local model.path=...``). ``prunelab_structure`` records
+    what was pruned. The model in memory is not changed."""
+    config = model.config
+    shapes = structure.layer_shapes(model)
+    first = shapes[0]
+    head_dim = int(model.model.layers[0].self_attn.head_dim)
+    dense = {"num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads,
+             "intermediate_size": config.intermediate_size}
+    biased = any(s["o_proj_bias"] or s["down_proj_bias"] for s in shapes)
+    shrunk = biased or any({k: s[k] for k in dense} != dense for s in shapes)
+    saved = {k: getattr(config, k, None) for k in (*dense, "head_dim", "attention_bias", "mlp_bias",
+                                                   structure.SHAPE_MAP_KEY, structure.STRUCTURE_KEY)}
+    state = None
+    uniform = all(s == first for s in shapes)
+    try:
+        if shrunk and uniform:
+            for key in dense:
+                setattr(config, key, first[key])
+            config.head_dim = head_dim
+            if biased:
+                config.attention_bias, config.mlp_bias = True, True
+                state = _with_zero_biases(model)
+        elif shrunk:
+            setattr(config, structure.SHAPE_MAP_KEY, shapes)
+        if shrunk or getattr(config, structure.STRUCTURE_KEY, None) is not None or note:
+            setattr(config, structure.STRUCTURE_KEY, {**(note or {}), "bias_compensation": biased,
+                                                      "layers_differ": not uniform, "blocks": len(shapes)})
+        model.save_pretrained(directory, safe_serialization=True, state_dict=state)
+    finally:
+        for key, value in saved.items():
+            if value is None and hasattr(config, key) and key in (structure.SHAPE_MAP_KEY, structure.STRUCTURE_KEY):
+                delattr(config, key)
+            elif value is not None:
+                setattr(config, key, value)
+    tokenizer.save_pretrained(directory)
+    size = sum(f.stat().st_size for f in Path(directory).glob("*.safetensors"))
+    return {"artifacts/model_dir": str(directory), "artifacts/model_bytes": size,
+            "artifacts/model_loader": "local (prunelab_layers)" if shrunk and not uniform else "from_pretrained"}
+
+
+def _with_zero_biases(model: nn.Module) -> dict:
+    """The state dict with a zero bias for every decoder linear layer that has none (what
+    ``attention_bias=True, mlp_bias=True`` makes ``from_pretrained`` expect)."""
+    state = dict(model.state_dict())
+    for index, block in enumerate(model.model.layers):
+        for name, layer in DecoderAdapter.linear_layers(block).items():
+            if layer.bias is None:
+                state[f"model.layers.{index}.{name}.bias"] = torch.zeros(layer.out_features, dtype=layer.weight.dtype)
+    return state
 
 
 def context_length(config) -> int:

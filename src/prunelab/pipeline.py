@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prunelab import caches, data, evidence, naming, outcome, resume
+from prunelab import caches, data, evidence, models, naming, outcome, resume
 from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
 from prunelab.evaluate import evaluate_perplexity
@@ -73,11 +73,11 @@ def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device) -> dict[s
     return metrics
 
 
-def save_stage(model, tokenizer, directory: Path) -> dict[str, Any]:
-    """The pruned model as safetensors; ``from_pretrained`` gives back the same zeros."""
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    return {"artifacts/model_dir": str(directory)}
+def save_stage(model, tokenizer, directory: Path, note: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pruned model as safetensors: ``from_pretrained`` gives back the same zeros, or the same
+    shrunk model (``model=local model.path=<dir>`` where a structured method left layers of
+    different shapes); ``note`` (method, sparsity) is recorded in its config."""
+    return models.save_pretrained(model, tokenizer, directory, note)
 
 
 def headline(metrics: dict[str, Any]) -> float:
@@ -103,11 +103,14 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device))
     outcome.check_finite_metrics(metrics)
     if plan.save_model:
-        metrics.update(save_stage(model, tokenizer, output_dir / "model"))
+        metrics.update(save_stage(model, tokenizer, output_dir / "model",
+                                  {"method": plan.method_label, "sparsity": plan.sparsity}))
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
         from prunelab.bench.stage import bench_stage
 
-        bench_stage(plan.engine, model, tokenizer, plan.model.device, output_dir, into=metrics)
+        bench_stage(plan.engine, model, tokenizer, plan.model.device, output_dir, into=metrics,
+                    dense=lambda: plan.model.source.load(plan.model.dtype)[0])  # reloaded, not copied: no second
+        # model in memory while pruning; RandomSource is seeded, so it gives back the same weights
 
 
 class Interrupted(KeyboardInterrupt):

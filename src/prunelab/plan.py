@@ -3,7 +3,8 @@
 :func:`make_plan` builds the components (method, pattern, model source, engine, logger) and reads
 the plain sections into typed records; then, from the model's config alone (a meta-device
 skeleton, no weights read), it checks the target blocks and modules, the N:M divisibility of
-every pruned layer and the sequence lengths. The stages of :mod:`prunelab.pipeline` consume the
+every pruned layer, what a structured method would remove (never every head, channel or block)
+and the sequence lengths. The stages of :mod:`prunelab.pipeline` consume the
 frozen :class:`RunPlan` and rebuild nothing. Every failure is a :class:`ConfigError` naming the
 key, the value and what is allowed.
 """
@@ -21,9 +22,10 @@ from prunelab.bench.engines import Engine
 from prunelab.config import POSITIVE, between, build, finite_numbers, is_component, label, missing_keys, read
 from prunelab.evaluate import PerplexitySpec
 from prunelab.loggers import Logger
-from prunelab.methods.base import PruningMethod
+from prunelab.methods.base import PruningMethod, StructuredMethod
 from prunelab.patterns import Pattern, check_sparsity, parse_pattern
 from prunelab.prune import PruneTarget
+from prunelab.structure import BlockGeometry
 
 ConfigError = checks.ConfigError
 
@@ -136,7 +138,8 @@ class RunPlan:
         """The plan in a few scalars, recorded in metrics.json and printed at the start."""
         return {
             "model": self.model.name, "method": self.method_label, "sparsity": self.sparsity,
-            "pattern": self.pattern.name, "target_modules": list(self.target.modules),
+            "pattern": "structured" if self.method.structured else self.pattern.name,
+            "target_modules": list(self.target.modules),
             "target_blocks": list(self.target.blocks) if self.target.blocks else None,
             "calibration": (f"{self.calibration.spec.dataset} {self.calibration.spec.nsamples}x"
                             f"{self.calibration.spec.seqlen} seed {self.calibration.spec.seed}"
@@ -188,7 +191,7 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     for key, seqlen in (("calib_data.seqlen", calib.seqlen), ("eval.seqlen", evaluation.perplexity.seqlen)):
         if model.context and seqlen > model.context:
             raise ConfigError(f"{key}={seqlen} exceeds the model's context of {model.context} tokens")
-    _check_against_model(models.skeleton(hf_config), target, pattern, method)
+    _check_against_model(models.skeleton(hf_config), target, pattern, method, sparsity)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
                    engine, logger, root.save_model)
 
@@ -233,11 +236,17 @@ def _target(settings: TargetSettings) -> PruneTarget:
     return PruneTarget(settings.modules, settings.blocks)
 
 
-def _check_against_model(skeleton, target: PruneTarget, pattern: Pattern, method: PruningMethod) -> None:
-    """Targets exist, and every layer that will be pruned fits the pattern (from shapes alone)."""
+def _check_against_model(skeleton, target: PruneTarget, pattern: Pattern, method: PruningMethod,
+                         sparsity: float) -> None:
+    """Targets exist, every layer that will be pruned fits the pattern, and a structured method's
+    removal leaves every block something (from shapes alone)."""
     adapter = models.DecoderAdapter(skeleton)
     target.validate(adapter)
     if not method.prunes:
+        return
+    if isinstance(method, StructuredMethod):
+        geometries = [BlockGeometry.from_block(block) for block in adapter.blocks]
+        method.check_structure(geometries, sparsity, target.scope(adapter.num_blocks))
         return
     width_problem = getattr(pattern, "width_problem", None)
     for index, block in enumerate(adapter.blocks):

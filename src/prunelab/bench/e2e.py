@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-from prunelab.bench.timing import Stopwatch, Timing, synchronize, time_call
+from prunelab.bench.timing import (
+    Stopwatch,
+    Timing,
+    synchronize,
+    time_call,
+    time_interleaved,
+)
 
 
 def random_ids(batch: int, tokens: int, vocab: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -99,6 +105,42 @@ def measure(model, prefill_tokens: list[int], decode_batches: list[int], decode_
     decode = {b: decode_throughput(model, b, decode_context, decode_steps, vocab, device,
                                    max(1, warmup // 2), max(1, repeats // 2)) for b in decode_batches}
     return EndToEnd(prefill, decode)
+
+
+@torch.no_grad()
+def measure_interleaved(models: dict, prefill_tokens: list[int], decode_batches: list[int], decode_context: int,
+                        steps: int, vocab: int, device: torch.device, warmup: int, repeats: int,
+                        min_sample_ms: float = 0.0, clock: str = "wall") -> dict[str, EndToEnd]:
+    """:func:`measure` for several models at once, their samples alternating (a, b, a, b, ...) so that
+    a change of machine load hits each alike: the same prompts, threads and warm-up for all.
+    ``clock`` as :class:`~prunelab.bench.timing.Stopwatch` (CPU only; CUDA events on a GPU)."""
+    for model in models.values():
+        model.eval()
+    prefill: dict[str, dict[int, Timing]] = {name: {} for name in models}
+    for n in prefill_tokens:
+        ids = random_ids(1, n, vocab, device)
+        calls = {name: (lambda model=model: model(input_ids=ids, use_cache=False)) for name, model in models.items()}
+        for name, timing in time_interleaved(calls, device, warmup, repeats, min_sample_ms, clock).items():
+            prefill[name][n] = timing
+    decode: dict[str, dict[int, DecodeTiming]] = {name: {} for name in models}
+    watch = Stopwatch(device, clock)
+    for batch in decode_batches:
+        prompt = random_ids(batch, decode_context, vocab, device, seed=1)
+        samples: dict[str, list[float]] = {name: [] for name in models}
+        for repeat in range(max(1, warmup // 2) + repeats):
+            for name, model in models.items():
+                cache, next_ids = prefill_cache(model, prompt)
+                synchronize(device)
+                watch.start()
+                decode_steps(model, cache, next_ids, steps)
+                elapsed = watch.stop()
+                if repeat >= max(1, warmup // 2):
+                    samples[name].append(elapsed)
+                del cache
+        for name, values in samples.items():
+            decode[name][batch] = DecodeTiming(batch, decode_context, steps,
+                                               Timing(statistics.median(values), tuple(values)))
+    return {name: EndToEnd(prefill[name], decode[name]) for name in models}
 
 
 def compare(dense: EndToEnd, sparse: EndToEnd, label: str = "2to4") -> dict:

@@ -10,6 +10,7 @@ faked: when CUDA or a package is missing the error says what to install or which
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from prunelab import checks
+from prunelab.bench import roofline
 from prunelab.checks import ConfigError
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class Engine(ABC):
     """
 
     name: str = "engine"
+    needs_dense: bool = False  # True: run() also takes ``dense``, a loader of the unpruned model
 
     def __init__(self, prefill_tokens=(128, 512, 2048), decode_batches=(1, 8, 32), decode_context: int = 128,
                  warmup: int = 2, repeats: int = 5, roofline_gpu: str = "auto") -> None:
@@ -102,9 +105,42 @@ class Engine(ABC):
     def check(self, pattern, method) -> None:
         """Whether this engine can measure a model pruned by ``method`` with ``pattern``, here."""
 
+    def predict(self, shape, gpu, bench_dir: Path) -> dict:
+        """The analytic prediction recorded beside the measurements: by default the 2:4 roofline."""
+        return roofline_metrics(shape, self, gpu, bench_dir)
+
     @abstractmethod
     def run(self, model, tokenizer, shape, gpu, bench_dir: Path, into: dict) -> None:
-        """Measure; fill ``into`` (the run's metrics) with ``bench/...`` keys as results come in."""
+        """Measure; fill ``into`` (the run's metrics) with ``bench/...`` keys as results come in.
+        An engine with ``needs_dense`` also takes ``dense``: a function that returns the unpruned
+        model (the stage reloads it from the run's model source)."""
+
+
+def phases(engine: "Engine") -> list[roofline.Phase]:
+    prefill = [roofline.Phase.prefill(n) for n in engine.prefill_tokens]
+    decode = [roofline.Phase.decode(b, engine.decode_context) for b in engine.decode_batches]
+    return prefill + decode
+
+
+def roofline_metrics(shape, engine: "Engine", gpu, bench_dir: Path) -> dict:
+    """The 2:4 roofline prediction of every phase the engine measures, as ``bench/roofline_...``
+    metrics and ``bench_dir/roofline.csv``."""
+    found: dict = {"bench/roofline_gpu": gpu.name, "bench/roofline_ridge": gpu.ridge}
+    rows = []
+    for phase in phases(engine):
+        prediction = roofline.predict(shape, phase, gpu)
+        rows.extend(prediction.rows())
+        key = f"prefill_bound_{phase.tokens}" if phase.kind == "prefill" else f"decode_bound_b{phase.batch}"
+        found[f"bench/roofline_{key}"] = prediction.speedup
+        if phase.kind == "decode" and phase.batch == 1:
+            found["bench/roofline_decode_bound"] = prediction.speedup
+    found["bench/roofline_linear_decode_bound"] = 1 / roofline.sparse_weight_fraction()
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    with (bench_dir / "roofline.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return found
 
 
 class SparseEngine(Engine):

@@ -103,8 +103,19 @@ class LinearShape:
 
 
 @dataclass(frozen=True)
+class BlockDims:
+    """What structured pruning changes in one block: query heads, KV heads, MLP width."""
+
+    heads: int
+    kv_heads: int
+    intermediate: int
+
+
+@dataclass(frozen=True)
 class ModelShape:
-    """The sizes of a LLaMA-style decoder that the roofline needs."""
+    """The sizes of a LLaMA-style decoder that the roofline needs. ``blocks`` lists every block's
+    :class:`BlockDims` where structured pruning made them differ (``None``: all blocks are
+    ``heads``/``kv_heads``/``intermediate``, and ``layers`` of them)."""
 
     hidden: int
     intermediate: int
@@ -113,6 +124,34 @@ class ModelShape:
     head_dim: int
     layers: int
     vocab: int
+    blocks: tuple[BlockDims, ...] | None = None
+
+    @classmethod
+    def from_model(cls, model) -> "ModelShape":
+        """The shapes of a model as it is in memory (a shrunk model's real per-block widths)."""
+        config = model.config
+        layers = model.model.layers
+        dims = []
+        for block in layers:
+            head_dim = int(block.self_attn.head_dim)
+            dims.append(BlockDims(block.self_attn.q_proj.out_features // head_dim,
+                                  block.self_attn.k_proj.out_features // head_dim, block.mlp.gate_proj.out_features))
+        first = dims[0] if dims else BlockDims(0, 0, 0)
+        return cls(hidden=int(config.hidden_size), intermediate=first.intermediate, heads=first.heads,
+                   kv_heads=first.kv_heads, head_dim=int(layers[0].self_attn.head_dim) if dims else 0,
+                   layers=len(dims), vocab=int(model.get_output_embeddings().weight.shape[0]),
+                   blocks=None if all(d == first for d in dims) else tuple(dims))
+
+    def block_dims(self) -> list[BlockDims]:
+        return list(self.blocks) if self.blocks is not None else [BlockDims(self.heads, self.kv_heads, self.intermediate)] * self.layers
+
+    def distinct_blocks(self) -> list[tuple["ModelShape", int]]:
+        """One uniform shape per distinct block, with how many blocks have it (in order of first use)."""
+        counts: dict[BlockDims, int] = {}
+        for dims in self.block_dims():
+            counts[dims] = counts.get(dims, 0) + 1
+        return [(ModelShape(self.hidden, d.intermediate, d.heads, d.kv_heads, self.head_dim, n, self.vocab), n)
+                for d, n in counts.items()]
 
     @classmethod
     def from_hf_config(cls, config) -> "ModelShape":
@@ -142,7 +181,8 @@ class ModelShape:
         ]
 
     def prunable_parameters(self) -> int:
-        return self.layers * sum(s.in_features * s.out_features for s in self.linear_shapes())
+        return sum(count * sum(s.in_features * s.out_features for s in block.linear_shapes())
+                   for block, count in self.distinct_blocks())
 
 
 @dataclass(frozen=True)
@@ -234,9 +274,23 @@ class Operator:
 
 def operators(shape: ModelShape, phase: Phase, bytes_per_element: int = 2,
               fused_elementwise: bool = True) -> list[Operator]:
-    """Every operator of one forward in ``phase``: the block's operators (count = layers), then the
-    final norm and ``lm_head`` (count = 1). Embedding lookups move a few rows and are left out."""
-    b, n, L = bytes_per_element, phase.rows, shape.layers
+    """Every operator of one forward in ``phase``: each distinct block's operators (count = the
+    blocks of that shape), then the final norm and ``lm_head`` (count = 1). Embedding lookups move
+    a few rows and are left out."""
+    ops_list: list[Operator] = []
+    for block, count in shape.distinct_blocks():
+        ops_list.extend(_block_operators(block, phase, bytes_per_element, fused_elementwise, count))
+    b, n, h = bytes_per_element, phase.rows, shape.hidden
+    traffic, fused = (0.0 if fused_elementwise else 1.0), fused_elementwise
+    ops_list.append(Operator("norm", "elementwise", 1, 4.0 * n * h, h * b, traffic * 2.0 * n * h * b, fused=fused))
+    ops_list.append(Operator("lm_head", "lm_head", 1, 2.0 * n * h * shape.vocab, h * shape.vocab * b,
+                             n * (h + shape.vocab) * b))
+    return ops_list
+
+
+def _block_operators(shape: ModelShape, phase: Phase, b: int, fused_elementwise: bool, L: int) -> list[Operator]:
+    """The operators of one decoder block of ``shape``, each run ``L`` times."""
+    n = phase.rows
     traffic = 0.0 if fused_elementwise else 1.0  # element-wise activation bytes that reach HBM
     fused = fused_elementwise
     h, inter = shape.hidden, shape.intermediate
@@ -268,9 +322,6 @@ def operators(shape: ModelShape, phase: Phase, bytes_per_element: int = 2,
                              fused=fused))
     ops_list.append(_linear(shape.linear_shapes()[6], n, b, L))
     ops_list.append(residual("residual_mlp"))
-    ops_list.append(rmsnorm("norm", 1))
-    ops_list.append(Operator("lm_head", "lm_head", 1, 2.0 * n * h * shape.vocab, h * shape.vocab * b,
-                             n * (h + shape.vocab) * b))
     return ops_list
 
 
@@ -338,6 +389,24 @@ def predict(shape: ModelShape, phase: Phase, gpu: GPU, bytes_per_element: int = 
     dense = sum(o.count * o.time_s(gpu) for o in ops)
     sparse = sum(o.count * o.time_s(gpu, sparse=True) for o in ops)
     return Prediction(phase, gpu, ops, dense, sparse)
+
+
+def totals(shape: ModelShape, phase: Phase, bytes_per_element: int = 2) -> tuple[float, float]:
+    """FLOPs and bytes moved (weights, KV cache, activations of unfused operators) of one forward."""
+    ops = operators(shape, phase, bytes_per_element)
+    return sum(o.count * o.ops for o in ops), sum(o.count * o.bytes() for o in ops)
+
+
+def structured_ideal(dense: ModelShape, pruned: ModelShape, phase: Phase, bytes_per_element: int = 2) -> dict:
+    """The speedup a smaller dense model could reach if time followed the work: ``flop_ratio``
+    (dense FLOPs / pruned FLOPs), ``byte_ratio`` (bytes moved), and ``ideal``: the FLOP ratio for
+    prefill (compute-bound) and the byte ratio for decode (memory-bound). Embeddings, norms,
+    attention and ``lm_head`` count, unpruned or not."""
+    dense_ops, dense_bytes = totals(dense, phase, bytes_per_element)
+    pruned_ops, pruned_bytes = totals(pruned, phase, bytes_per_element)
+    flop_ratio, byte_ratio = dense_ops / pruned_ops, dense_bytes / pruned_bytes
+    return {"flop_ratio": flop_ratio, "byte_ratio": byte_ratio,
+            "ideal": flop_ratio if phase.kind == "prefill" else byte_ratio}
 
 
 def gemm_bound(shape: ModelShape, tokens: int, gpu: GPU, bytes_per_element: int = 2) -> float:

@@ -3,9 +3,9 @@ printed side by side and recorded as ``bench/...`` metrics (and CSVs under ``<ru
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 
 from prunelab.bench import roofline
 from prunelab.bench.engines import Engine
-from prunelab.bench.roofline import GPU, ModelShape, Phase
+from prunelab.bench.roofline import GPU, ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -29,31 +29,6 @@ def roofline_gpu(engine: Engine) -> GPU:
             return found
         log.warning("GPU %s is not in the roofline table; predicting for H100", torch.cuda.get_device_name())
     return roofline.GPUS["H100"]
-
-
-def phases(engine: Engine) -> list[Phase]:
-    prefill = [roofline.Phase.prefill(n) for n in engine.prefill_tokens]
-    decode = [roofline.Phase.decode(b, engine.decode_context) for b in engine.decode_batches]
-    return prefill + decode
-
-
-def roofline_metrics(shape: ModelShape, engine: Engine, gpu: GPU, bench_dir: Path) -> dict[str, Any]:
-    found: dict[str, Any] = {"bench/roofline_gpu": gpu.name, "bench/roofline_ridge": gpu.ridge}
-    rows = []
-    for phase in phases(engine):
-        prediction = roofline.predict(shape, phase, gpu)
-        rows.extend(prediction.rows())
-        key = f"prefill_bound_{phase.tokens}" if phase.kind == "prefill" else f"decode_bound_b{phase.batch}"
-        found[f"bench/roofline_{key}"] = prediction.speedup
-        if phase.kind == "decode" and phase.batch == 1:
-            found["bench/roofline_decode_bound"] = prediction.speedup
-    found["bench/roofline_linear_decode_bound"] = 1 / roofline.sparse_weight_fraction()
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    with (bench_dir / "roofline.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return found
 
 
 def comparison_rows(metrics: dict[str, Any]) -> list[dict]:
@@ -72,24 +47,30 @@ def comparison_rows(metrics: dict[str, Any]) -> list[dict]:
 
 
 def bench_stage(engine: Engine, model, tokenizer, device: torch.device, output_dir: Path,
-                into: dict[str, Any] | None = None) -> dict[str, Any]:
+                into: dict[str, Any] | None = None, dense: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Benchmark ``model`` (already pruned) with ``engine``; return ``bench/...`` metrics.
 
     ``device`` is the run's device, kept for the stage interface: ``cpu`` measures on the CPU and the
-    2:4 engines on CUDA whatever it is. ``into`` (the run's metrics) is filled as results come in,
-    so a failure keeps what was measured."""
+    2:4 engines on CUDA whatever it is. ``dense`` loads the unpruned model, for engines that compare
+    against it (``needs_dense``). ``into`` (the run's metrics) is filled as results come in, so a
+    failure keeps what was measured."""
     metrics: dict[str, Any] = into if into is not None else {}
     start = time.perf_counter()
     bench_dir = Path(output_dir) / "bench"
-    shape = ModelShape.from_hf_config(model.config)
+    shape = ModelShape.from_model(model)
     gpu = roofline_gpu(engine)
     metrics["bench/engine"] = engine.name
-    metrics.update(roofline_metrics(shape, engine, gpu, bench_dir))
+    metrics.update(engine.predict(shape, gpu, bench_dir))
     metrics["artifacts/bench_dir"] = str(bench_dir)
-    engine.run(model, tokenizer, shape, gpu, bench_dir, metrics)
+    if engine.needs_dense:
+        engine.run(model, tokenizer, shape, gpu, bench_dir, metrics, dense=dense)
+    else:
+        engine.run(model, tokenizer, shape, gpu, bench_dir, metrics)
     rows = comparison_rows(metrics)
     if not any(r["measured"] == r["measured"] for r in rows):  # nothing measured on a GPU (engine=cpu)
         rows = [{k: v for k, v in r.items() if k != "measured"} for r in rows]
-    log.info("2:4 speedup, roofline bound (%s) vs measured (%s):\n%s", gpu.name, engine.name, roofline.format_table(rows))
+    if rows:
+        log.info("2:4 speedup, roofline bound (%s) vs measured (%s):\n%s", gpu.name, engine.name,
+                 roofline.format_table(rows))
     metrics["time/bench_s"] = time.perf_counter() - start
     return metrics

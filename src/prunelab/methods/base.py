@@ -8,6 +8,12 @@ A method may also plan different sparsities per decoder block (OWL) from a pass 
 model: it declares ``needs.dense_pass``, summarises each dense block in
 :meth:`summarize_dense_block` and turns the summaries into sparsities in :meth:`plan_block_sparsity`.
 
+A *structured* method (:class:`StructuredMethod`) removes whole units instead of single weights:
+attention head groups and MLP channels, which span several linear layers, or whole decoder blocks
+(:mod:`prunelab.structure` defines the units). It decides per block in :meth:`StructuredMethod.removal`
+(under the sequential protocol when it declares ``needs.norms``), or for all blocks at once from a
+dense pass in :meth:`StructuredMethod.plan_removals` (FLAP's global comparison, block removal).
+
 Methods are built by Hydra from ``conf/method/<name>.yaml`` (``_target_`` + the method's own
 knobs); constructors check their arguments and raise :class:`~prunelab.checks.ConfigError`.
 """
@@ -15,13 +21,31 @@ knobs); constructors check their arguments and raise :class:`~prunelab.checks.Co
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import nn
 
 from prunelab import checks
-from prunelab.patterns import COMPARISON_GROUPS, ComparisonGroup, Pattern
-from prunelab.stats import LayerStats, StatsNeeds
+from prunelab.patterns import (
+    COMPARISON_GROUPS,
+    NM,
+    ComparisonGroup,
+    Pattern,
+    PatternError,
+)
+from prunelab.stats import BlockIO, LayerStats, StatsNeeds
+from prunelab.structure import (
+    ATTENTION_OUTPUT,
+    MLP_OUTPUT,
+    BlockGeometry,
+    Removal,
+    Scope,
+    check_uniform,
+    group_scores,
+    lowest,
+    uniform_counts,
+)
 
 
 class PruningMethod(ABC):
@@ -30,6 +54,7 @@ class PruningMethod(ABC):
     name: str = "base"
     needs: StatsNeeds = StatsNeeds()
     prunes: bool = True  # False for the dense baseline: its runs remove nothing
+    structured: bool = False  # True: removes whole units (heads, channels, blocks), see StructuredMethod
 
     @abstractmethod
     def prune_layer(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
@@ -43,8 +68,10 @@ class PruningMethod(ABC):
         """Raise :class:`~prunelab.checks.ConfigError` when this method cannot reach ``sparsity``
         (checked with the run plan; OWL: every block's sparsity must stay in [0, 0.99])."""
 
-    def summarize_dense_block(self, linears: dict[str, nn.Linear], stats: dict[str, LayerStats]) -> float:
-        """One number per block of the dense model (``needs.dense_pass`` methods only)."""
+    def summarize_dense_block(self, linears: dict[str, nn.Linear], stats: dict[str, LayerStats],
+                              io: BlockIO | None = None) -> Any:
+        """One value per block of the dense model (``needs.dense_pass`` methods only): a number, or
+        a dict of tensors; ``io`` holds the block's inputs and outputs."""
         raise NotImplementedError(f"{type(self).__name__} declares no dense pass")
 
     def dense_pass_key(self) -> dict:
@@ -84,3 +111,71 @@ class ScoreMethod(PruningMethod):
             return weight
         keep = pattern.mask(self.score(weight, stats), sparsity, self.comparison)
         return weight * keep.to(weight.dtype)
+
+
+class StructuredMethod(PruningMethod):
+    """Removes whole units that span several linear layers; the model physically shrinks.
+
+    ``sparsity`` keeps its meaning: the fraction of the in-scope linear weights removed (a head
+    group counts its q, k, v rows and o columns; an MLP channel its gate and up rows and down
+    column). Subclasses implement :meth:`removal` (one block, from its weights and statistics) or,
+    with ``needs.dense_pass``, :meth:`plan_removals` (every block at once, from the dense pass).
+    """
+
+    structured = True
+    removes_blocks = False  # True: whole decoder blocks go (plan_removals fills removed_blocks)
+
+    def __init__(self) -> None:
+        self.removed_blocks: list[int] = []
+        self.planned: dict[int, Removal] = {}
+
+    def prune_layer(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} removes units of whole blocks; prunelab.prune calls removal()")
+
+    def check_pattern(self, pattern: Pattern) -> None:
+        if isinstance(pattern, NM):
+            raise PatternError(
+                f"pattern={pattern.name} does not apply to method={self.name}: it removes whole attention heads, MLP "
+                "channels or blocks, not weights within groups of M; allowed: pattern=unstructured (the default)")
+
+    def check_structure(self, geometries: list[BlockGeometry], sparsity: float, scope: Scope) -> None:
+        """Raise :class:`~prunelab.checks.ConfigError` when ``sparsity`` cannot be planned on a model of
+        these block shapes (checked with the run plan on a meta-device skeleton, before weights load)."""
+
+    def removal(self, index: int, geometry: BlockGeometry, linears: dict[str, nn.Linear],
+                stats: dict[str, LayerStats], sparsity: float, scope: Scope) -> Removal:
+        """What block ``index`` loses; by default what :meth:`plan_removals` decided for it."""
+        return self.planned.get(index, Removal())
+
+    def plan_removals(self, summaries: list[Any] | None, geometries: list[BlockGeometry], sparsity: float,
+                      scope: Scope) -> None:
+        """Decide for every block at once (``needs.dense_pass`` methods): fill :attr:`planned` and,
+        for block removal, :attr:`removed_blocks`."""
+
+
+class ChannelScoreMethod(StructuredMethod):
+    """Uniform structured pruning by a score per input channel of the output projections.
+
+    Every block in scope loses the same fraction of its weights (:func:`~prunelab.structure.uniform_counts`):
+    the lowest-scoring head groups (a group's score sums the scores of its o_proj input channels)
+    and MLP channels (scores of the down_proj input channels), as in the authors' ``wanda_sp`` and
+    ``mag_sp``, which score only the output projection of each unit.
+    """
+
+    @abstractmethod
+    def channel_scores(self, layer: nn.Linear, stats: LayerStats) -> torch.Tensor:
+        """Importance of every input channel of ``layer`` (``[in]``, fp32); higher means keep."""
+
+    def check_structure(self, geometries: list[BlockGeometry], sparsity: float, scope: Scope) -> None:
+        check_uniform(geometries, sparsity, scope, self.name)
+
+    def removal(self, index: int, geometry: BlockGeometry, linears: dict[str, nn.Linear],
+                stats: dict[str, LayerStats], sparsity: float, scope: Scope) -> Removal:
+        groups, channels = uniform_counts(geometry, sparsity, scope)
+        removal = Removal()
+        if groups:
+            scores = self.channel_scores(linears[ATTENTION_OUTPUT], stats.get(ATTENTION_OUTPUT, LayerStats()))
+            removal.groups = lowest(group_scores(scores, geometry), groups)
+        if channels:
+            removal.channels = lowest(self.channel_scores(linears[MLP_OUTPUT], stats.get(MLP_OUTPUT, LayerStats())), channels)
+        return removal

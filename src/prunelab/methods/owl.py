@@ -27,7 +27,7 @@ from prunelab import checks
 from prunelab.methods.base import PruningMethod
 from prunelab.methods.wanda import wanda_score
 from prunelab.patterns import NM, Pattern
-from prunelab.stats import LayerStats, StatsNeeds
+from prunelab.stats import BlockIO, LayerStats, StatsNeeds
 
 _MAX_SPARSITY = 0.99
 
@@ -103,7 +103,7 @@ class OWL(PruningMethod):
     """Plans block sparsities from the dense model's outliers, then delegates to ``base``."""
 
     def __init__(self, base: PruningMethod, lambda_: float = 0.08, m: float = 5.0, bounded: bool = True) -> None:
-        if not isinstance(base, PruningMethod) or not base.prunes or base.needs.dense_pass:
+        if not isinstance(base, PruningMethod) or not base.prunes or base.needs.dense_pass or base.structured:
             raise checks.ConfigError(
                 f"base={type(base).__name__} is not a valid OWL base; it must be a pruning method that plans no "
                 "block sparsities itself (wanda, magnitude, ria, sparsegpt or one of your own)"
@@ -135,7 +135,8 @@ class OWL(PruningMethod):
         self.base.check_sparsity(sparsity, pattern)
 
     # -- pass 1 -----------------------------------------------------------------------------
-    def summarize_dense_block(self, linears: dict[str, nn.Linear], stats: dict[str, LayerStats]) -> float:
+    def summarize_dense_block(self, linears: dict[str, nn.Linear], stats: dict[str, LayerStats],
+                              io: BlockIO | None = None) -> float:
         """``D_l``: the block's outlier ratio of Wanda scores."""
         return outlier_ratio([wanda_score(layer.weight, stats[name]) for name, layer in linears.items()], self.m)
 

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from prunelab.study.figures import draw_all
-from prunelab.study.records import Sweep, collect, headline_metrics, pivot, summary_table
+from prunelab.study.records import Sweep, collect, headline_metrics, pivot, speed_table, summary_table
 from prunelab.study.report import markdown_table, write_report
 from prunelab.study.tracking import log_sweep_summary
 
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 def write_tables(sweep: Sweep, directory: Path) -> dict[str, pd.DataFrame]:
     """``summary`` (every headline metric per setting) and one pivot per headline metric, CSV and Markdown."""
     directory.mkdir(parents=True, exist_ok=True)
-    tables = {"summary": summary_table(sweep), **{metric: pivot(sweep, metric) for metric in headline_metrics(sweep)}}
+    tables = {"summary": summary_table(sweep), "speed": speed_table(sweep),
+              **{metric: pivot(sweep, metric) for metric in headline_metrics(sweep)}}
     tables = {name: table for name, table in tables.items() if not table.empty}
     for name, table in tables.items():
         stem = name.replace("/", "_")

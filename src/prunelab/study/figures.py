@@ -8,6 +8,7 @@
 ``owl_block_sparsity.png``     OWL's sparsity of every block (jobs whose method has ``lambda_``)
 ``module_sensitivity.png``     perplexity when pruning attention only, MLP only, or all
 ``calibration.png``            perplexity of each domain by calibration set (+ task accuracy)
+``pareto.png``                 accuracy vs speedup (measured, else roofline-predicted) per setting
 =============================  ===============================================================
 """
 
@@ -31,6 +32,7 @@ from prunelab.study.records import (  # noqa: E402
     Sweep,
     headline_metrics,
     knob_label,
+    pareto_points,
     prunes_nothing,
     with_setting,
 )
@@ -222,6 +224,39 @@ def calibration(sweep: Sweep, path: Path) -> Path | None:
                  log_y=False)
 
 
+def pareto(sweep: Sweep, path: Path) -> Path | None:
+    """Accuracy (perplexity, log; zero-shot mean) against speedup, one point per job, labelled by
+    its setting; the dashed line joins the points no other point beats on both axes."""
+    points = pareto_points(sweep)
+    metrics = [m for m in headline_metrics(sweep) if m.startswith("eval/ppl_")][:1]
+    metrics += [m for m in headline_metrics(sweep) if m.endswith("mean_acc")][:1]
+    if points.empty or points["speedup"].nunique() < 2 or not metrics:
+        return None
+    figure, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        data = points.dropna(subset=[metric])
+        lower_better = metric.startswith("eval/ppl_")
+        sns.scatterplot(data=data, x="speedup", y=metric, hue="method", style="speed_source", s=70, ax=axis)
+        for _, row in data.iterrows():
+            axis.annotate(row["setting"].replace("unstructured ", "unstr. ").replace("structured ", ""),
+                          (row["speedup"], row[metric]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        front, best = [], None
+        for _, row in data.sort_values("speedup", ascending=False).iterrows():
+            value = row[metric]
+            if best is None or (value < best if lower_better else value > best):
+                front.append((row["speedup"], value))
+                best = value
+        if len(front) > 1:
+            axis.plot(*zip(*sorted(front)), linestyle="--", color="gray", linewidth=1)
+        if lower_better:
+            axis.set_yscale("log")
+        axis.set_xlabel(f"speedup, prefill {points.attrs.get('tokens')} tokens (measured; 2:4: roofline prediction)")
+        axis.set_ylabel(_label(metric))
+        axis.legend(fontsize=7)
+    figure.suptitle(_title(sweep, "Accuracy vs speedup by granularity"), y=1.02)
+    return _save(figure, path)
+
+
 FIGURES: dict[str, Callable[[Sweep, Path], Path | None]] = {
     "ppl_vs_sparsity": ppl_vs_sparsity,
     "zeroshot_vs_sparsity": zeroshot_vs_sparsity,
@@ -229,6 +264,7 @@ FIGURES: dict[str, Callable[[Sweep, Path], Path | None]] = {
     "owl_block_sparsity": owl_block_sparsity,
     "module_sensitivity": module_sensitivity,
     "calibration": calibration,
+    "pareto": pareto,
 }
 
 

@@ -258,7 +258,8 @@ def headline_metrics(sweep: Sweep) -> list[str]:
 
 
 def with_setting(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add ``setting``: "unstructured 70%", "2:4" or "dense", one axis for studies that mix them."""
+    """Add ``setting``: "unstructured 70%", "structured 30%", "2:4" or "dense", one axis for studies
+    that mix them (a structured method's plan records its pattern as ``structured``)."""
     if frame.empty:
         return frame.assign(setting=pd.Series(dtype=str))
     baseline = prunes_nothing(frame)
@@ -266,6 +267,8 @@ def with_setting(frame: pd.DataFrame) -> pd.DataFrame:
     def label(row, dense: bool) -> str:
         if dense:
             return "dense"
+        if row.get("pattern") == "structured" and pd.notna(row.get("sparsity")):
+            return f"structured {float(row['sparsity']):.0%}"
         if isinstance(row.get("pattern"), str) and row["pattern"] != "unstructured":
             return row["pattern"]
         return f"unstructured {float(row['sparsity']):.0%}" if pd.notna(row.get("sparsity")) else "dense"
@@ -323,3 +326,56 @@ def summary_table(sweep: Sweep) -> pd.DataFrame:
         return pd.DataFrame()
     rows = sweep.varying_knobs() or ["method"]
     return _labels(frame, rows).groupby(rows, sort=False)[metrics].mean()
+
+
+# ------------------------------------------------------------------------------------ speed
+SPEED_COLUMN = re.compile(r"^bench/((prefill|decode)_(speedup|ideal|efficiency)_\w+|roofline_prefill_bound_\d+|"
+                          r"roofline_decode_bound|param_bytes_ratio)$")
+MEASURED_SPEEDUP = re.compile(r"^bench/prefill_speedup_(\d+)$")  # the Pareto figure's x: measured where a
+PREDICTED_SPEEDUP = re.compile(r"^bench/roofline_prefill_bound_(\d+)$")  # job measured, else the roofline
+
+
+def speed_table(sweep: Sweep) -> pd.DataFrame:
+    """Accuracy beside speed, one row per setting and method: the first perplexity, the zero-shot
+    mean, and every measured speedup, ideal ratio, efficiency and roofline bound the sweep recorded."""
+    frame = with_setting(sweep.completed)
+    speed = [c for c in frame.columns if SPEED_COLUMN.match(c)]
+    if frame.empty or not speed:
+        return pd.DataFrame()
+    accuracy = [m for m in headline_metrics(sweep) if m.startswith("eval/ppl_")][:1]
+    accuracy += [m for m in headline_metrics(sweep) if m.endswith("mean_acc")][:1]
+    kinds = {"speedup": 0, "ideal": 1, "efficiency": 2}
+
+    def position(column: str) -> tuple:  # prefill before decode, each length: speedup, ideal, efficiency
+        phase, _, rest = column.removeprefix("bench/").partition("_")
+        kind, _, size = rest.partition("_")
+        return ("roofline" in column or phase not in ("prefill", "decode"), phase != "prefill",
+                int("".join(filter(str.isdigit, size)) or 0), kinds.get(kind, 3), column)
+
+    order = sorted(speed, key=position)
+    return frame.groupby(["setting", "method"], sort=False)[accuracy + order].mean()
+
+
+def _by_tokens(frame: pd.DataFrame, pattern: re.Pattern) -> dict[int, str]:
+    return {int(m.group(1)): c for c in frame.columns if (m := pattern.match(c)) and frame[c].notna().any()}
+
+
+def pareto_points(sweep: Sweep) -> pd.DataFrame:
+    """``setting``, ``method``, ``speedup`` of the longest prefill measured (measured, else the
+    roofline prediction; 1 for an unpruned run), ``speed_source`` and the accuracy metrics, per
+    completed job; ``attrs["tokens"]`` says which prefill length."""
+    frame = with_setting(sweep.completed)
+    measured, predicted = _by_tokens(frame, MEASURED_SPEEDUP), _by_tokens(frame, PREDICTED_SPEEDUP)
+    if frame.empty or not (measured or predicted):
+        return pd.DataFrame()
+    tokens = max(measured) if measured else max(predicted)
+    nothing = pd.Series(float("nan"), index=frame.index)
+    measured_x = frame[measured[tokens]] if tokens in measured else nothing
+    predicted_x = frame[predicted.get(tokens, predicted[max(predicted)])] if predicted else nothing
+    baseline = prunes_nothing(frame)
+    speedup = measured_x.where(measured_x.notna(), predicted_x).where(~baseline, 1.0)
+    source = ["dense" if b else "measured" if m == m else "roofline prediction" if p == p else ""
+              for m, p, b in zip(measured_x, predicted_x, baseline)]
+    points = frame.assign(speedup=speedup, speed_source=source).dropna(subset=["speedup"])
+    points.attrs["tokens"] = tokens
+    return points

@@ -120,6 +120,7 @@ def qualitative_checks(sweep: Sweep) -> list[str]:
                 owl, uniform = by[("owl_wanda", "unstructured 70%")], by[("wanda", "unstructured 70%")]
                 lines.append(f"{'✓' if owl < uniform else '✗'} OWL-Wanda below uniform Wanda at 70%: "
                              f"{_number(owl, 2)} vs {_number(uniform, 2)} ({where})")
+            lines += _structured_checks(by, where)
             unstructured = group[group["pattern"] == "unstructured"]
             for method, curve in unstructured.groupby("method"):
                 curve = curve.groupby(curve["sparsity"].astype(float))[metric].mean().sort_index()
@@ -127,6 +128,24 @@ def qualitative_checks(sweep: Sweep) -> list[str]:
                     holds = bool((curve.diff().dropna() > 0).all())
                     shown = ", ".join(f"{s:g}: {_number(v, 2)}" for s, v in curve.items())
                     lines.append(f"{'✓' if holds else '✗'} {method}: perplexity rises with sparsity ({shown}) ({where})")
+    return lines
+
+
+def _structured_checks(by: pd.Series, where: str) -> list[str]:
+    """FLAP paper: FLAP below Wanda-sp at every ratio; any structured 50% far above unstructured 50%."""
+    lines = []
+    for setting in sorted({s for _, s in by.index if str(s).startswith("structured ")}):
+        if ("flap", setting) in by and ("wanda_sp", setting) in by:
+            flap, wanda_sp = by[("flap", setting)], by[("wanda_sp", setting)]
+            lines.append(f"{'✓' if flap < wanda_sp else '✗'} flap below wanda_sp at {setting}: "
+                         f"{_number(flap, 2)} vs {_number(wanda_sp, 2)} ({where})")
+    unstructured = [by[(m, s)] for m, s in by.index if s == "unstructured 50%"]
+    if unstructured:
+        best = min(unstructured)
+        for (method, setting), value in by.items():
+            if setting == "structured 50%":
+                lines.append(f"{'✓' if value > best else '✗'} {method} structured 50% above the best unstructured 50%: "
+                             f"{_number(value, 2)} vs {_number(best, 2)} ({where})")
     return lines
 
 
@@ -169,6 +188,8 @@ CAPTIONS = {
     "owl_block_sparsity": "OWL: sparsity assigned to each decoder block.",
     "module_sensitivity": "Perplexity when only attention, only the MLP, or every linear layer is pruned.",
     "calibration": "Perplexity of each domain by the calibration set used for pruning.",
+    "pareto": "Accuracy against speedup (prefill): measured dense vs pruned in one process where a job measured it, "
+              "the roofline prediction (engine.roofline_gpu) for 2:4; the dashed line is the Pareto front.",
 }
 
 
