@@ -119,4 +119,6 @@ def test_an_ad_hoc_sweep_gets_a_stable_directory_a_dense_baseline_and_resumes(tm
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (again.stdout + again.stderr).count("skipped: a completed run") == 5  # the same command resumes
+    said_again = again.stdout + again.stderr
+    assert said_again.count("skipped: a completed run") == 5  # the same command resumes
+    assert "job 5/5" in said_again and "ETA" not in said_again  # no job ran: no estimate from skips

@@ -16,6 +16,8 @@ from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from prunelab.resume import read_record
+
 log = logging.getLogger(__name__)
 SUMMARY_LINES = 15
 _unfinished: list[str] = []  # jobs of the sweeps this process ran that did not complete
@@ -84,12 +86,14 @@ def report_unfinished(sweep_dir: Path) -> None:
 
 class SweepProgress(Callback):
     """One line per job: ``job k/N``, what it runs, the time so far and an ETA from the jobs that
-    actually ran (skipped ones take a second); it also remembers the sweep for :func:`interrupted`."""
+    actually ran (a job found completed is not one: it wrote no new record, or a ``skipped`` copy);
+    it also remembers the sweep for :func:`interrupted`."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.durations: list[float] = []
         self.job_start = 0.0
+        self.job_wall = 0.0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.start = time.perf_counter()
@@ -99,19 +103,30 @@ class SweepProgress(Callback):
         if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
             return
         self.job_start = time.perf_counter()
+        self.job_wall = time.time()
         done = int(config.hydra.job.num)
         total = os.environ.get("PRUNELAB_SWEEP_JOBS")
-        ran = [d for d in self.durations if d > 5.0]  # jobs found completed take a second or two
         elapsed = time.perf_counter() - self.start
         eta = ""
-        if total and ran:
-            eta = f", ETA {_clock(sum(ran) / len(ran) * (int(total) - done))}"
+        if total and self.durations:
+            eta = f", ETA {_clock(sum(self.durations) / len(self.durations) * (int(total) - done))}"
         log.info("job %d%s: %s (elapsed %s%s)", done + 1, f"/{total}" if total else "",
                  " ".join(config.hydra.overrides.task), _clock(elapsed), eta)
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
-        if self.job_start:
+        if self.job_start and _ran(Path(config.hydra.runtime.output_dir) / "metrics.json", since=self.job_wall):
             self.durations.append(time.perf_counter() - self.job_start)
+
+
+def _ran(record_path: Path, since: float) -> bool:
+    """Whether the job behind ``record_path`` ran rather than finding its result done: it wrote
+    its record during the job, and not as a ``skipped`` copy of another job's."""
+    try:
+        if record_path.stat().st_mtime < since:
+            return False
+        return read_record(record_path).get("status") != "skipped"
+    except (OSError, AttributeError):
+        return False
 
 
 def _clock(seconds: float) -> str:
