@@ -47,7 +47,7 @@ def prune_stage(plan: RunPlan, model, tokenizer) -> PruneReport:
                        label=plan.method_label, cache=calibration.cache if calibration else False)
 
 
-def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device) -> dict[str, Any]:
+def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device, output_dir: Path | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     start = time.perf_counter()
     for result in evaluate_perplexity(model, tokenizer, plan.perplexity, device):
@@ -57,7 +57,8 @@ def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device) -> dict[s
                  result.dataset, result.perplexity, result.windows, result.tokens, result.seconds)
     metrics["time/eval_s"] = time.perf_counter() - start
     if plan.zeroshot.tasks:  # zero-shot accuracy through lm-eval, on the model in memory
-        metrics.update(evaluate_zeroshot(model, tokenizer, plan.zeroshot, device))
+        metrics.update(evaluate_zeroshot(model, tokenizer, plan.zeroshot, device,
+                                         output_dir=output_dir / "lm_eval" if output_dir else None))
     return metrics
 
 
@@ -69,10 +70,13 @@ def save_stage(model, tokenizer, directory: Path) -> dict[str, Any]:
 
 
 def headline(metrics: dict[str, Any]) -> float:
-    """The number sweepers optimise: the first perplexity measured (lower is better)."""
+    """The number sweepers optimise, lower is better: the first perplexity measured, or in a
+    zero-shot-only run the mean zero-shot error ``1 - zeroshot/mean_acc``."""
     for key, value in metrics.items():
         if key.startswith("eval/ppl_") and not key.endswith("_tokens"):
             return float(value)
+    if "zeroshot/mean_acc" in metrics:
+        return 1.0 - float(metrics["zeroshot/mean_acc"])
     return math.nan
 
 
@@ -85,7 +89,7 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     log.info("pruned with %s (%s): achieved sparsity %.4f (target %.4f); calibration %.1f s, pruning %.1f s",
              report.method, report.pattern, report.achieved_sparsity, report.target_sparsity,
              report.calibration_s, report.prune_s)
-    metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device))
+    metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device, output_dir))
     if plan.save_model:
         metrics.update(save_stage(model, tokenizer, output_dir / "model"))
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
