@@ -97,6 +97,7 @@ def test_mmlu_math_pools_the_five_mathematics_subjects_with_the_stock_prompt():
     subjects = {d["subject"] for d in docs}
     assert len(docs) == 1064 and subjects == {"abstract_algebra", "college_mathematics", "elementary_mathematics",
                                               "high_school_mathematics", "high_school_statistics"}
+    assert {d["subject"] for d in docs[:50]} == subjects  # interleaved: eval.limit samples every subject
     stock = _load_yaml(Path(zeroshot._roots()["{lm_eval_tasks}"]) / "mmlu/default/_default_template_yaml")
     assert task.config.doc_to_text == stock["doc_to_text"] and task.doc_to_choice(docs[0]) == ["A", "B", "C", "D"]
     elementary = next(d for d in docs if d["subject"] == "elementary_mathematics")

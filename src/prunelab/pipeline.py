@@ -134,8 +134,8 @@ def main(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Pat
         log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
         name = cfg.get("run_name") or f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}"
         group = cfg.get("group")
-        if multirun:  # W&B: a job is named by its overrides and grouped by its sweep directory
-            name = naming.run_label(overrides, default=name)
+        if multirun:  # W&B: a job is named by what its sweep varies and grouped by its sweep
+            name = naming.run_label(overrides, default=name, swept=naming.swept_keys(sweep_dir))
             group = group or naming.sweep_group(sweep_dir)
         plan.logger.start(output_dir, resolved, name=name, group=group)
         logger = plan.logger

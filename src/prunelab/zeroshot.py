@@ -206,7 +206,9 @@ def write_offline_tasks(directory: Path | None = None, only: tuple[str, ...] | N
     directory.mkdir(parents=True, exist_ok=True)
     roots = _roots()
     sources = sorted(TASKS_DIR.glob("*.yaml")) + sorted(TASKS_DIR.glob("*_offline.py"))
-    for source in sources if only is None else [TASKS_DIR / f"{name}.yaml" for name in only]:
+    if only is not None:
+        sources = [TASKS_DIR / f"{name}.yaml" for name in only] + sorted(TASKS_DIR.glob("*_offline.py"))
+    for source in sources:
         target = directory / source.name
         text = source.read_text(encoding="utf-8")
         rendered = _render(text, roots) if source.suffix == ".yaml" else text
