@@ -286,11 +286,16 @@ def test_accuracy_differences_carry_standard_errors_and_a_noise_verdict():
                           "zeroshot/prunelab_mmlu_math/acc": [0.30, 0.25, 0.29],
                           "zeroshot/prunelab_mmlu_math/acc_stderr": [0.014, 0.013, 0.014],
                           "zeroshot/prunelab_mmlu_math/samples": [1064] * 3})
-    (text,) = findings.findings(frame)
+    text, _ = findings.findings(frame)
     assert text.startswith("MMLU-math accuracy (all jobs; prunelab_mmlu_math: 1,064 examples): "
                            "wiki 30.0 ± 1.4% > austen 29.0 ± 1.4% > gsm8k 25.0 ± 1.3%.")
     assert "gsm8k -5.0 ± 1.9 points (2.6 SE, beyond noise)" in text
     assert "austen -1.0 ± 2.0 points (0.5 SE, within noise)" in text
+    verdict = findings.findings(frame.assign(**{"zeroshot/prunelab_mmlu_math/acc": [0.30, 0.31, 0.29]}))[-1]
+    assert verdict.startswith("In-domain calibration (gsm8k) against general text (wiki): MMLU-math accuracy "
+                              "+1.0 ± 1.9 points (0.5 SE, within noise).")
+    assert "no accuracy difference is beyond noise" in verdict
+    assert "it hurts beyond noise on MMLU-math accuracy" in findings.findings(frame)[-1]
 
 
 # ---------------------------------------------------------------------------------- tables, figures

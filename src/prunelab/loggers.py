@@ -122,7 +122,6 @@ class WandbLogger(Logger):
         run, self.run = self.run, None
         run.finish(exit_code=1 if failed else 0)
         if self.mode == "offline":
-            log.info("W&B offline run %r (group %s) in %s; upload: wandb sync %s", run.name, run.group,
-                     Path(run.dir).parent, Path(run.dir).parent)
+            log.info("W&B offline run %r (group %s): wandb sync %s", run.name, run.group, Path(run.dir).parent)
         elif self.mode == "online":
             log.info("W&B run %r: %s", run.name, run.url)

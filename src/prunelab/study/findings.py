@@ -132,7 +132,47 @@ def findings(results: pd.DataFrame) -> list[str]:
             key = key if isinstance(key, tuple) else (key,)
             where = _context_text(dict(zip(context, key)))
             sentences.append(_one(group, axis, metric, where, size, dense, _stderr(baseline, metric)))
+    if axis == "calib_data":
+        sentences.append(in_domain_verdict(pruned, context))
     return [s for s in sentences if s]
+
+
+IN_DOMAIN = {"gsm8k": ("gsm8k", "prunelab_basic_arithmetic", "prunelab_mmlu_math"),
+             "math": ("math", "prunelab_basic_arithmetic", "prunelab_mmlu_math")}  # calibration set -> its domain
+
+
+def in_domain_verdict(frame: pd.DataFrame, context: list[str]) -> str:
+    """Does calibrating on the evaluation's own domain (GSM8K for math) help beyond noise, against
+    general text (wiki, or c4 online)? One sentence over the domain's perplexity and accuracies."""
+    sets = set(frame["calib_data"].astype(str))
+    domain = next((d for d in IN_DOMAIN if d in sets), None)
+    general = next((g for g in ("wiki", "c4", "wikitext2") if g in sets), None)
+    if domain is None or general is None:
+        return ""
+    parts, helps, hurts = [], [], []
+    for metric in headline(frame):
+        name = metric.removeprefix("eval/ppl_") if metric.startswith("eval/ppl_") else metric.split("/")[1]
+        if name not in IN_DOMAIN[domain]:
+            continue
+        ours, theirs = frame[frame["calib_data"] == domain], frame[frame["calib_data"] == general]
+        if ours[metric].isna().all() or theirs[metric].isna().all():
+            continue
+        a, b = float(ours[metric].mean()), float(theirs[metric].mean())
+        if metric.startswith("eval/ppl_"):
+            parts.append(f"{_metric_name(metric)} {_change(a, b).removeprefix('perplexity ')}")
+            continue
+        shown = difference(a, _stderr(ours, metric), b, _stderr(theirs, metric))
+        parts.append(f"{_metric_name(metric)} {shown}")
+        if "beyond noise" in shown:
+            (helps if a > b else hurts).append(_metric_name(metric))
+    if not parts:
+        return ""
+    where = f" ({', '.join(context)} pooled)" if context else ""
+    verdict = "; ".join([*([f"it helps beyond noise on {', '.join(helps)}"] if helps else []),
+                         *([f"it hurts beyond noise on {', '.join(hurts)}"] if hurts else [])]) \
+        or "no accuracy difference is beyond noise (2 SE of the difference)"
+    return (f"In-domain calibration ({domain}) against general text ({general}){where}: {'; '.join(parts)}. "
+            f"Verdict: {verdict}; perplexity has no standard error here (see its evaluation size).")
 
 
 def _one(group: pd.DataFrame, axis: str, metric: str, where: str, size: str, dense: pd.Series,

@@ -111,8 +111,9 @@ def qualitative_checks(sweep: Sweep) -> list[str]:
     lines: list[str] = []
     context = _context_columns(frame, ("method", "sparsity", "pattern"))
     for metric in _ppl_columns(sweep):
-        data = frame.dropna(subset=[metric]).assign(**{c: frame[c].astype(str) for c in context})
-        varying = [c for c in context if data[c].nunique() > 1]
+        data = frame.dropna(subset=[metric])
+        varying = [c for c in context if data[c].dropna().astype(str).nunique() > 1]  # blank: knob not used
+        data = data.assign(**{c: data[c].astype(str) for c in varying})
         for key, group in data.groupby(varying, sort=False) if varying else [((), data)]:
             by = group.groupby(["method", "setting"])[metric].mean()
             where = ", ".join([metric, *(f"{c}={v}" for c, v in zip(varying, key))])
@@ -132,6 +133,14 @@ def qualitative_checks(sweep: Sweep) -> list[str]:
                 owl, uniform = by[("owl_wanda", "unstructured 70%")], by[("wanda", "unstructured 70%")]
                 lines.append(f"{'✓' if owl < uniform else '✗'} OWL-Wanda below uniform Wanda at 70%: "
                              f"{_number(owl, 2)} vs {_number(uniform, 2)} ({where})")
+            at_70 = group[(group["method"] == "owl_wanda") & (group["setting"] == "unstructured 70%")]
+            by_lambda = (at_70.groupby(at_70["method.lambda_"].astype(float))[metric].mean()
+                         if "method.lambda_" in at_70 else pd.Series(dtype=float))
+            if 0.0 in by_lambda.index and len(by_lambda) > 1:  # λ = 0 is uniform Wanda
+                best = by_lambda.drop(0.0).idxmin()
+                lines.append(f"{'✓' if by_lambda[best] < by_lambda[0.0] else '✗'} OWL-Wanda below uniform Wanda "
+                             f"(λ=0) at 70%: λ={best:g} {_number(by_lambda[best], 2)} vs {_number(by_lambda[0.0], 2)} "
+                             f"({where})")
             unstructured = group[group["pattern"] == "unstructured"]
             for method, curve in unstructured.groupby("method"):
                 curve = curve.groupby(curve["sparsity"].astype(float))[metric].mean().sort_index()
