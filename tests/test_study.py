@@ -307,6 +307,16 @@ def test_one_varying_knob_gives_no_pivot_that_repeats_the_summary(knob_sweep, ti
     assert list(aggregate.tables(only_alpha)) == ["summary"]
 
 
+def test_bench_metrics_reach_the_speed_table(tiny_sweep):
+    sweep = records.collect(tiny_sweep)
+    results = sweep.results.assign(**{"bench/prefill_speedup_512": [1.2, 1.3, 1.1, 1.4, None]})
+    with_bench = records.Sweep(sweep.directory, results, sweep.block_sparsity, sweep.records)
+    assert records.speed_metrics(with_bench.completed)[0] == "bench/prefill_speedup_512"
+    table = report.speed_table(with_bench)
+    assert table.loc[("wanda", "0.7"), "bench/prefill_speedup_512"] == pytest.approx(1.4)
+    assert {"time/prune_s", "time/total_s", "memory/peak_rss_mb"} <= set(table.columns)
+
+
 def test_log_axis_only_for_a_wide_range():
     assert figures.wide_range([440, 930, 2300, 5000]) and not figures.wide_range([440, 930])
     assert not figures.wide_range([0.0, 1.0])  # no log axis through zero
