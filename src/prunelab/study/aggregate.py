@@ -18,7 +18,16 @@ import pandas as pd
 from prunelab.naming import sweep_group
 from prunelab.study.dashboard import push, write_spec
 from prunelab.study.figures import draw_all
-from prunelab.study.records import Sweep, collect, headline_metrics, pivot, summary_table, table_axes, with_baseline
+from prunelab.study.records import (
+    Sweep,
+    collect,
+    headline_metrics,
+    pivot,
+    prunes_nothing,
+    summary_table,
+    table_axes,
+    with_baseline,
+)
 from prunelab.study.report import markdown_table, speed_table, write_report
 from prunelab.study.tracking import log_sweep_summary
 
@@ -29,7 +38,8 @@ def tables(sweep: Sweep) -> dict[str, pd.DataFrame]:
     """``summary`` (every headline metric per setting, with standard errors where lm-eval gives them)
     and, when the sweep has a second axis to spread across (sparsity, pattern...), one pivot per
     headline metric. With one varying knob a pivot would repeat a column of the summary: none."""
-    pivots = table_axes(sweep)[1] is not None
+    own = sweep.results[~prunes_nothing(sweep.results)]  # a dense baseline alone is no second axis
+    pivots = table_axes(Sweep(sweep.directory, own, sweep.block_sparsity, sweep.records))[1] is not None
     found = {"summary": summary_table(sweep),
              **({metric: pivot(sweep, metric) for metric in headline_metrics(sweep)} if pivots else {})}
     return {name: table for name, table in found.items() if not table.empty}

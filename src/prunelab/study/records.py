@@ -349,9 +349,12 @@ def _labels(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def _label_text(value: Any) -> str:
-    """``4.0`` (a count read back as float next to blanks) -> ``4``; everything else as it is."""
+    """``4.0`` (a count read back as float next to blanks) -> ``4``; an Optuna sample
+    ``0.8232202558909871`` -> ``0.8232``; everything else as it is."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return str(value)
 
 

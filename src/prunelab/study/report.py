@@ -28,6 +28,7 @@ from prunelab.study.records import (
     GENERIC,
     STDERR,
     Sweep,
+    knob_label,
     speed_metrics,
     with_setting,
 )
@@ -157,8 +158,8 @@ def markdown_table(table: pd.DataFrame, metric: str = "") -> str:
     columns as ``<knob>=<value>``, 4 decimals for accuracies, 2 for other numbers, none for large ones."""
     table = _with_stderr(table)
     shown = table.reset_index() if any(name is not None for name in table.index.names) else table
-    across = table.columns.name
-    labels = [f"{across}={c}" if across and c in table.columns else str(c) for c in shown.columns]
+    across = knob_label(table.columns.name) if isinstance(table.columns.name, str) else table.columns.name
+    labels = [f"{across}={c}" if across and c in table.columns else knob_label(str(c)) for c in shown.columns]
     cells = pd.DataFrame({label: [_number(v, 4 if "acc" in metric + label else 2) for v in shown[column]]
                           for label, column in zip(labels, shown.columns)})
     numeric = [pd.api.types.is_numeric_dtype(shown[c]) and not pd.api.types.is_bool_dtype(shown[c])
@@ -275,7 +276,7 @@ PDF_CSS = """
 body { font-family: sans-serif; font-size: 9pt; }
 h1 { font-size: 16pt; } h2 { font-size: 13pt; } h3 { font-size: 11pt; }
 table { border-collapse: collapse; margin-bottom: 6pt; }
-th, td { border: 0.5pt solid #999999; padding: 1pt 4pt; font-size: 8pt; }
+th, td { border: 0.5pt solid #999999; padding: 1pt 3pt; font-size: 7pt; }
 img { width: 85%; }
 pre, code { font-size: 7pt; }
 """

@@ -68,7 +68,8 @@ def document(model_dir: Path, studies: list[tuple[Sweep, dict]], baseline: Sweep
         records = [r for s, _ in studies for r in s.records.values()]
         parts += ["## Methods", "", *(p + "\n" for p in method_paragraphs(records))]
     for number, (sweep, made) in enumerate(studies, start=1):
-        parts += [f"## {number}. {title(sweep)}", "", f"`{sweep.directory.relative_to(model_dir)}/`: "
+        search = " (Optuna search)" if "optuna" in sweep.directory.name else ""
+        parts += [f"## {number}. {title(sweep)}{search}", "", f"`{sweep.directory.relative_to(model_dir)}/`: "
                   f"{len(sweep.results)} jobs.", ""]
         parts += sections(sweep, tables(sweep), made, level=3, root=model_dir,
                           what=("findings", "results", "figures", "configs"))
