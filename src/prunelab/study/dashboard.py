@@ -139,7 +139,9 @@ def panels(sweep: Sweep, figure_names: list[str]) -> list[dict]:
               "table": f"{chart.key}_table", "x": chart.x, "y": "value", "stroke": chart.stroke}
              for chart in charts(sweep, figure_names)]
     done = sweep.completed
-    knobs = [k for k in varying_knobs(done) if k in done and pd.to_numeric(done[k], errors="coerce").notna().all()]
+    pruned = done[~prunes_nothing(done)]  # a dense baseline has no alpha or lambda
+    knobs = [k for k in varying_knobs(done) if k in pruned and len(pruned[k].dropna())
+             and pd.to_numeric(pruned[k].dropna(), errors="coerce").notna().all()]
     for metric in headline_metrics(sweep):
         for knob in knobs:
             found.append({"section": "Jobs", "kind": "ScatterPlot", "title": f"{metric} vs {knob_label(knob)}",
