@@ -343,7 +343,7 @@ def table_axes(sweep: Sweep) -> tuple[list[str], str | None]:
     return [k for k in varying if k != across], across
 
 
-def _labels(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def labels(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Knob columns as table labels: text, with :data:`MISSING` where the row's method lacks the knob."""
     return frame.assign(**{c: [MISSING if pd.isna(v) else _label_text(v) for v in frame[c]] for c in columns})
 
@@ -374,11 +374,11 @@ def pivot(sweep: Sweep, metric: str) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame()
     rows, across = table_axes(sweep)
-    frame = _labels(frame, rows)
+    frame = labels(frame, rows)
     if across is None:
         return frame.groupby(rows, sort=False)[metric].mean().to_frame(metric)
     if frame[across].isna().any():
-        frame = _labels(frame, [across])
+        frame = labels(frame, [across])
     table = frame.pivot_table(index=rows, columns=across, values=metric, aggfunc="mean", sort=False)
     numbers = sorted((c for c in table.columns if _is_number(c)), key=float)
     return table[numbers + [c for c in table.columns if not _is_number(c)]]
@@ -396,7 +396,7 @@ def summary_table(sweep: Sweep, metrics: list[str] | None = None) -> pd.DataFram
         return pd.DataFrame()
     columns = [c for m in metrics for c in (m, m + STDERR) if c in frame.columns]
     rows = sweep.varying_knobs() or ["method"]
-    return _labels(frame, rows).groupby(rows, sort=False)[columns].mean()
+    return labels(frame, rows).groupby(rows, sort=False)[columns].mean()
 
 
 # --------------------------------------------------------------------------- a shared baseline

@@ -29,6 +29,7 @@ from prunelab.study.records import (
     STDERR,
     Sweep,
     knob_label,
+    labels,
     speed_metrics,
     with_setting,
 )
@@ -159,9 +160,9 @@ def markdown_table(table: pd.DataFrame, metric: str = "") -> str:
     table = _with_stderr(table)
     shown = table.reset_index() if any(name is not None for name in table.index.names) else table
     across = knob_label(table.columns.name) if isinstance(table.columns.name, str) else table.columns.name
-    labels = [f"{across}={c}" if across and c in table.columns else knob_label(str(c)) for c in shown.columns]
-    cells = pd.DataFrame({label: [_number(v, 4 if "acc" in metric + label else 2) for v in shown[column]]
-                          for label, column in zip(labels, shown.columns)})
+    headers = [f"{across}={c}" if across and c in table.columns else knob_label(str(c)) for c in shown.columns]
+    cells = pd.DataFrame({header: [_number(v, 4 if "acc" in metric + header else 2) for v in shown[column]]
+                          for header, column in zip(headers, shown.columns)})
     numeric = [pd.api.types.is_numeric_dtype(shown[c]) and not pd.api.types.is_bool_dtype(shown[c])
                for c in shown.columns]
     return cells.to_markdown(index=False, disable_numparse=True,
@@ -202,8 +203,7 @@ def speed_table(sweep: Sweep) -> pd.DataFrame:
     if done.empty or not columns:
         return pd.DataFrame()
     rows = sweep.varying_knobs() or ["method"]
-    labelled = done.assign(**{c: done[c].astype(object).where(done[c].notna(), "-").astype(str) for c in rows})
-    return labelled.groupby(rows, sort=False)[columns].mean()
+    return labels(done, rows).groupby(rows, sort=False)[columns].mean()
 
 
 def _diff_table(sweep: Sweep) -> tuple[pd.DataFrame, int]:
