@@ -76,7 +76,7 @@ def wide_range(values) -> bool:
 
 def sizes(sweep: Sweep, metrics: list[str]) -> str:
     """"Evaluated on wiki: 32 windows x 256 tokens (...); piqa: 100 examples." for a caption."""
-    found = [evaluation_size(sweep.completed, m) for m in metrics]
+    found = [part for m in metrics for part in evaluation_size(sweep.completed, m).split("; ")]
     return f" Evaluated on {'; '.join(dict.fromkeys(found))}." if found else ""
 
 
