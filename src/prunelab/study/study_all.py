@@ -5,7 +5,7 @@ multirun (each lands in a fixed sweep directory and skips the jobs that already 
 so an interrupted study-all resumes), one dense baseline job that every study's report compares
 against, and then :mod:`prunelab.study.report_all` on the model's directory.
 
-``--quick`` (about 30 minutes on 2 idle cores; :data:`QUICK` says exactly what is reduced) writes
+``--quick`` (sized for about 30 minutes on 2 idle cores; :data:`QUICK` says exactly what is reduced) writes
 to ``multirun/<model>_quick/`` so it never mixes with the full results.
 
     python -m prunelab.study.study_all [--quick] [--model smollm2_135m] [--dry-run] [-- extra overrides]
