@@ -352,6 +352,17 @@ def test_dashboard_spec_from_a_real_sweep_is_a_workspace_over_its_group(tiny_swe
         pytest.approx(done[("wanda", 0.7)])
 
 
+def test_an_ad_hoc_sweeps_group_makes_a_workspace_name_w_and_b_accepts():
+    from wandb_workspaces.workspaces import Workspace
+
+    group = "tiny_random/method=magnitude,wanda__sparsity=0.3,0.6__eval.ppl_datasets=[wiki]"
+    with pytest.raises(ValueError):  # W&B refuses "=" (a Unicode symbol) in a workspace name
+        Workspace(entity="", project="prunelab", name=f"prunelab: {group}")
+    name = dashboard.workspace_name(group)
+    assert Workspace(entity="", project="prunelab", name=name).name == name
+    assert name == "prunelab: tiny_random/method is magnitude,wanda__sparsity is 0.3,0.6__eval.ppl_datasets is [wiki]"
+
+
 # -------------------------------------------------------------------------------- report_all, study_all
 def test_report_all_gathers_the_studies_of_a_model_directory_with_the_dense_baseline(tmp_path):
     root = tmp_path / "tiny_random"

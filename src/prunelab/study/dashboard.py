@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import logging
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,10 +184,18 @@ def workspace(sweep: Sweep, figure_names: list[str], group: str, project: str, e
             built = wr.MediaBrowser(title=panel["title"], media_keys=panel["media"], num_columns=2)
         sections.setdefault(panel["section"], []).append(built)
     return ws.Workspace(
-        entity=entity or "", project=project, name=f"prunelab: {group}",
+        entity=entity or "", project=project, name=workspace_name(group),
         sections=[ws.Section(name=name, panels=built, is_open=True) for name, built in sections.items()],
         runset_settings=ws.RunsetSettings(filters=ws.And(ws.Metric("Group") == group)),
     )
+
+
+def workspace_name(group: str) -> str:
+    """``prunelab: <group>`` with symbols W&B refuses in a workspace name (``=``, ``+``, ``<``: the
+    Unicode symbol categories) spelled out; an ad-hoc sweep's group is named by its overrides."""
+    text = group.replace("=", " is ").replace("+", " and ")
+    return "prunelab: " + "".join(c if not unicodedata.category(c).startswith(("So", "Sk", "Sm", "Sc", "Cs")) else "_"
+                                  for c in text)
 
 
 def write_spec(sweep: Sweep, figure_names: list[str], group: str, project: str = "prunelab",
