@@ -2,7 +2,7 @@ PYTHON ?= python
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 setup: ## install pinned dependencies and prepare the offline assets (idempotent)
 	$(PYTHON) -m pip install -q -e ".[dev]"
@@ -32,4 +32,13 @@ study: ## run a study preset and aggregate it: make study EXP=sparsity_curve [AR
 aggregate: ## results.csv, tables, figures and report of a sweep: make aggregate DIR=multirun/smollm2_135m/sparsity_curve
 	$(PYTHON) -m prunelab.study.aggregate $(DIR)
 
-.PHONY: help setup run test test-all study aggregate roofline bench-cpu bench-gpu
+report: ## one report of every study of a model directory: make report [MODEL=smollm2_135m] -> multirun/<model>/report.pdf
+	$(PYTHON) -m prunelab.study.report_all multirun/$(or $(MODEL),smollm2_135m)
+
+study-all: ## every offline preset (resumable) + a dense baseline, then make report (hours on a CPU)
+	$(PYTHON) -m prunelab.study.study_all --model $(or $(MODEL),smollm2_135m) $(ARGS)
+
+study-all-quick: ## the same, reduced (sized for ~30 min on 2 idle cores) into multirun/<model>_quick
+	$(PYTHON) -m prunelab.study.study_all --quick --model $(or $(MODEL),smollm2_135m) $(ARGS)
+
+.PHONY: help setup run test test-all study aggregate report study-all study-all-quick roofline bench-cpu bench-gpu

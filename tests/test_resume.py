@@ -37,7 +37,30 @@ def test_run_label_names_a_job_by_its_own_overrides():
     overrides = ["method=wanda", "sparsity=0.5", "+experiment=sparsity_curve", "logger=none", "force=true"]
     assert naming.run_label(overrides, default="x") == "method=wanda,sparsity=0.5"
     assert naming.run_label(["+experiment=a"], default="wanda-s0.5") == "wanda-s0.5"
-    assert naming.sweep_group(Path.cwd() / "multirun" / "study") == os.path.join("multirun", "study")
+    assert naming.sweep_group(Path.cwd() / "multirun" / "model" / "study") == os.path.join("model", "study")
+
+
+def test_run_label_keeps_only_what_the_sweep_varies(tmp_path):
+    """The keys a sweep varies come from the multirun.yaml Hydra writes: command-line sweeps and the
+    preset's grid, minus keys the command line pins to one value."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF_DIR
+
+    command = ["+experiment=module_sensitivity", "model=tiny_random", "target.modules=[mlp]",
+               "seed=0,1", "eval.max_windows=2", "logger=none"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):  # compose takes no sweep: seed=0 here
+        config = compose(config_name="config", overrides=[o.replace("0,1", "0") for o in command],
+                         return_hydra_config=True)
+    config.hydra.overrides.task = command  # as the sweeper records the command line
+    OmegaConf.save(config, tmp_path / "multirun.yaml")  # what Hydra's sweeper saves before launching
+    swept = naming.swept_keys(tmp_path)
+    assert swept == {"seed", "experiment/setting"}  # target.modules is swept by the preset but pinned here
+    job = ["+experiment=module_sensitivity", "model=tiny_random", "target.modules=[mlp]", "seed=1",
+           "eval.max_windows=2", "logger=none", "+experiment/setting=nm_2_4"]
+    assert naming.run_label(job, default="x", swept=swept) == "seed=1,setting=nm_2_4"
+    assert naming.swept_keys(tmp_path / "elsewhere") is None
 
 
 # ----------------------------------------------------------------------------------------- resuming

@@ -179,6 +179,7 @@ def test_granularity_study_has_a_speed_table_and_a_pareto_figure(granularity_swe
     assert points.loc[("structured 50%", "wanda_sp"), "speed_source"] == "measured"
     assert (granularity_sweep / "figures" / "pareto.png").exists()
     text = (granularity_sweep / "report.md").read_text()
-    assert "### speed" in text and "pareto.png" in text
+    assert "## Speed and memory" in text and "Accuracy beside speed" in text and "pareto.png" in text
+    assert (granularity_sweep / "tables" / "speed.csv").exists()
     assert "flap below wanda_sp at structured 50%" in text
     assert "structured 50% above the best unstructured 50%" in text

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import pymupdf
 import pytest
@@ -15,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from prunelab.plan import make_plan
-from prunelab.study import aggregate, figures, records, report
+from prunelab.study import aggregate, dashboard, figures, findings, records, report, report_all, study_all
 from prunelab.study.tracking import log_sweep_summary
 from tests.conftest import CONF_DIR, ROOT, TINY, compose_config
 from tests.test_resume import run_job
@@ -102,6 +101,9 @@ def test_aggregate_writes_table_pivots_figures_and_report(tiny_sweep):
     failed = table[table["status"] == "failed"].iloc[0]
     assert "nowhere" in failed["error"]
     assert {"method", "sparsity", "pattern", "eval/ppl_wiki", "prune/achieved_sparsity", "time/total_s"} <= set(table)
+    assert not {"prune/method", "prune/pattern", "prune/target_sparsity"} & set(table)  # they repeat knob columns
+    magnitude = table[(table["method"] == "magnitude")].iloc[0]
+    assert pd.isna(magnitude["calib_data"]) and pd.isna(magnitude["calib_nsamples"])  # magnitude calibrates nothing
     done = table[table["status"] == "completed"]
     assert (done["prune/achieved_sparsity"] - done["sparsity"]).abs().max() < 0.02
 
@@ -117,12 +119,16 @@ def test_aggregate_writes_table_pivots_figures_and_report(tiny_sweep):
     assert not (tiny_sweep / "figures" / "module_sensitivity.png").exists()  # nothing of the kind varied
     assert not list((tiny_sweep / "figures").glob("knob_*.png"))  # no method knob varied
     text = (tiny_sweep / "report.md").read_text()
-    for section in ("## Setup", "## Results", "## Published numbers", "## Figures", "## Jobs that did not complete",
-                    "## Runs and their configs", "figures/ppl_vs_sparsity.png", "nowhere"):
+    assert text.startswith("# Sparsity curves: magnitude, wanda on tiny_random\n")  # a title, not the folder name
+    for section in ("## Setup", "## Methods", "## Findings", "## Results", "## Figures", "## Speed and memory",
+                    "## Configs: what varies between jobs", "## Jobs that did not complete",
+                    "figures/ppl_vs_sparsity.png", "nowhere", "2 windows × 64 tokens (126 predicted tokens)",
+                    "exactly `⌊n·s⌋`"):
         assert section in text, section
-    assert text.count("<details>") == 5
+    assert "```yaml" not in text and "<details>" not in text  # configs are a diff, not pages of YAML
+    assert (tiny_sweep / "dashboard.json").exists() and (tiny_sweep / "tables" / "timing.md").exists()
     pdf = tiny_sweep / "report.pdf"
-    assert pdf.read_bytes().startswith(b"%PDF") and pdf_pages(pdf) >= 3
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf_pages(pdf) >= 2
 
 
 def test_report_pdf_typesets_the_markdown_with_its_tables_and_figures(tiny_sweep):
@@ -133,9 +139,10 @@ def test_report_pdf_typesets_the_markdown_with_its_tables_and_figures(tiny_sweep
     with pymupdf.open(pdf) as document:
         text = "".join(page.get_text() for page in document)
         images = sum(len(page.get_images()) for page in document)
-    assert "Study report" in text and "eval/ppl_wiki" in text and "sparsity=0.5" in text
+    assert "Sparsity curves" in text and "eval/ppl_wiki" in text and "sparsity=0.5" in text
     assert "|---" not in text  # tables are typeset as tables, not shown as Markdown source
     assert images == len(made) >= 1  # every figure is embedded (relative paths resolved)
+    assert "Evaluated on wiki: 2 windows × 64 tokens" in made["ppl_vs_sparsity"].caption
 
 
 def test_markdown_tables_go_through_pandas_with_readable_numbers():
@@ -218,7 +225,8 @@ def test_method_knobs_give_tables_and_one_figure_per_numeric_knob(knob_sweep):
     assert not (knob_sweep / "figures" / "ria_alpha.png").exists()
     sweep = records.collect(knob_sweep)
     assert records.knob_label("method.lambda_") == "lambda" and records.knob_label("method.base.alpha") == "base.alpha"
-    assert "alpha" in report.caption("knob_method.alpha")
+    made = figures.draw_all(sweep, knob_sweep / "figures")
+    assert "against alpha" in made["knob_method.alpha"].caption and "Stars mark" in made["knob_method.alpha"].caption
     blocks = sweep.block_sparsity
     assert set(blocks.dropna(subset=["method.lambda_"])["method"]) == {"owl_wanda"}
 
@@ -237,19 +245,158 @@ def test_slurm_launcher_config_builds_on_the_submitit_plugin():
 def test_sweep_summary_goes_through_the_logger_offline_or_nowhere(tiny_sweep, logger, tmp_path):
     sweep = records.collect(tiny_sweep)
     copy = records.Sweep(tmp_path, sweep.results, sweep.block_sparsity, sweep.records)
-    figure, axis = plt.subplots()
-    axis.plot([0, 1], [1, 0])
-    figure.savefig(tmp_path / "curve.png")
-    plt.close(figure)
+    made = figures.draw_all(copy, tmp_path / "figures")
     logger_cfg = compose_config(logger).logger  # the default logger is wandb
-    log_sweep_summary(copy, logger_cfg, {"curve": tmp_path / "curve.png"}, group="study-test")
     import wandb
 
-    wandb.teardown()  # the W&B service writes the offline file asynchronously; a process exit also flushes it
+    for _ in range(2):  # aggregating again updates the same summary run
+        log_sweep_summary(copy, logger_cfg, made, group="study-test")
+        wandb.teardown()  # the W&B service writes the offline file asynchronously; a process exit also flushes it
     runs = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     if logger != "logger.mode=offline":
         assert runs == [] and not (tmp_path / "wandb").exists()
     else:
+        assert len(runs) == 1 and runs[0].parent.name.endswith(dashboard.summary_run_id("study-test"))
         payload = runs[0].read_bytes()
-        for key in (b"study-test", b"summary/results", b"summary/eval_ppl_wiki", b"figures/curve", b"summary"):
+        for key in (b"study-test", b"summary/results", b"summary/long", b"charts/ppl_vs_sparsity/ppl_wiki",
+                    b"wandb/line/v0", b"figures/ppl_vs_sparsity", b"summary"):
             assert key in payload, key
+        assert b"summary/eval_ppl_wiki" not in payload  # no wide pivots: W&B cannot plot them
+
+
+# ----------------------------------------------------------------------------------------- findings
+def test_changing_a_number_in_results_csv_changes_the_findings_sentence(tiny_sweep):
+    aggregate.aggregate(tiny_sweep, figures=False, report=False)
+    table = pd.read_csv(tiny_sweep / "results.csv")
+
+    def sentence(frame: pd.DataFrame) -> str:
+        return next(s for s in findings.findings(frame) if s.startswith("wiki perplexity (sparsity=0.5"))
+
+    before = sentence(table)
+    wanda = (table["method"] == "wanda") & (table["sparsity"] == 0.5)
+    magnitude = float(table.loc[table["method"] == "magnitude", "eval/ppl_wiki"].iloc[0])
+    table.loc[wanda, "eval/ppl_wiki"] = magnitude * 3  # wanda now far worse than magnitude
+    after = sentence(table)
+    assert after != before
+    assert before.split("): ", 1)[1].startswith("wanda") and after.split("): ", 1)[1].startswith("magnitude")
+    assert f"{magnitude * 3:,.0f}" in after and "1.0% higher" not in after
+    assert "2 windows × 64 tokens (126 predicted tokens)" in after  # perplexity: the evaluation size, no stderr
+
+
+def test_accuracy_differences_carry_standard_errors_and_a_noise_verdict():
+    frame = pd.DataFrame({"job": ["0", "1", "2"], "status": ["completed"] * 3, "method": ["wanda"] * 3,
+                          "sparsity": [0.5] * 3, "calib_data": ["wiki", "gsm8k", "austen"],
+                          "zeroshot/prunelab_mmlu_math/acc": [0.30, 0.25, 0.29],
+                          "zeroshot/prunelab_mmlu_math/acc_stderr": [0.014, 0.013, 0.014],
+                          "zeroshot/prunelab_mmlu_math/samples": [1064] * 3})
+    text, _ = findings.findings(frame)
+    assert text.startswith("MMLU-math accuracy (all jobs; prunelab_mmlu_math: 1,064 examples): "
+                           "wiki 30.0 ± 1.4% > austen 29.0 ± 1.4% > gsm8k 25.0 ± 1.3%.")
+    assert "gsm8k -5.0 ± 1.9 points (2.6 SE, beyond noise)" in text
+    assert "austen -1.0 ± 2.0 points (0.5 SE, within noise)" in text
+    verdict = findings.findings(frame.assign(**{"zeroshot/prunelab_mmlu_math/acc": [0.30, 0.31, 0.29]}))[-1]
+    assert verdict.startswith("In-domain calibration (gsm8k) against general text (wiki): MMLU-math accuracy "
+                              "+1.0 ± 1.9 points (0.5 SE, within noise).")
+    assert "no accuracy difference is beyond noise" in verdict
+    assert "it hurts beyond noise on MMLU-math accuracy" in findings.findings(frame)[-1]
+
+
+# ---------------------------------------------------------------------------------- tables, figures
+def test_one_varying_knob_gives_no_pivot_that_repeats_the_summary(knob_sweep, tiny_sweep):
+    aggregate.aggregate(tiny_sweep, figures=False, report=False)  # method x sparsity: pivots spread sparsity
+    assert (tiny_sweep / "tables" / "eval_ppl_wiki.md").exists()
+    one = records.collect(knob_sweep)
+    only_alpha = records.Sweep(one.directory, one.results[one.results["method"] == "ria"], one.block_sparsity, one.records)
+    assert list(aggregate.tables(only_alpha)) == ["summary"]
+
+
+def test_bench_metrics_reach_the_timing_table(tiny_sweep):
+    sweep = records.collect(tiny_sweep)
+    results = sweep.results.assign(**{"bench/prefill_speedup_512": [1.2, 1.3, 1.1, 1.4, None]})
+    with_bench = records.Sweep(sweep.directory, results, sweep.block_sparsity, sweep.records)
+    assert records.speed_metrics(with_bench.completed)[0] == "bench/prefill_speedup_512"
+    table = report.timing_table(with_bench)
+    assert table.loc[("wanda", "0.7"), "bench/prefill_speedup_512"] == pytest.approx(1.4)
+    assert {"time/prune_s", "time/total_s", "memory/peak_rss_mb"} <= set(table.columns)
+
+
+def test_log_axis_only_for_a_wide_range():
+    assert figures.wide_range([440, 930, 2300, 5000]) and not figures.wide_range([440, 930])
+    assert not figures.wide_range([0.0, 1.0])  # no log axis through zero
+
+
+# --------------------------------------------------------------------------------------- dashboard
+def test_dashboard_spec_from_a_real_sweep_is_a_workspace_over_its_group(tiny_sweep):
+    import json
+
+    from wandb_workspaces.workspaces import Workspace, internal
+
+    sweep = records.collect(tiny_sweep)
+    made = figures.draw_all(sweep, tiny_sweep / "figures")
+    path = dashboard.write_spec(sweep, list(made), group="tiny/sparsity_curve", project="prunelab")
+    spec = json.loads(path.read_text())
+    chart = next(p for p in spec["panels"] if p["kind"].startswith("CustomChart"))
+    assert chart == {"section": "Study charts (as in the report)", "kind": "CustomChart (line)",
+                     "title": "eval/ppl_wiki vs sparsity", "table": "charts/ppl_vs_sparsity/ppl_wiki_table",
+                     "x": "sparsity", "y": "value", "stroke": "method"}
+    assert {"ScatterPlot", "ParallelCoordinatesPlot", "WeavePanelSummaryTable", "MediaBrowser"} <= \
+        {p["kind"] for p in spec["panels"]}
+    view = internal.View.model_validate(spec["view"])  # what W&B stores, read back by the library
+    workspace = Workspace._from_model(view)
+    assert workspace.name == "prunelab: tiny/sparsity_curve"
+    assert sum(len(s.panels) for s in workspace.sections) == len(spec["panels"])
+    assert "tiny/sparsity_curve" in json.dumps(spec["view"])  # the runset is the sweep's group
+    points = next(c for c in dashboard.charts(sweep, list(made)) if c.figure == "ppl_vs_sparsity").frame
+    done = sweep.completed.set_index(["method", "sparsity"])["eval/ppl_wiki"]
+    assert len(points) == 4 and points.set_index(["method", "sparsity"])["value"][("wanda", 0.7)] == \
+        pytest.approx(done[("wanda", 0.7)])
+
+
+def test_an_ad_hoc_sweeps_group_makes_a_workspace_name_w_and_b_accepts():
+    from wandb_workspaces.workspaces import Workspace
+
+    group = "tiny_random/method=magnitude,wanda__sparsity=0.3,0.6__eval.ppl_datasets=[wiki]"
+    with pytest.raises(ValueError):  # W&B refuses "=" (a Unicode symbol) in a workspace name
+        Workspace(entity="", project="prunelab", name=f"prunelab: {group}")
+    name = dashboard.workspace_name(group)
+    assert Workspace(entity="", project="prunelab", name=name).name == name
+    assert name == "prunelab: tiny_random/method is magnitude,wanda__sparsity is 0.3,0.6__eval.ppl_datasets is [wiki]"
+
+
+# -------------------------------------------------------------------------------- report_all, study_all
+def test_report_all_gathers_the_studies_of_a_model_directory_with_the_dense_baseline(tmp_path):
+    root = tmp_path / "tiny_random"
+    run_job(root / "dense" / "0", "method=dense")
+    for index, lam in enumerate(("0.0", "0.1")):
+        run_job(root / "owl_lambda" / str(index), "method=owl_wanda", f"owl_lambda={lam}", "sparsity=0.6")
+    for index, (method, sparsity) in enumerate((("magnitude", "0.3"), ("magnitude", "0.6"))):
+        run_job(root / "sparsity_curve" / str(index), f"method={method}", f"sparsity={sparsity}")
+    md_path, pdf_path = report_all.report_all(root)
+    text = md_path.read_text()
+    curve, owl = text.index("## 1. Sparsity curves"), text.index("## 2. OWL's λ")  # the assignment's order
+    assert curve < owl and "Dense baseline**: `dense/`" in text
+    assert "λ=0 (uniform sparsity)" in text[owl:]
+    assert (root / "sparsity_curve" / "report.pdf").exists() and (root / "owl_lambda" / "dashboard.json").exists()
+    joined = pd.read_csv(root / "sparsity_curve" / "tables" / "summary.csv")
+    assert "dense" in set(joined["method"])  # the baseline joined the study without a dense job
+    assert pdf_pages(pdf_path) >= 2
+
+
+def test_study_all_runs_every_offline_preset_and_the_quick_variant_validates():
+    full = study_all.commands(quick=False)
+    assert [c[0] for c in full[1:]] == [f"+experiment={p}" for p in study_all.PRESETS]
+    quick = study_all.commands(quick=True)
+    assert all(any(a.startswith("hydra.sweep.dir=multirun/smollm2_135m_quick/") for a in c) for c in quick)
+    jobs = 0
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for command in quick:
+            given = [a for a in command if a != "-m" and not a.startswith("hydra.")]
+            preset = next((a.split("=", 1)[1] for a in given if a.startswith("+experiment=")), None)
+            params = dict(compose(config_name="config", overrides=[f"+experiment={preset}"] if preset else [],
+                                  return_hydra_config=True).hydra.sweeper.params or {}) if preset else {}
+            swept = {k: v for k, v in (a.split("=", 1) for a in given) if "," in v and not v.startswith(("[", "{"))}
+            fixed = [a for a in given if a.split("=", 1)[0] not in swept]
+            for job in grid({**{k: v for k, v in params.items() if k not in swept}, **swept}) or [[]]:
+                make_plan(compose(config_name="config", overrides=[*fixed, *job]))
+                jobs += 1
+    assert jobs == 1 + 12 + 12 + 6 + 4 + 6 + 3  # dense, curve, patterns, alpha, lambda, modules, calibration

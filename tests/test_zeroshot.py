@@ -51,7 +51,7 @@ def _stock_yaml(rendered: Path) -> Path:
     return Path(raw["include"])
 
 
-@pytest.mark.parametrize("task", zeroshot.OFFLINE_TASKS)
+@pytest.mark.parametrize("task", zeroshot.STOCK_OFFLINE_TASKS)
 def test_offline_task_is_the_stock_task_with_bundled_data(tmp_path, task):
     rendered = zeroshot.write_offline_tasks(tmp_path) / f"{task}.yaml"
     stock_path = _stock_yaml(rendered)
@@ -64,6 +64,45 @@ def test_offline_task_is_the_stock_task_with_bundled_data(tmp_path, task):
         assert ours.get(key) == stock.get(key), key
     for data_file in ours["dataset_kwargs"]["data_files"].values():  # placeholders resolved
         assert Path(data_file).is_absolute() and "{" not in data_file
+
+
+def test_our_tasks_are_named_as_ours_not_as_stock_tasks(tmp_path):
+    assert set(zeroshot.OUR_TASKS) == {"prunelab_basic_arithmetic", "prunelab_mmlu_math"}
+    stock = zeroshot.stock_task_names()
+    for task in zeroshot.OUR_TASKS:
+        assert task not in stock
+        rendered = _load_yaml(zeroshot.write_offline_tasks(tmp_path) / f"{task}.yaml")
+        assert rendered["task"] == task and not rendered.get("tag")  # not filed under a stock tag (ai2_arc)
+
+
+@requires_bundled_data
+def test_basic_arithmetic_scores_the_3000_questions_with_the_arc_prompt():
+    task = zeroshot.task_manager(offline=True).load(["prunelab_basic_arithmetic"])["tasks"]["prunelab_basic_arithmetic"]
+    docs = list(task.eval_docs)
+    assert len(docs) == 3000
+    doc = docs[0]
+    assert task.doc_to_text(doc) == f"Question: {doc['question']}\nAnswer:" and doc["question"].startswith("Calculate ")
+    choices = task.doc_to_choice(doc)
+    assert len(choices) == 4 and choices[task.doc_to_target(doc)] == \
+        doc["choices"]["text"][doc["choices"]["label"].index(doc["answerKey"])]
+    left, op, right = doc["question"].removeprefix("Calculate ").removesuffix(" =").split()
+    assert float(choices[task.doc_to_target(doc)]) == pytest.approx(
+        {"+": float.__add__, "-": float.__sub__, "*": float.__mul__, "/": float.__truediv__}[op](float(left), float(right)))
+
+
+@requires_bundled_data
+def test_mmlu_math_pools_the_five_mathematics_subjects_with_the_stock_prompt():
+    task = zeroshot.task_manager(offline=True).load(["prunelab_mmlu_math"])["tasks"]["prunelab_mmlu_math"]
+    docs = list(task.eval_docs)
+    subjects = {d["subject"] for d in docs}
+    assert len(docs) == 1064 and subjects == {"abstract_algebra", "college_mathematics", "elementary_mathematics",
+                                              "high_school_mathematics", "high_school_statistics"}
+    assert {d["subject"] for d in docs[:50]} == subjects  # interleaved: eval.limit samples every subject
+    stock = _load_yaml(Path(zeroshot._roots()["{lm_eval_tasks}"]) / "mmlu/default/_default_template_yaml")
+    assert task.config.doc_to_text == stock["doc_to_text"] and task.doc_to_choice(docs[0]) == ["A", "B", "C", "D"]
+    elementary = next(d for d in docs if d["subject"] == "elementary_mathematics")
+    context = task.fewshot_context(elementary, num_fewshot=0)
+    assert context.startswith("The following are multiple choice questions (with answers) about elementary mathematics.\n\n")
 
 
 @requires_bundled_data
@@ -161,8 +200,17 @@ def test_metric_keys_and_mean():
 def test_real_lm_eval_on_the_tiny_model(tiny_model, tokenizer, tmp_path):
     spec = zeroshot_spec("eval.tasks=[arc_easy,rte]", "eval.limit=5", "eval.limit_per_task={rte:3}",
                          "eval.zeroshot_batch_size=8")
-    metrics = zeroshot.evaluate_zeroshot(tiny_model, tokenizer, spec, torch.device("cpu"), task_dir=tmp_path)
+    metrics = zeroshot.evaluate_zeroshot(tiny_model, tokenizer, spec, torch.device("cpu"), task_dir=tmp_path / "tasks",
+                                         output_dir=tmp_path / "lm_eval")
     assert metrics["zeroshot/arc_easy/samples"] == 5 and metrics["zeroshot/rte/samples"] == 3
+    saved = json.loads((tmp_path / "lm_eval" / "results.json").read_text())  # lm-eval's own results, both tasks
+    assert saved["results"]["arc_easy"]["acc,none"] == metrics["zeroshot/arc_easy/acc"]
+    assert saved["results"]["rte"]["acc,none"] == metrics["zeroshot/rte/acc"] and saved["n-shot"]["rte"] == 0
+    samples = [json.loads(line) for line in (tmp_path / "lm_eval" / "samples_arc_easy.jsonl").read_text().splitlines()]
+    assert len(samples) == 5 and sum(s["acc"] for s in samples) / 5 == pytest.approx(metrics["zeroshot/arc_easy/acc"])
+    assert len((tmp_path / "lm_eval" / "samples_rte.jsonl").read_text().splitlines()) == 3
+    table = zeroshot.results_table(saved)  # what the run logs: lm-eval's make_table
+    assert "|arc_easy" in table and "acc_norm" in table and "|rte" in table
     for key in ("zeroshot/arc_easy/acc", "zeroshot/arc_easy/acc_norm", "zeroshot/rte/acc"):
         assert 0.0 <= metrics[key] <= 1.0 and f"{key}_stderr" in metrics
     assert "zeroshot/rte/acc_norm" not in metrics  # stock RTE reports acc only
@@ -186,6 +234,17 @@ def test_pipeline_records_zeroshot_metrics(tmp_path):
     assert metrics["zeroshot/piqa/samples"] == 4
     assert metrics["zeroshot/mean_acc"] == metrics["zeroshot/piqa/acc"]
     assert "eval/ppl_wiki" in metrics
+
+
+@requires_bundled_data
+def test_zeroshot_only_run_measures_no_perplexity_and_headlines_the_error(tmp_path):
+    overrides = ["eval=zeroshot_only", "eval.tasks=[piqa]", "eval.limit=4"]
+    cfg = compose_config("model=tiny_random", "calib_data.nsamples=4", "logger=none", *overrides)
+    headline = pipeline.main(cfg, output_dir=tmp_path, overrides=overrides)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert not [k for k in metrics if k.startswith("eval/ppl_")]
+    assert headline == pytest.approx(1 - metrics["zeroshot/mean_acc"])  # lower is better, as perplexity
+    assert (tmp_path / "lm_eval" / "results.json").exists() and (tmp_path / "lm_eval" / "samples_piqa.jsonl").exists()
 
 
 def test_default_run_has_no_zeroshot_tasks():

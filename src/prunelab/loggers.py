@@ -10,6 +10,7 @@ checked) with the run plan, and started when the run starts. Every run also writ
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,20 @@ class Logger:
     """The interface, and the logger that logs nothing (``logger=none``)."""
 
     def start(self, run_dir: Path, config: dict, name: str | None = None, group: str | None = None,
-              job_type: str = "run") -> None:
-        """Open a run (one job, or a sweep's summary with ``job_type="summary"``)."""
+              job_type: str = "prune", run_id: str | None = None) -> None:
+        """Open a run: one job (``job_type="prune"``) or a sweep's summary (``"summary"``).
+
+        ``run_id``: a stable id; starting a run with the same id again updates that run in place.
+        """
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
-        """Scalars of the run (nested values stay in metrics.json)."""
+        """Scalars of the run, as run-level values (nested values stay in metrics.json)."""
 
     def log_table(self, key: str, frame) -> None:
         """A pandas DataFrame as a table."""
+
+    def log_line_chart(self, key: str, frame, x: str, y: str, stroke: str | None, title: str) -> None:
+        """A line chart of ``y`` against ``x``, one line per value of ``stroke``, from a long-format frame."""
 
     def log_image(self, key: str, path: Path) -> None:
         """A figure file."""
@@ -48,45 +55,73 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and v is not None}
 
 
+def _plain_columns(frame):
+    """A frame W&B's Table takes: the index as columns, string column names, one type per column."""
+    shown = frame.reset_index() if frame.index.name or any(frame.index.names) else frame
+    shown = shown.copy()
+    shown.columns = [str(c) for c in shown.columns]
+    for column in shown.columns:
+        if shown[column].dtype == object:
+            shown[column] = shown[column].astype(str)
+    return shown
+
+
+CONSOLE_MODES = ("quiet", "full")
+
+
 class WandbLogger(Logger):
-    """Weights & Biases; ``mode=offline`` writes ``<run dir>/wandb/offline-run-*`` for ``wandb sync``."""
+    """Weights & Biases; ``mode=offline`` writes ``<run dir>/wandb/offline-run-*`` for ``wandb sync``.
+
+    ``console=quiet`` (default) silences W&B's own console output (its banner and the per-metric
+    run summary at the end) and logs one line per run instead; ``console=full`` restores it.
+    ``capture_logs`` also sends the process's console to the run (its Logs tab); the job's log file
+    is on disk either way. Metrics are run-level values (``run.summary``), not a one-step history.
+    """
 
     def __init__(self, mode: str = "offline", project: str = "prunelab", entity: str | None = None,
-                 tags: list[str] | None = None) -> None:
+                 tags: list[str] | None = None, console: str = "quiet", capture_logs: bool = False) -> None:
         self.mode = checks.choice(mode, "mode", WANDB_MODES)
+        self.console = checks.choice(console, "console", CONSOLE_MODES)
+        self.capture_logs = bool(capture_logs)
         self.project = project
         self.entity = entity
         self.tags = list(tags or [])
         self.run = None
 
     def start(self, run_dir: Path, config: dict, name: str | None = None, group: str | None = None,
-              job_type: str = "run") -> None:
+              job_type: str = "prune", run_id: str | None = None) -> None:
         import wandb
 
         self._wandb = wandb
         run_dir.mkdir(parents=True, exist_ok=True)
+        if run_id and self.mode == "offline":  # the new copy holds everything: keep one per id
+            for superseded in (run_dir / "wandb").glob(f"offline-run-*-{run_id}"):
+                shutil.rmtree(superseded, ignore_errors=True)
+        settings = wandb.Settings(silent=self.console == "quiet", console="auto" if self.capture_logs else "off")
         self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
                               config=config, name=name, group=group, tags=self.tags, job_type=job_type,
-                              reinit="finish_previous")
+                              id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
+                              settings=settings)
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
-        scalars = _scalars(metrics)
-        self.run.log(scalars)
-        self.run.summary.update(scalars)
+        self.run.summary.update(_scalars(metrics))
 
     def log_table(self, key: str, frame) -> None:
-        shown = frame.reset_index() if frame.index.name or any(frame.index.names) else frame
-        shown = shown.copy()
-        shown.columns = [str(c) for c in shown.columns]
-        for column in shown.columns:  # W&B tables want one type per column
-            if shown[column].dtype == object:
-                shown[column] = shown[column].astype(str)
-        self.run.log({key: self._wandb.Table(dataframe=shown)})
+        self.run.log({key: self._wandb.Table(dataframe=_plain_columns(frame))})
+
+    def log_line_chart(self, key: str, frame, x: str, y: str, stroke: str | None, title: str) -> None:
+        table = self._wandb.Table(dataframe=_plain_columns(frame))
+        self.run.log({key: self._wandb.plot.line(table, x, y, stroke=stroke, title=title)})
 
     def log_image(self, key: str, path: Path) -> None:
         self.run.log({key: self._wandb.Image(str(path))})
 
     def finish(self, failed: bool = False) -> None:
-        if self.run is not None:
-            self.run.finish(exit_code=1 if failed else 0)
-            self.run = None
+        if self.run is None:
+            return
+        run, self.run = self.run, None
+        run.finish(exit_code=1 if failed else 0)
+        if self.mode == "offline":
+            log.info("W&B offline run %r (group %s): wandb sync %s", run.name, run.group, Path(run.dir).parent)
+        elif self.mode == "online":
+            log.info("W&B run %r: %s", run.name, run.url)

@@ -1,6 +1,6 @@
-"""Names: a tracker run is named by its overrides and grouped by its sweep; an ad-hoc sweep's
-directory is named by its command line (``${prunelab.sweep_name:}`` in ``conf/config.yaml``), so
-running the same command again resumes it."""
+"""Names: a tracker run is named by what varies across its sweep's jobs and grouped by its sweep's
+stable name; an ad-hoc sweep's directory is named by its command line
+(``${prunelab.sweep_name:}`` in ``conf/config.yaml``), so running the same command again resumes it."""
 
 from __future__ import annotations
 
@@ -9,29 +9,70 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 # Overrides shared by every job of a study or that only steer logging: left out of run names.
 UNNAMED_KEYS = ("experiment", "logger", "force", "group", "run_name", "cache_calibration", "hydra")
 WANDB_GROUP_MAX = 128
+SWEEP_ROOT = "multirun"  # the sweeps' parent directory; the group starts below it
 
 
 def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def run_label(overrides: list[str], default: str) -> str:
-    """``method=wanda,sparsity=0.5`` from a job's overrides; ``default`` when none is left."""
-    kept = [o.lstrip("+~") for o in overrides if override_key(o).split(".")[0] not in UNNAMED_KEYS]
+def swept_keys(sweep_dir: Path | str | None) -> set[str] | None:
+    """The keys a sweep varies, read from the ``multirun.yaml`` Hydra writes in its directory
+    before launching: sweeps on the command line (``sparsity=0.3,0.5``) and the sweeper's
+    ``params`` (a preset's grid, Optuna's ranges) that the command line did not pin to one value.
+    ``None`` when there is no such file (a sweep laid out by hand)."""
+    if sweep_dir is None:
+        return None
+    try:
+        config = yaml.safe_load((Path(sweep_dir) / "multirun.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = config.get("hydra") or {}
+    command_line = list((hydra_cfg.get("overrides") or {}).get("task") or [])
+    params = ((hydra_cfg.get("sweeper") or {}).get("params") or {})
+    parser = OverridesParser.create()
+    given = parser.parse_overrides(command_line)
+    swept = {override_key(o.input_line) for o in given if o.is_sweep_override()}
+    pinned = {override_key(o.input_line) for o in given}
+    swept |= {override_key(str(key)) for key in params if override_key(str(key)) not in pinned}
+    return swept
+
+
+def _short(key: str) -> str:
+    """``target.modules`` -> ``modules``, ``experiment/setting`` -> ``setting``."""
+    return key.replace("/", ".").rsplit(".", 1)[-1]
+
+
+def run_label(overrides: list[str], default: str, swept: set[str] | None = None) -> str:
+    """``method=wanda,sparsity=0.5``: the job's overrides of the keys its sweep varies (``swept``;
+    without it, every override but logging and preset selection); ``default`` when none is left."""
+    kept = []
+    for override in overrides:
+        key = override_key(override)
+        if swept is not None and key not in swept:
+            continue
+        if swept is None and key.split(".")[0].split("/")[0] in UNNAMED_KEYS:
+            continue
+        kept.append(f"{_short(key)}={override.split('=', 1)[1]}" if swept is not None else override.lstrip("+~"))
     return ",".join(kept) or default
 
 
 def sweep_group(sweep_dir: Path | str) -> str:
-    """The W&B group of a sweep: its directory relative to the working directory when inside it
-    (``multirun/module_sensitivity``), so jobs, the Hydra callback and the CLI agree."""
+    """The W&B group of a sweep: its directory relative to the working directory's ``multirun/``
+    (``smollm2_135m/sparsity_curve``) when inside it, else its path, so jobs, the Hydra callback
+    and the CLI agree."""
     path = Path(sweep_dir).resolve()
     cwd = Path.cwd().resolve()
     text = os.path.relpath(path, cwd) if path.is_relative_to(cwd) else str(path)
+    text = text.removeprefix(SWEEP_ROOT + os.sep) if text != SWEEP_ROOT else text
     return text if len(text) <= WANDB_GROUP_MAX else text[-WANDB_GROUP_MAX:]
 
 

@@ -59,7 +59,7 @@ def prune_stage(plan: RunPlan, model, tokenizer) -> PruneReport:
                        label=plan.method_label, cache=calibration.cache if calibration else False)
 
 
-def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device) -> dict[str, Any]:
+def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device, output_dir: Path | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     start = time.perf_counter()
     for result in evaluate_perplexity(model, tokenizer, plan.perplexity, device):
@@ -69,7 +69,8 @@ def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device) -> dict[s
                  result.dataset, result.perplexity, result.windows, result.tokens, result.seconds)
     metrics["time/eval_s"] = time.perf_counter() - start
     if plan.zeroshot.tasks:  # zero-shot accuracy through lm-eval, on the model in memory
-        metrics.update(evaluate_zeroshot(model, tokenizer, plan.zeroshot, device))
+        metrics.update(evaluate_zeroshot(model, tokenizer, plan.zeroshot, device,
+                                         output_dir=output_dir / "lm_eval" if output_dir else None))
     return metrics
 
 
@@ -81,10 +82,13 @@ def save_stage(model, tokenizer, directory: Path, note: dict[str, Any] | None = 
 
 
 def headline(metrics: dict[str, Any]) -> float:
-    """The number sweepers optimise: the first perplexity measured (lower is better)."""
+    """The number sweepers optimise, lower is better: the first perplexity measured, or in a
+    zero-shot-only run the mean zero-shot error ``1 - zeroshot/mean_acc``."""
     for key, value in metrics.items():
         if key.startswith("eval/ppl_") and not key.endswith("_tokens"):
             return float(value)
+    if "zeroshot/mean_acc" in metrics:
+        return 1.0 - float(metrics["zeroshot/mean_acc"])
     return math.nan
 
 
@@ -100,7 +104,7 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
              report.calibration_s, report.prune_s)
     outcome.check_finite_weights(model, "after pruning")
     outcome.check_sparsity(report)
-    metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device))
+    metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device, output_dir))
     outcome.check_finite_metrics(metrics)
     if plan.save_model:
         metrics.update(save_stage(model, tokenizer, output_dir / "model",
@@ -214,8 +218,8 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
             name = cfg.get("run_name") or f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}"
             group = cfg.get("group")
-            if multirun:  # W&B: a job is named by its overrides and grouped by its sweep directory
-                name = naming.run_label(overrides, default=name)
+            if multirun:  # W&B: a job is named by what its sweep varies and grouped by its sweep
+                name = naming.run_label(overrides, default=name, swept=naming.swept_keys(sweep_dir))
                 group = group or naming.sweep_group(sweep_dir)
             plan.logger.start(output_dir, resolved, name=name, group=group)
             logger = plan.logger

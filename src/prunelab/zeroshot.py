@@ -23,6 +23,7 @@ it, as in the papers' tables.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import math
 import os
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 OFFLINE_TASKS: tuple[str, ...] = tuple(sorted(p.stem for p in TASKS_DIR.glob("*.yaml")))
+OUR_PREFIX = "prunelab_"  # tasks of our own (not stock lm-eval tasks): the math tasks
+OUR_TASKS = tuple(t for t in OFFLINE_TASKS if t.startswith(OUR_PREFIX))
+STOCK_OFFLINE_TASKS = tuple(t for t in OFFLINE_TASKS if t not in OUR_TASKS)
 DATA_MODES = ("auto", "offline", "online")
 PLACEHOLDERS = ("{lm_eval_tasks}", "{hf_datasets}", "{prunelab_cache}")
 
@@ -142,7 +146,7 @@ def resolve(tasks, limit=None, limit_per_task=None, num_fewshot: int | None = 0,
     why_offline = ("eval.zeroshot_data=offline asks for bundled data only" if data_mode == "offline"
                    else "the Hugging Face hub is unreachable, so lm-eval cannot download it")
     for name in tasks:
-        if offline:
+        if offline or name in OUR_TASKS:  # ours read bundled data online too
             _check_offline_task(name, why_offline)
         elif name not in stock_task_names():
             raise ZeroShotConfigError(
@@ -190,15 +194,21 @@ def _data_files(name: str) -> list[Path]:
     paths = assets.paths()
     roots = {"{hf_datasets}": str(paths.hf_datasets_dir), "{prunelab_cache}": str(paths.root)}
     config = yaml.load(_render((TASKS_DIR / f"{name}.yaml").read_text(encoding="utf-8"), roots), Loader=_Loader)
-    return [Path(p) for p in config["dataset_kwargs"]["data_files"].values()]
+    files = config["dataset_kwargs"]["data_files"].values()  # a split names one file or a list
+    return [Path(p) for split in files for p in ([split] if isinstance(split, str) else split)]
 
 
-def write_offline_tasks(directory: Path | None = None) -> Path:
-    """Render the offline task files with absolute paths into ``directory`` (default: the cache)."""
-    directory = Path(directory) if directory is not None else assets.paths().root / "lm_eval_tasks"
+def write_offline_tasks(directory: Path | None = None, only: tuple[str, ...] | None = None) -> Path:
+    """Render the offline task files with absolute paths into ``directory`` (default: the cache);
+    ``only`` renders those tasks alone (online, our own tasks beside lm-eval's stock ones)."""
+    default = "lm_eval_tasks" if only is None else "lm_eval_tasks_" + "_".join(only)
+    directory = Path(directory) if directory is not None else assets.paths().root / default
     directory.mkdir(parents=True, exist_ok=True)
     roots = _roots()
-    for source in sorted(TASKS_DIR.glob("*.yaml")) + sorted(TASKS_DIR.glob("*_offline.py")):
+    sources = sorted(TASKS_DIR.glob("*.yaml")) + sorted(TASKS_DIR.glob("*_offline.py"))
+    if only is not None:
+        sources = [TASKS_DIR / f"{name}.yaml" for name in only] + sorted(TASKS_DIR.glob("*_offline.py"))
+    for source in sources:
         target = directory / source.name
         text = source.read_text(encoding="utf-8")
         rendered = _render(text, roots) if source.suffix == ".yaml" else text
@@ -210,12 +220,16 @@ def write_offline_tasks(directory: Path | None = None) -> Path:
     return directory
 
 
-def task_manager(offline: bool, directory: Path | None = None):
-    """lm-eval's TaskManager: the rendered offline tasks only, or the stock tasks online."""
+def task_manager(offline: bool, directory: Path | None = None, tasks: tuple[str, ...] = ()):
+    """lm-eval's TaskManager: the rendered offline tasks only; online the stock tasks, plus those
+    of ours that ``tasks`` names."""
     from lm_eval.tasks import TaskManager
 
     if offline:
         return TaskManager(include_path=str(write_offline_tasks(directory)), include_defaults=False)
+    ours = tuple(t for t in tasks if t in OUR_TASKS)
+    if ours:
+        return TaskManager(include_path=str(write_offline_tasks(directory, only=ours)))
     return _stock_manager()
 
 
@@ -257,8 +271,12 @@ def mean_accuracy(metrics: dict[str, float], tasks: tuple[str, ...]) -> dict[str
 
 
 def evaluate_zeroshot(model, tokenizer, spec: ZeroShotSpec, device: torch.device,
-                      task_dir: Path | None = None) -> dict[str, float]:
-    """Run lm-eval on ``model`` as it is in memory, one task at a time (own limit, own wall time)."""
+                      task_dir: Path | None = None, output_dir: Path | None = None) -> dict[str, float]:
+    """Run lm-eval on ``model`` as it is in memory, one task at a time (own limit, own wall time).
+
+    Logs lm-eval's results table at the end; with ``output_dir``, writes lm-eval's results
+    (``results.json``) and every scored example (``samples_<task>.jsonl``) there.
+    """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -266,17 +284,19 @@ def evaluate_zeroshot(model, tokenizer, spec: ZeroShotSpec, device: torch.device
     model.to(device)
     model.eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size, device=str(device))
-    manager = task_manager(spec.offline, task_dir)
+    manager = task_manager(spec.offline, task_dir, spec.tasks)
     metrics: dict[str, float] = {}
+    outputs: dict[str, dict[str, Any]] = {}
     for task in spec.tasks:
         task_start = time.perf_counter()
         output = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=spec.limits[task],
                                          num_fewshot=spec.num_fewshot, task_manager=manager,
-                                         log_samples=False)
+                                         log_samples=output_dir is not None)
         seconds = time.perf_counter() - task_start
         found = output["results"].get(task)
         if found is None:
             raise RuntimeError(f"lm-eval returned no results for task {task!r} (got {sorted(output['results'])})")
+        outputs[task] = output
         metrics.update(task_metrics(task, found))
         samples = output.get("n-samples", {}).get(task, {})
         if "effective" in samples:
@@ -288,7 +308,44 @@ def evaluate_zeroshot(model, tokenizer, spec: ZeroShotSpec, device: torch.device
                  samples.get("effective", "?"), seconds, shown)
     metrics.update(mean_accuracy(metrics, spec.tasks))
     metrics["time/zeroshot_s"] = time.perf_counter() - start
+    combined = combine_outputs(outputs)
+    log.info("lm-eval results (%s):\n%s", "offline data" if spec.offline else "hub data", results_table(combined))
+    if output_dir is not None:
+        save_outputs(combined, outputs, output_dir)
     return metrics
+
+
+def combine_outputs(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """lm-eval's per-task outputs (one ``simple_evaluate`` each) as one results dict, without samples."""
+    combined: dict[str, Any] = {}
+    for output in outputs.values():
+        for key, value in output.items():
+            if key == "samples":
+                continue
+            if isinstance(value, dict):
+                combined.setdefault(key, {}).update(value)
+            else:
+                combined.setdefault(key, value)
+    return combined
+
+
+def results_table(combined: dict[str, Any]) -> str:
+    """lm-eval's own Markdown table of the results (``lm_eval.utils.make_table``)."""
+    from lm_eval.utils import make_table
+
+    return make_table(combined) if combined.get("results") else "(no task was scored)"
+
+
+def save_outputs(combined: dict[str, Any], outputs: dict[str, dict[str, Any]], directory: Path) -> None:
+    """``results.json`` (lm-eval's results, configs, versions) and ``samples_<task>.jsonl``."""
+    from lm_eval.utils import handle_non_serializable
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "results.json").write_text(json.dumps(combined, indent=2, default=handle_non_serializable) + "\n")
+    for task, output in outputs.items():
+        with (directory / f"samples_{task}.jsonl").open("w", encoding="utf-8") as handle:
+            for sample in (output.get("samples") or {}).get(task, []):
+                handle.write(json.dumps(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Seaborn figures of a sweep; each is drawn only when the sweep varies what it shows.
 
 =============================  ===============================================================
-``ppl_vs_sparsity.png``        perplexity (log) vs sparsity per method, one panel per eval set
+``ppl_vs_sparsity.png``        perplexity vs sparsity per method, one panel per eval set
 ``zeroshot_vs_sparsity.png``   zero-shot mean accuracy vs sparsity per method
 ``patterns.png``               perplexity per method, unstructured vs N:M
 ``knob_method.<key>.png``      perplexity vs any numeric method knob the sweep varies (alpha, lambda_)
@@ -10,12 +10,18 @@
 ``calibration.png``            perplexity of each domain by calibration set (+ task accuracy)
 ``pareto.png``                 accuracy vs speedup (measured, else roofline-predicted) per setting
 =============================  ===============================================================
+
+Each draw returns a :class:`Figure`: the file and its caption, which states the axis scale and
+how much the numbers were measured on (windows x tokens, examples per task). The y axis is
+logarithmic only when a panel's values span more than :data:`LOG_RANGE`; a dense run in the
+sweep is a dashed line named in each panel's legend.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -25,11 +31,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from prunelab.study.records import (  # noqa: E402
     KNOB_FIGURE,
     METHOD_PREFIX,
     Sweep,
+    evaluation_size,
     headline_metrics,
     knob_label,
     pareto_points,
@@ -39,6 +47,13 @@ from prunelab.study.records import (  # noqa: E402
 
 log = logging.getLogger(__name__)
 sns.set_theme(style="whitegrid", context="notebook")
+LOG_RANGE = 5.0  # a panel whose largest value is more than 5x its smallest gets a log axis
+
+
+@dataclass(frozen=True)
+class Figure:
+    path: Path
+    caption: str
 
 
 def _ppl_metrics(sweep: Sweep) -> list[str]:
@@ -49,6 +64,22 @@ def _label(metric: str) -> str:
     if metric.startswith("eval/ppl_"):
         return f"perplexity ({metric.removeprefix('eval/ppl_')})"
     return metric.replace("zeroshot/", "zero-shot ").replace("_", " ")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith("eval/ppl_")
+
+
+def wide_range(values) -> bool:
+    """Whether values span enough for a log axis (all positive, max > LOG_RANGE x min)."""
+    numbers = pd.to_numeric(pd.Series(list(values)), errors="coerce").dropna()
+    return bool(len(numbers)) and numbers.min() > 0 and numbers.max() > LOG_RANGE * numbers.min()
+
+
+def sizes(sweep: Sweep, metrics: list[str]) -> str:
+    """"Evaluated on wiki: 32 windows x 256 tokens (...); piqa: 100 examples." for a caption."""
+    found = [part for m in metrics for part in evaluation_size(sweep.completed, m).split("; ")]
+    return f" Evaluated on {'; '.join(dict.fromkeys(found))}." if found else ""
 
 
 def _long(frame: pd.DataFrame, metrics: list[str], keep: list[str]) -> pd.DataFrame:
@@ -78,9 +109,44 @@ def _save(grid_or_fig, path: Path) -> Path:
     return path
 
 
+def _dense_line(axis, value: float) -> None:
+    """The dense model as a dashed line, named in the panel's own legend (no label on the plot)."""
+    axis.axhline(value, color="black", linestyle="--", linewidth=1)
+    axis.legend(handles=[Line2D([], [], color="black", linestyle="--", linewidth=1, label=f"dense: {_short_number(value)}")],
+                loc="best", fontsize=8, frameon=True)
+
+
+def _mark_best(axis, panel: pd.DataFrame, x: str, metric: str, hue: str | None, zero_label: str | None) -> list[str]:
+    """A star on each line's best point, and (``zero_label``) a ring on x = 0; returns caption notes."""
+    notes = []
+    lines = panel.groupby(hue) if hue else [(None, panel)]
+    for name, line in lines:
+        line = line.groupby(x)["value"].mean()
+        if line.empty:
+            continue
+        best_x = line.idxmin() if lower_is_better(metric) else line.idxmax()
+        axis.plot([best_x], [line[best_x]], marker="*", markersize=15, color="gold", markeredgecolor="black", zorder=5)
+        axis.annotate(f"best {best_x:g}", (best_x, line[best_x]), textcoords="offset points", xytext=(6, 8), fontsize=8)
+        where = f" ({name})" if name is not None else ""
+        notes.append(f"best{where} at {best_x:g}: {_short_number(line[best_x])}")
+        if zero_label and 0.0 in line.index:
+            axis.plot([0.0], [line[0.0]], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="red",
+                      markeredgewidth=1.5, zorder=5)
+            axis.annotate(zero_label, (0.0, line[0.0]), textcoords="offset points", xytext=(6, -14), fontsize=8,
+                          color="red")
+            notes.append(f"{zero_label}{where}: {_short_number(line[0.0])}")
+    return notes
+
+
+def _short_number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+
+
 def _lines(sweep: Sweep, frame: pd.DataFrame, x: str, metrics: list[str], hue_candidates: list[str],
-           title: str, path: Path, log_y: bool, style_candidates: tuple[str, ...] = (),
-           baseline: dict[str, float] | None = None, x_label: str | None = None) -> Path | None:
+           title: str, path: Path, style_candidates: tuple[str, ...] = (),
+           baseline: dict[str, float] | None = None, x_label: str | None = None,
+           mark_best: bool = False, zero_label: str | None = None) -> tuple[Path, str] | None:
+    """Line panels, one per metric; returns the file and a note on axes and marks for the caption."""
     if frame.empty or not metrics:
         return None
     hue = _hue(frame, hue_candidates)
@@ -91,23 +157,32 @@ def _lines(sweep: Sweep, frame: pd.DataFrame, x: str, metrics: list[str], hue_ca
     grid = sns.relplot(data=long, x=x, y="value", hue=hue, style=style, col="metric", kind="line", marker="o",
                        dashes=bool(style), facet_kws={"sharey": False}, height=3.6, aspect=1.2,
                        col_wrap=min(3, long["metric"].nunique()))
+    logged, notes = [], []
     for axis, metric in zip(grid.axes.flat, long["metric"].unique()):
-        if log_y:
+        panel = long[long["metric"] == metric]
+        raw = next(m for m in metrics if _label(m) == metric)
+        values = list(panel["value"]) + ([baseline[metric]] if baseline and metric in baseline else [])
+        if wide_range(values):
             axis.set_yscale("log")
+            logged.append(metric)
         axis.set_title(metric)
         axis.set_ylabel(metric.split(" (")[0])
         axis.set_xlabel(x_label or x)
+        if mark_best:
+            notes += [f"{metric}: {n}" for n in _mark_best(axis, panel, x, raw, hue, zero_label)]
         if baseline and metric in baseline:  # the dense model, for scale
-            axis.axhline(baseline[metric], color="black", linestyle="--", linewidth=1)
-            axis.annotate(f"dense {baseline[metric]:.3g}", (0.02, baseline[metric]), xycoords=("axes fraction", "data"),
-                          textcoords="offset points", xytext=(0, 4), fontsize=8)
+            _dense_line(axis, baseline[metric])
     grid.figure.suptitle(_title(sweep, title), y=1.03)
-    return _save(grid, path)
+    scale = (f" Log y axis for {', '.join(logged)} (values span more than {LOG_RANGE:g}x); linear elsewhere."
+             if logged else " Linear y axes.")
+    marks = (" Stars mark each line's best value" + (f", red rings {zero_label}" if zero_label else "")
+             + f" ({'; '.join(notes)}).") if notes else ""
+    dense = " Dashed: the dense model." if baseline else ""
+    return _save(grid, path), scale + dense + marks
 
 
 def _bars(sweep: Sweep, frame: pd.DataFrame, x: str, hue: str | None, metrics: list[str], title: str,
-          path: Path, log_y: bool = True, order: list[str] | None = None,
-          hue_order: list[str] | None = None) -> Path | None:
+          path: Path, order: list[str] | None = None, hue_order: list[str] | None = None) -> tuple[Path, str] | None:
     if frame.empty or not metrics:
         return None
     long = _long(frame.assign(**{k: frame[k].astype(str) for k in (x, hue) if k}), metrics, [x, hue])
@@ -115,21 +190,29 @@ def _bars(sweep: Sweep, frame: pd.DataFrame, x: str, hue: str | None, metrics: l
         return None
     grid = sns.catplot(data=long, x=x, y="value", hue=hue, col="metric", kind="bar", order=order, hue_order=hue_order,
                        sharey=False, height=3.6, aspect=1.1, col_wrap=min(3, long["metric"].nunique()))
+    logged = []
     for axis, metric in zip(grid.axes.flat, long["metric"].unique()):
-        if log_y:
+        if wide_range(long.loc[long["metric"] == metric, "value"]):
             axis.set_yscale("log")
+            logged.append(metric)
         axis.set_title(metric)
         axis.set_ylabel(metric.split(" (")[0])
         for container in axis.containers:
             axis.bar_label(container, fmt="%.3g" if "acc" not in metric else "%.3f", fontsize=7, rotation=90, padding=2)
         axis.margins(y=0.18)  # room for the labels above the tallest bar
     grid.figure.suptitle(_title(sweep, title), y=1.03)
-    return _save(grid, path)
+    scale = (f" Log y axis for {', '.join(logged)} (values span more than {LOG_RANGE:g}x); linear elsewhere."
+             if logged else " Linear y axes.")
+    return _save(grid, path), scale
+
+
+def _figure(made: tuple[Path, str] | None, text: str, sweep: Sweep, metrics: list[str]) -> Figure | None:
+    return None if made is None else Figure(made[0], text + made[1] + sizes(sweep, metrics))
 
 
 # ----------------------------------------------------------------------------------- the figures
-def ppl_vs_sparsity(sweep: Sweep, path: Path) -> Path | None:
-    """One line per method; a dense run in the sweep (e.g. ``hydra.sweep.subdir=dense``) is a dashed line."""
+def ppl_vs_sparsity(sweep: Sweep, path: Path) -> Figure | None:
+    """One line per method; a dense run in the sweep is a dashed line."""
     unpruned = prunes_nothing(sweep.completed)
     pruned = sweep.completed[~unpruned]
     if pruned["sparsity"].astype(str).nunique() < 2:
@@ -138,27 +221,34 @@ def ppl_vs_sparsity(sweep: Sweep, path: Path) -> Path | None:
     metrics = _ppl_metrics(sweep)
     dense = sweep.completed[unpruned]
     baseline = {_label(m): float(dense[m].mean()) for m in metrics if m in dense and dense[m].notna().any()}
-    return _lines(sweep, frame, "sparsity", metrics, ["method", "modules", "calib_data", "pattern"],
-                  "Perplexity vs sparsity (log scale)", path, log_y=True, style_candidates=("pattern", "modules"),
-                  baseline=baseline)
+    made = _lines(sweep, frame, "sparsity", metrics, ["method", "modules", "calib_data", "pattern"],
+                  "Perplexity vs sparsity", path, style_candidates=("pattern", "modules"), baseline=baseline)
+    return _figure(made, "Perplexity against sparsity, one line per method.", sweep, metrics)
 
 
-def zeroshot_vs_sparsity(sweep: Sweep, path: Path) -> Path | None:
+def zeroshot_vs_sparsity(sweep: Sweep, path: Path) -> Figure | None:
     metrics = [m for m in headline_metrics(sweep) if m.endswith("mean_acc")]
     if "sparsity" not in sweep.varying_knobs() or not metrics:
         return None
-    frame = sweep.completed.assign(sparsity=sweep.completed["sparsity"].astype(float))
-    return _lines(sweep, frame, "sparsity", metrics, ["method", "pattern"], "Zero-shot mean accuracy vs sparsity",
-                  path, log_y=False, style_candidates=("pattern",))
+    unpruned = prunes_nothing(sweep.completed)
+    pruned = sweep.completed[~unpruned]
+    dense = sweep.completed[unpruned]
+    baseline = {_label(m): float(dense[m].mean()) for m in metrics if m in dense and dense[m].notna().any()}
+    frame = pruned.assign(sparsity=pruned["sparsity"].astype(float))
+    made = _lines(sweep, frame, "sparsity", metrics, ["method", "pattern"], "Zero-shot mean accuracy vs sparsity",
+                  path, style_candidates=("pattern",), baseline=baseline)
+    return _figure(made, "Zero-shot mean accuracy (unweighted over tasks) against sparsity.", sweep, metrics)
 
 
-def patterns(sweep: Sweep, path: Path) -> Path | None:
-    frame = sweep.completed
+def patterns(sweep: Sweep, path: Path) -> Figure | None:
+    frame = sweep.completed[~prunes_nothing(sweep.completed)]
     if "pattern" not in sweep.varying_knobs() or "sparsity" in sweep.varying_knobs():
         return None
     order = sorted(frame["pattern"].astype(str).unique(), key=lambda p: (p != "unstructured", p[::-1]))
-    return _bars(sweep, frame, "method", "pattern", _ppl_metrics(sweep), "Unstructured vs N:M at equal sparsity",
-                 path, hue_order=order)
+    metrics = _ppl_metrics(sweep)
+    made = _bars(sweep, frame, "method", "pattern", metrics, "Unstructured vs N:M at equal sparsity", path,
+                 hue_order=order)
+    return _figure(made, "Perplexity per method: unstructured vs N:M at the same sparsity.", sweep, metrics)
 
 
 def numeric_method_knobs(sweep: Sweep) -> list[str]:
@@ -167,8 +257,12 @@ def numeric_method_knobs(sweep: Sweep) -> list[str]:
             and pd.to_numeric(sweep.completed[k].dropna(), errors="coerce").notna().all()]
 
 
-def knob_curve(sweep: Sweep, knob: str, path: Path) -> Path | None:
-    """Perplexity (and zero-shot mean) against one method knob, over the jobs whose method has it."""
+ZERO_MEANS = {"lambda": "λ=0 = uniform", "alpha": "α=0 = RI alone"}  # what 0 of a knob is, where it means something
+
+
+def knob_curve(sweep: Sweep, knob: str, path: Path) -> Figure | None:
+    """Perplexity (and zero-shot mean) against one method knob, over the jobs whose method has it;
+    each line's best value starred, and the knob's 0 ringed where it is a named baseline."""
     frame = sweep.completed.dropna(subset=[knob])
     if frame[knob].astype(str).nunique() < 2:
         return None
@@ -176,14 +270,16 @@ def knob_curve(sweep: Sweep, knob: str, path: Path) -> Path | None:
     metrics = _ppl_metrics(sweep) + [m for m in headline_metrics(sweep) if m.endswith("mean_acc")]
     methods = ", ".join(dict.fromkeys(frame["method"].astype(str)))
     name = knob_label(knob)
-    return _lines(sweep, frame, knob, metrics, ["setting", "method", "pattern"], f"{methods}: perplexity vs {name}",
-                  path, log_y=True, style_candidates=("method",), x_label=name)
+    made = _lines(sweep, frame, knob, metrics, ["setting", "method", "pattern"], f"{methods}: perplexity vs {name}",
+                  path, style_candidates=("method",), x_label=name, mark_best=True, zero_label=ZERO_MEANS.get(name))
+    return _figure(made, f"{methods}: perplexity against {name} (`{knob}`), over the jobs whose method has this knob.",
+                   sweep, metrics)
 
 
 OWL_LAMBDA = "method.lambda_"  # the knob of the methods that allot each block its own sparsity
 
 
-def owl_block_sparsity(sweep: Sweep, path: Path) -> Path | None:
+def owl_block_sparsity(sweep: Sweep, path: Path) -> Figure | None:
     blocks = sweep.block_sparsity
     if blocks.empty or OWL_LAMBDA not in blocks:
         return None
@@ -200,31 +296,35 @@ def owl_block_sparsity(sweep: Sweep, path: Path) -> Path | None:
     axis.set_ylabel("block sparsity")
     axis.legend(fontsize=7, title=None)
     axis.set_title(_title(sweep, "OWL per-block sparsity"))
-    return _save(figure, path)
+    return Figure(_save(figure, path), "OWL: sparsity assigned to each decoder block (from the dense model's "
+                                       "outlier ratios), one line per job. Linear y axis.")
 
 
-def module_sensitivity(sweep: Sweep, path: Path) -> Path | None:
+def module_sensitivity(sweep: Sweep, path: Path) -> Figure | None:
     if "modules" not in sweep.varying_knobs():
         return None
-    frame = with_setting(sweep.completed)
+    frame = with_setting(sweep.completed[~prunes_nothing(sweep.completed)])
     order = [m for m in ("attention", "mlp", "all") if m in set(frame["modules"].astype(str))] or None
     hue = "setting" if frame["setting"].nunique() > 1 else _hue(frame, ["method", "calib_data"])
-    return _bars(sweep, frame, "modules", hue, _ppl_metrics(sweep), "Module sensitivity: which layers were pruned",
-                 path, order=order)
+    metrics = _ppl_metrics(sweep)
+    made = _bars(sweep, frame, "modules", hue, metrics, "Module sensitivity: which layers were pruned", path,
+                 order=order)
+    return _figure(made, "Perplexity when only attention, only the MLP, or every linear layer is pruned.", sweep, metrics)
 
 
-def calibration(sweep: Sweep, path: Path) -> Path | None:
+def calibration(sweep: Sweep, path: Path) -> Figure | None:
     if "calib_data" not in sweep.varying_knobs():
         return None
-    frame = sweep.completed
+    frame = sweep.completed.dropna(subset=["calib_data"])
     metrics = _ppl_metrics(sweep)
     accuracy = [m for m in headline_metrics(sweep) if m not in metrics]
     hue = _hue(frame, ["method", "setting", "pattern"])
-    return _bars(sweep, frame, "calib_data", hue, metrics + accuracy, "Calibration-data sensitivity", path,
-                 log_y=False)
+    made = _bars(sweep, frame, "calib_data", hue, metrics + accuracy, "Calibration-data sensitivity", path)
+    return _figure(made, "Perplexity of each domain, and task accuracy, by the calibration set used for pruning.",
+                   sweep, metrics + accuracy)
 
 
-def pareto(sweep: Sweep, path: Path) -> Path | None:
+def pareto(sweep: Sweep, path: Path) -> Figure | None:
     """Accuracy (perplexity, log; zero-shot mean) against speedup, one point per job, labelled by
     its setting; the dashed line joins the points no other point beats on both axes."""
     points = pareto_points(sweep)
@@ -254,10 +354,12 @@ def pareto(sweep: Sweep, path: Path) -> Path | None:
         axis.set_ylabel(_label(metric))
         axis.legend(fontsize=7)
     figure.suptitle(_title(sweep, "Accuracy vs speedup by granularity"), y=1.02)
-    return _save(figure, path)
+    return _figure((_save(figure, path), " Perplexity on a log axis."), "Accuracy against speedup (prefill): measured dense vs pruned in one "
+                   "process where a job measured it, the roofline prediction (engine.roofline_gpu) for 2:4; "
+                   "the dashed line is the Pareto front.", sweep, metrics)
 
 
-FIGURES: dict[str, Callable[[Sweep, Path], Path | None]] = {
+FIGURES: dict[str, Callable[[Sweep, Path], Figure | None]] = {
     "ppl_vs_sparsity": ppl_vs_sparsity,
     "zeroshot_vs_sparsity": zeroshot_vs_sparsity,
     "patterns": patterns,
@@ -268,8 +370,8 @@ FIGURES: dict[str, Callable[[Sweep, Path], Path | None]] = {
 }
 
 
-def draw_all(sweep: Sweep, directory: Path) -> dict[str, Path]:
-    """Every figure that applies to this sweep, as PNG in ``directory``; name -> path."""
+def draw_all(sweep: Sweep, directory: Path) -> dict[str, Figure]:
+    """Every figure that applies to this sweep, as PNG in ``directory``; name -> figure."""
     if sweep.completed.empty:
         return {}
     directory.mkdir(parents=True, exist_ok=True)
@@ -279,10 +381,10 @@ def draw_all(sweep: Sweep, directory: Path) -> dict[str, Path]:
     made = {}
     for name, draw in draws.items():
         try:
-            path = draw(sweep, directory / f"{name}.png")
+            figure = draw(sweep, directory / f"{name}.png")
         except Exception:  # noqa: BLE001 - one bad figure must not cost the others
             log.exception("figure %s failed", name)
             continue
-        if path is not None:
-            made[name] = path
+        if figure is not None:
+            made[name] = figure
     return made

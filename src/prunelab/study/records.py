@@ -40,6 +40,10 @@ GENERIC = tuple(name for name, _, _ in GENERIC_KNOBS)
 METHOD_PREFIX = "method."
 UNSHOWN_METHOD_KEYS = ("_target_", "name")  # the class and the display label (the `method` column)
 ID_COLUMNS = ("job", "status", "error", "overrides", "fingerprint", "reused_from")
+INFO_COLUMNS = ("eval_seqlen",)  # not knobs: what the evaluation sizes are stated in (tokens per window)
+# Metrics that repeat a knob column (the plan's method, pattern and sparsity): not columns of their own.
+REPEATED_METRICS = ("prune/method", "prune/pattern", "prune/target_sparsity")
+CALIBRATION_KNOBS = ("calib_data", "calib_nsamples", "calib_seqlen")  # blank where the method calibrates nothing
 UNSWEPT_PREFIXES = ("logger", "hydra")  # overrides that never get a column (nor does `+experiment=`)
 MISSING = "-"  # a knob the row's method does not have, in table labels
 KNOB_FIGURE = "knob_"  # figure of a numeric method knob: knob_method.alpha (figures draws it, report captions it)
@@ -98,7 +102,9 @@ def varying_knobs(frame: pd.DataFrame) -> list[str]:
         return []
     baseline = prunes_nothing(frame)
     judged = frame[~baseline] if (~baseline).any() else frame
-    varying = [c for c in GENERIC if c in judged.columns and judged[c].astype(str).nunique(dropna=False) > 1]
+    # A calibration knob is blank where a method calibrates nothing: that is not a second value.
+    varying = [c for c in GENERIC if c in judged.columns
+               and (judged[c].dropna() if c in CALIBRATION_KNOBS else judged[c]).astype(str).nunique(dropna=False) > 1]
     varying += [c for c in knob_columns(judged) if c.startswith(METHOD_PREFIX) and _varies_within_a_method(judged, c)]
     if "method" not in varying and frame["method"].astype(str).nunique() > 1:
         varying.insert(0, "method")
@@ -188,10 +194,15 @@ def _row(job: str, record: dict[str, Any], hidden: set[str]) -> dict[str, Any]:
     }
     for name, dotted, plan_key in GENERIC_KNOBS:
         row[name] = _cell(plan[plan_key] if plan_key in plan else _select(config, dotted))
+    if "calibration" in plan and plan["calibration"] is None:  # magnitude, dense: no calibration data
+        row.update(dict.fromkeys(CALIBRATION_KNOBS))
+    if plan.get("sparsity") == 0:  # nothing pruned: no pattern either
+        row["pattern"] = None
     row.update(method_knobs((record.get("config") or {}).get("method")))
     row.update(_override_columns(record.get("overrides") or [], config, hidden))
+    row["eval_seqlen"] = _select(config, "eval.seqlen")
     for key, value in (record.get("metrics") or {}).items():
-        if isinstance(value, (int, float, str, bool)):
+        if isinstance(value, (int, float, str, bool)) and key not in REPEATED_METRICS:
             row[key] = value
     return row
 
@@ -206,7 +217,7 @@ def _job_order(job: str) -> tuple:
 
 def _ordered(results: pd.DataFrame) -> pd.DataFrame:
     """Ids, generic knobs, method knobs, other swept keys, metrics (rows add columns as they come)."""
-    first = [*ID_COLUMNS, *knob_columns(results), *(c for c in results.columns if c.startswith("cfg:"))]
+    first = [*ID_COLUMNS, *knob_columns(results), *(c for c in results.columns if c.startswith("cfg:")), *INFO_COLUMNS]
     first = [c for c in first if c in results.columns]
     return results[first + [c for c in results.columns if c not in first]]
 
@@ -257,6 +268,54 @@ def headline_metrics(sweep: Sweep) -> list[str]:
     return ppl + mean_first + tasks
 
 
+SPEED_PREFIXES = ("bench/", "time/", "memory/")
+
+
+def speed_metrics(frame: pd.DataFrame) -> list[str]:
+    """Scalar timing, memory and benchmark columns: ``bench/*`` first (what the engines measured),
+    then the stage times and peak memory of the pipeline itself."""
+    numeric = [c for c in frame.columns if c.startswith(SPEED_PREFIXES)
+               and pd.to_numeric(frame[c], errors="coerce").notna().any()]
+    per_task = [c for c in numeric if c.startswith("time/zeroshot_") and c != "time/zeroshot_s"]
+    return sorted((c for c in numeric if c not in per_task), key=lambda c: (not c.startswith("bench/"), c))
+
+
+def evaluation_size(frame: pd.DataFrame, metric: str) -> str:
+    """How much a metric was measured on, in words, from the table alone.
+
+    ``eval/ppl_wiki`` -> "wiki: 32 windows x 256 tokens (8,160 predicted tokens)";
+    ``zeroshot/piqa/acc`` -> "piqa: 100 examples". Several sizes in one sweep are all listed.
+    """
+    if metric.startswith("eval/ppl_"):
+        name = metric.removeprefix("eval/ppl_")
+        tokens_column = f"{metric}_tokens"
+        if tokens_column not in frame:
+            return name
+        sizes = []
+        for tokens, seqlen in _size_pairs(frame, tokens_column):
+            if seqlen and seqlen > 1:
+                sizes.append(f"{round(tokens / (seqlen - 1)):,} windows × {int(seqlen):,} tokens ({int(tokens):,} predicted tokens)")
+            else:
+                sizes.append(f"{int(tokens):,} predicted tokens")
+        return f"{name}: {' / '.join(sizes)}" if sizes else name
+    if metric.startswith("zeroshot/"):
+        parts = metric.split("/")
+        if metric.endswith("mean_acc"):
+            tasks = [c.split("/")[1] for c in frame.columns if c.startswith("zeroshot/") and c.endswith("/samples")]
+            return "; ".join(evaluation_size(frame, f"zeroshot/{task}/acc") for task in tasks)
+        samples = f"zeroshot/{parts[1]}/samples"
+        counts = sorted({int(v) for v in pd.to_numeric(frame.get(samples, pd.Series(dtype=float)), errors="coerce").dropna()})
+        return f"{parts[1]}: {' / '.join(f'{c:,}' for c in counts)} examples" if counts else parts[1]
+    return metric
+
+
+def _size_pairs(frame: pd.DataFrame, tokens_column: str) -> list[tuple[float, float | None]]:
+    seqlen = frame["eval_seqlen"] if "eval_seqlen" in frame else pd.Series(None, index=frame.index)
+    pairs = pd.DataFrame({"tokens": pd.to_numeric(frame[tokens_column], errors="coerce"),
+                          "seqlen": pd.to_numeric(seqlen, errors="coerce")}).dropna(subset=["tokens"])
+    return [(float(t), None if pd.isna(s) else float(s)) for t, s in pairs.drop_duplicates().itertuples(index=False)]
+
+
 def with_setting(frame: pd.DataFrame) -> pd.DataFrame:
     """Add ``setting``: "unstructured 70%", "structured 30%", "2:4" or "dense", one axis for studies
     that mix them (a structured method's plan records its pattern as ``structured``)."""
@@ -287,9 +346,19 @@ def table_axes(sweep: Sweep) -> tuple[list[str], str | None]:
     return [k for k in varying if k != across], across
 
 
-def _labels(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def labels(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Knob columns as table labels: text, with :data:`MISSING` where the row's method lacks the knob."""
-    return frame.assign(**{c: frame[c].astype(object).where(frame[c].notna(), MISSING).astype(str) for c in columns})
+    return frame.assign(**{c: [MISSING if pd.isna(v) else _label_text(v) for v in frame[c]] for c in columns})
+
+
+def _label_text(value: Any) -> str:
+    """``4.0`` (a count read back as float next to blanks) -> ``4``; an Optuna sample
+    ``0.8232202558909871`` -> ``0.8232``; everything else as it is."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _is_number(value: Any) -> bool:
@@ -308,24 +377,67 @@ def pivot(sweep: Sweep, metric: str) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame()
     rows, across = table_axes(sweep)
-    frame = _labels(frame, rows)
+    frame = labels(frame, rows)
     if across is None:
         return frame.groupby(rows, sort=False)[metric].mean().to_frame(metric)
     if frame[across].isna().any():
-        frame = _labels(frame, [across])
+        frame = labels(frame, [across])
     table = frame.pivot_table(index=rows, columns=across, values=metric, aggfunc="mean", sort=False)
     numbers = sorted((c for c in table.columns if _is_number(c)), key=float)
     return table[numbers + [c for c in table.columns if not _is_number(c)]]
 
 
-def summary_table(sweep: Sweep) -> pd.DataFrame:
-    """Every headline metric (columns) for every distinct setting of the varying knobs (rows)."""
-    metrics = headline_metrics(sweep)
+STDERR = "_stderr"  # lm-eval's standard error of a metric: <metric>_stderr
+
+
+def summary_table(sweep: Sweep, metrics: list[str] | None = None) -> pd.DataFrame:
+    """Every headline metric (columns) for every distinct setting of the varying knobs (rows); a
+    metric's standard error follows it as ``<metric>_stderr`` where the sweep has one."""
+    metrics = headline_metrics(sweep) if metrics is None else metrics
     frame = with_setting(sweep.completed)
     if frame.empty or not metrics:
         return pd.DataFrame()
+    columns = [c for m in metrics for c in (m, m + STDERR) if c in frame.columns]
     rows = sweep.varying_knobs() or ["method"]
-    return _labels(frame, rows).groupby(rows, sort=False)[metrics].mean()
+    return labels(frame, rows).groupby(rows, sort=False)[columns].mean()
+
+
+# --------------------------------------------------------------------------- a shared baseline
+def is_baseline(sweep: Sweep) -> bool:
+    """A sweep of dense jobs only (``multirun/<model>/dense``): the 0% point of other studies."""
+    done = sweep.completed
+    return not done.empty and bool(prunes_nothing(done).all())
+
+
+def comparable(baseline: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """The baseline's rows keeping only the metrics measured as ``frame`` measured them: a
+    perplexity on the same number of predicted tokens, a task on the same number of examples."""
+    rows = baseline.copy()
+    for column in [c for c in rows.columns if c.startswith(("eval/", "zeroshot/"))]:
+        if column.startswith("eval/ppl_"):
+            size = column if column.endswith("_tokens") else f"{column}_tokens"
+        elif column.startswith("zeroshot/mean_acc"):
+            size = "zeroshot/mean_acc_tasks"
+        elif column.startswith("zeroshot/"):
+            size = f"zeroshot/{column.split('/')[1]}/samples"
+        else:
+            size = column
+        theirs = set(pd.to_numeric(frame.get(size, pd.Series(dtype=float)), errors="coerce").dropna())
+        ours = set(pd.to_numeric(rows[size], errors="coerce").dropna()) if size in rows else set()
+        if column not in frame or not theirs or ours != theirs:
+            rows[column] = float("nan")
+    return rows
+
+
+def with_baseline(sweep: Sweep, baseline: Sweep | None) -> Sweep:
+    """The sweep plus the baseline's dense jobs (comparable metrics only), when it has none itself."""
+    if baseline is None or sweep.completed.empty or prunes_nothing(sweep.completed).any():
+        return sweep
+    dense = comparable(baseline.completed, sweep.completed)
+    dense = dense.assign(job=[f"{baseline.directory.name}/{job}" for job in dense["job"]])
+    dense = dense[[c for c in dense.columns if c in sweep.results.columns or not c.startswith(("eval/", "zeroshot/"))]]
+    return Sweep(sweep.directory, pd.concat([sweep.results, dense], ignore_index=True), sweep.block_sparsity,
+                 sweep.records)  # the records (configs) stay the sweep's own
 
 
 # ------------------------------------------------------------------------------------ speed

@@ -1,9 +1,13 @@
-"""A sweep's report: ``report.md`` and ``report.pdf`` with setup, tables, checks, figures and every config.
+"""A sweep's report: ``report.md`` and ``report.pdf``, one document to hand in.
 
-Published WikiText-2 perplexities (``/work/shared/REFERENCE.md``: Wanda README and paper, OWL and
-RIA READMEs) are shown beside ours where model, method, sparsity/pattern and evaluation set match;
-the qualitative orderings those tables show are checked on whatever the sweep contains. The PDF
-is the Markdown typeset by ``markdown-pdf`` (PyMuPDF), figures and all.
+Title and setup (model, calibration, evaluation sizes), each method's rule with our deliberate
+deviations from the reference code, findings generated from the numbers (:mod:`.findings`), the
+typeset tables (accuracies with lm-eval's standard errors), the published WikiText-2 numbers of
+``/work/shared/REFERENCE.md`` beside ours where model, method, setting and evaluation set match and
+the orderings they show checked on ours, figures with captions that state the evaluation size,
+speed, and the configs as a diff of what varies between jobs. :func:`sections` is shared with
+:mod:`.report_all`, which gathers every study of a model directory into one document. The PDF is
+the Markdown typeset by ``markdown-pdf`` (PyMuPDF).
 """
 
 from __future__ import annotations
@@ -15,10 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from markdown_pdf import MarkdownPdf, Section
 
-from prunelab.study.records import GENERIC, KNOB_FIGURE, Sweep, knob_columns, knob_label, with_setting
+from prunelab.study.describe import config_diff, method_paragraphs, setup_lines, short_key, title
+from prunelab.study.figures import Figure
+from prunelab.study.findings import findings
+from prunelab.study.records import (
+    GENERIC,
+    STDERR,
+    Sweep,
+    knob_label,
+    labels,
+    speed_metrics,
+    speed_table,
+    with_setting,
+)
 
 
 @dataclass(frozen=True)
@@ -99,8 +114,9 @@ def qualitative_checks(sweep: Sweep) -> list[str]:
     lines: list[str] = []
     context = _context_columns(frame, ("method", "sparsity", "pattern"))
     for metric in _ppl_columns(sweep):
-        data = frame.dropna(subset=[metric]).assign(**{c: frame[c].astype(str) for c in context})
-        varying = [c for c in context if data[c].nunique() > 1]
+        data = frame.dropna(subset=[metric])
+        varying = [c for c in context if data[c].dropna().astype(str).nunique() > 1]  # blank: knob not used
+        data = data.assign(**{c: data[c].astype(str) for c in varying})
         for key, group in data.groupby(varying, sort=False) if varying else [((), data)]:
             by = group.groupby(["method", "setting"])[metric].mean()
             where = ", ".join([metric, *(f"{c}={v}" for c, v in zip(varying, key))])
@@ -121,6 +137,14 @@ def qualitative_checks(sweep: Sweep) -> list[str]:
                 lines.append(f"{'✓' if owl < uniform else '✗'} OWL-Wanda below uniform Wanda at 70%: "
                              f"{_number(owl, 2)} vs {_number(uniform, 2)} ({where})")
             lines += _structured_checks(by, where)
+            at_70 = group[(group["method"] == "owl_wanda") & (group["setting"] == "unstructured 70%")]
+            by_lambda = (at_70.groupby(at_70["method.lambda_"].astype(float))[metric].mean()
+                         if "method.lambda_" in at_70 else pd.Series(dtype=float))
+            if 0.0 in by_lambda.index and len(by_lambda) > 1:  # λ = 0 is uniform Wanda
+                best = by_lambda.drop(0.0).idxmin()
+                lines.append(f"{'✓' if by_lambda[best] < by_lambda[0.0] else '✗'} OWL-Wanda below uniform Wanda "
+                             f"(λ=0) at 70%: λ={best:g} {_number(by_lambda[best], 2)} vs {_number(by_lambda[0.0], 2)} "
+                             f"({where})")
             unstructured = group[group["pattern"] == "unstructured"]
             for method, curve in unstructured.groupby("method"):
                 curve = curve.groupby(curve["sparsity"].astype(float))[metric].mean().sort_index()
@@ -149,70 +173,33 @@ def _structured_checks(by: pd.Series, where: str) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------------------- setup and captions
-def _setup(sweep: Sweep) -> list[str]:
-    frame = sweep.results
-    counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
-    varying = sweep.varying_knobs()
-    done = sweep.completed
-    constant = {name: done[name].dropna().astype(str).unique() for name in knob_columns(done) if name not in varying}
-    first = next(iter(sweep.records.values()), {})
-    config = first.get("config") or {}
-    evaluation = config.get("eval") or {}
-    lines = [
-        f"- Sweep directory: `{sweep.directory}`",
-        f"- Jobs: {len(frame)} ({', '.join(f'{v} {k}' for k, v in counts.items())})",
-        f"- Varying: {', '.join(f'{k} ∈ {{{_values(frame, k)}}}' for k in varying) or 'nothing'}",
-        f"- Fixed: {', '.join(f'{k}={v[0]}' for k, v in constant.items() if len(v) == 1)}",
-        f"- Evaluation: perplexity on {', '.join(evaluation.get('ppl_datasets') or [])}, windows of "
-        f"{evaluation.get('seqlen')} tokens, at most {evaluation.get('max_windows') or 'all'} windows per set",
-    ]
-    if "time/total_s" in frame:
-        lines.append(f"- Compute: {frame['time/total_s'].sum():.0f} s summed over jobs "
-                     f"(median {frame['time/total_s'].median():.0f} s per job)")
-    if first:
-        versions = first.get("versions") or {}
-        lines.append(f"- Code: `{first.get('git_commit', 'unknown')}`; "
-                     + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    return lines
-
-
-def _values(frame: pd.DataFrame, column: str) -> str:
-    return ", ".join(dict.fromkeys(frame[column].dropna().astype(str)))
-
-
-CAPTIONS = {
-    "ppl_vs_sparsity": "Perplexity (log scale) against sparsity, one line per method.",
-    "zeroshot_vs_sparsity": "Zero-shot mean accuracy against sparsity.",
-    "patterns": "Perplexity per method: unstructured vs N:M at the same sparsity.",
-    "owl_block_sparsity": "OWL: sparsity assigned to each decoder block.",
-    "module_sensitivity": "Perplexity when only attention, only the MLP, or every linear layer is pruned.",
-    "calibration": "Perplexity of each domain by the calibration set used for pruning.",
-    "pareto": "Accuracy against speedup (prefill): measured dense vs pruned in one process where a job measured it, "
-              "the roofline prediction (engine.roofline_gpu) for 2:4; the dashed line is the Pareto front.",
-}
-
-
-def caption(name: str) -> str:
-    if name.startswith(KNOB_FIGURE):
-        knob = name.removeprefix(KNOB_FIGURE)
-        return f"Perplexity against {knob_label(knob)} (`{knob}`), over the jobs whose method has this knob."
-    return CAPTIONS.get(name, name)
-
-
 # ------------------------------------------------------------------------------------- tables
 def markdown_table(table: pd.DataFrame, metric: str = "") -> str:
     """A table as Markdown through ``DataFrame.to_markdown``: index levels as named columns, pivot
     columns as ``<knob>=<value>``, 4 decimals for accuracies, 2 for other numbers, none for large ones."""
+    table = _with_stderr(table)
     shown = table.reset_index() if any(name is not None for name in table.index.names) else table
-    across = table.columns.name
-    labels = [f"{across}={c}" if across and c in table.columns else str(c) for c in shown.columns]
-    cells = pd.DataFrame({label: [_number(v, 4 if "acc" in metric + label else 2) for v in shown[column]]
-                          for label, column in zip(labels, shown.columns)})
+    across = knob_label(table.columns.name) if isinstance(table.columns.name, str) else table.columns.name
+    headers = [f"{across}={c}" if across and c in table.columns else knob_label(str(c)) for c in shown.columns]
+    cells = pd.DataFrame({header: [_number(v, 4 if "acc" in metric + header else 2) for v in shown[column]]
+                          for header, column in zip(headers, shown.columns)})
     numeric = [pd.api.types.is_numeric_dtype(shown[c]) and not pd.api.types.is_bool_dtype(shown[c])
                for c in shown.columns]
     return cells.to_markdown(index=False, disable_numparse=True,
                              colalign=["right" if n else "left" for n in numeric])
+
+
+def _with_stderr(table: pd.DataFrame) -> pd.DataFrame:
+    """``acc`` and ``acc_stderr`` columns as one ``acc ± se`` column (text)."""
+    pairs = [c for c in table.columns if isinstance(c, str) and f"{c}{STDERR}" in table.columns]
+    if not pairs:
+        return table
+    merged = table.copy()
+    for column in pairs:
+        se = merged.pop(f"{column}{STDERR}")
+        merged[column] = [_number(v, 4) + (f" ± {_number(s, 4)}" if isinstance(s, numbers.Real) and not math.isnan(s)
+                                           else "") for v, s in zip(merged[column], se)]
+    return merged
 
 
 def _one_line(text) -> str:
@@ -229,36 +216,84 @@ def _failed_jobs(sweep: Sweep) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------- markdown
-def markdown(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Path]) -> str:
-    parts = [f"# Study report: {sweep.directory.name}", "",
-             f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} from `{sweep.directory}` "
-             "by `prunelab.study.aggregate` (the multirun callback, or `python -m prunelab.study.aggregate <dir>`).",
-             "", "## Setup", "", *_setup(sweep), "", "## Results", ""]
-    for metric, table in tables.items():
-        parts += [f"### {metric}", "", markdown_table(table, metric), ""]
-    parts += ["## Published numbers", ""]
-    reference = reference_table(sweep)
-    if reference.empty:
-        models = ", ".join(sorted({p.model for p in PUBLISHED}))
-        parts += [f"No published number matches this sweep's setting: they are WikiText-2 (`{REFERENCE_METRIC}`) "
-                  f"perplexities of {models}. The orderings they show are checked below.", ""]
-    else:
-        parts += [markdown_table(reference), ""]
-    checks = qualitative_checks(sweep)
-    parts += ["### Orderings of the published tables, on our numbers", "",
-              *(f"- {line}" for line in checks or ["(no setting of this sweep allows a check)"]), ""]
-    if figures:
-        parts += ["## Figures", ""]
-        for name, path in figures.items():
-            parts += [f"![{name}]({path.relative_to(sweep.directory).as_posix()})", "", f"*{caption(name)}*", ""]
-    failed = _failed_jobs(sweep)
-    if not failed.empty:
-        parts += ["## Jobs that did not complete", "", markdown_table(failed), ""]
-    parts += ["## Runs and their configs", ""]
-    for job, record in sweep.records.items():
-        parts += [f"<details><summary>job {job}: {record.get('status')} — <code>{' '.join(record.get('overrides') or [])}</code>"
-                  "</summary>", "", "```yaml", yaml.safe_dump(record.get("config") or {}, sort_keys=False).rstrip(),
-                  "```", "</details>", ""]
+def timing_table(sweep: Sweep) -> pd.DataFrame:
+    """Stage times, peak memory and any ``bench/*`` measurement, per setting of the varying knobs."""
+    done = with_setting(sweep.completed)
+    columns = speed_metrics(done)
+    if done.empty or not columns:
+        return pd.DataFrame()
+    rows = sweep.varying_knobs() or ["method"]
+    return labels(done, rows).groupby(rows, sort=False)[columns].mean()
+
+
+def _diff_table(sweep: Sweep) -> tuple[pd.DataFrame, int]:
+    table, shared = config_diff(sweep)
+    return table.rename(columns={c: short_key(c) for c in table.columns}), shared
+
+
+def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Figure], level: int = 2,
+             root: Path | None = None, what: tuple[str, ...] = ("setup", "methods", "findings", "results",
+                                                                 "figures", "speed", "configs", "failed")) -> list[str]:
+    """The report's sections for one sweep, headings at ``level``; image paths relative to ``root``."""
+    root = root or sweep.directory
+    h = "#" * level
+    parts: list[str] = []
+    if "setup" in what:
+        parts += [f"{h} Setup", "", *setup_lines(sweep), ""]
+    if "methods" in what:
+        parts += [f"{h} Methods", "", *(p + "\n" for p in method_paragraphs(list(sweep.records.values())))]
+    if "findings" in what:
+        sentences = findings(sweep.results)
+        checks = qualitative_checks(sweep)
+        parts += [f"{h} Findings", "", *(f"- {s}" for s in sentences or ["(too few completed jobs to compare)"]), ""]
+        if checks:
+            parts += ["Orderings the published tables show, checked on these numbers (✓ holds, ✗ does not):", "",
+                      *(f"- {line}" for line in checks), ""]
+    if "results" in what:
+        parts += [f"{h} Results", ""]
+        for name, table in tables.items():
+            heading = "All headline metrics per setting" if name == "summary" else name
+            parts += [f"{h}# {heading}", "", markdown_table(table, name), ""]
+        reference = reference_table(sweep)
+        if not reference.empty:
+            parts += [f"{h}# Published numbers beside ours", "", markdown_table(reference), ""]
+    if "figures" in what and figures:
+        parts += [f"{h} Figures", ""]
+        for name, figure in figures.items():
+            path = Path(figure.path)
+            shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+            parts += [f"![{name}]({shown})", "", f"*{figure.caption}*", ""]
+    if "speed" in what:
+        speed, timing = speed_table(sweep), timing_table(sweep)
+        if not speed.empty or not timing.empty:
+            parts += [f"{h} Speed and memory", ""]
+        if not speed.empty:
+            parts += ["Accuracy beside speed: each measured speedup (dense and pruned timed in one process), its "
+                      "ideal ratio from FLOPs and bytes and the efficiency measured / ideal, and roofline bounds.", "",
+                      markdown_table(speed, "speed"), ""]
+        if not timing.empty:
+            parts += ["Seconds per stage, peak resident memory (MB) and every `bench/*` measurement of the jobs "
+                      "(mean over repeated settings).", "", markdown_table(timing, "timing"), ""]
+    if "configs" in what:
+        diff, shared = _diff_table(sweep)
+        if not diff.empty:
+            first = next(iter(sweep.records), "0")
+            parts += [f"{h} Configs: what varies between jobs", "",
+                      f"{shared} config keys are identical in every job; the keys below differ (blank: the job's "
+                      f"method has no such knob). Each job's full resolved config is in `<job>/.hydra/config.yaml` "
+                      f"and `<job>/metrics.json` (e.g. `{first}/`).", "", markdown_table(diff), ""]
+    if "failed" in what:
+        failed = _failed_jobs(sweep)
+        if not failed.empty:
+            parts += [f"{h} Jobs that did not complete", "", markdown_table(failed), ""]
+    return parts
+
+
+def markdown(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Figure]) -> str:
+    parts = [f"# {title(sweep)}", "",
+             f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by `prunelab.study.aggregate` "
+             f"from the {len(sweep.results)} jobs in `{sweep.directory.name}/` (re-run: "
+             f"`python -m prunelab.study.aggregate {sweep.directory}`).", "", *sections(sweep, tables, figures)]
     return "\n".join(parts)
 
 
@@ -267,8 +302,8 @@ PDF_CSS = """
 body { font-family: sans-serif; font-size: 9pt; }
 h1 { font-size: 16pt; } h2 { font-size: 13pt; } h3 { font-size: 11pt; }
 table { border-collapse: collapse; margin-bottom: 6pt; }
-th, td { border: 0.5pt solid #999999; padding: 1pt 4pt; font-size: 8pt; }
-img { width: 100%; }
+th, td { border: 0.5pt solid #999999; padding: 1pt 3pt; font-size: 7pt; }
+img { width: 85%; }
 pre, code { font-size: 7pt; }
 """
 
@@ -282,11 +317,10 @@ def write_pdf(text: str, root: Path, path: Path, title: str = "") -> Path:
     return path
 
 
-def write_report(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Path]) -> tuple[Path, Path]:
+def write_report(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Figure]) -> tuple[Path, Path]:
     """``report.md`` and ``report.pdf`` in the sweep directory."""
     text = markdown(sweep, tables, figures)
     md_path = sweep.directory / "report.md"
     md_path.write_text(text)
-    pdf_path = write_pdf(text, sweep.directory, sweep.directory / "report.pdf",
-                         title=f"Study report: {sweep.directory.name}")
+    pdf_path = write_pdf(text, sweep.directory, sweep.directory / "report.pdf", title=title(sweep))
     return md_path, pdf_path

@@ -1,0 +1,234 @@
+"""Findings in words, generated from a sweep's results table alone (``results.csv`` as a frame).
+
+For the knob a study is about (``lambda``, ``alpha``, the calibration set, the modules pruned, the
+pattern, the method) and every headline metric, within each setting of the other knobs: the
+ordering, the best value against the study's reference (λ = 0 is uniform sparsity, the dense
+model, wiki calibration, all modules, unstructured), and the effect size. Accuracies carry
+lm-eval's standard errors; a difference is called beyond noise when it exceeds two standard
+errors of the difference (``sqrt(se_a² + se_b²)``, conservative: both are scored on the same
+questions). Perplexity has no standard error here; sentences state what it was measured on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from prunelab.study.records import (
+    METHOD_PREFIX,
+    STDERR,
+    evaluation_size,
+    knob_label,
+    prunes_nothing,
+    varying_knobs,
+    with_setting,
+)
+
+# The knobs a study is about, most specific first; the others of the sweep set the context.
+STUDY_AXES = ("method.lambda_", "method.alpha", "calib_data", "modules", "pattern", "method")
+REFERENCES = {"method.lambda_": 0.0, "calib_data": "wiki", "modules": "all", "pattern": "unstructured"}
+REFERENCE_NAMES = {"method.lambda_": "λ=0 (uniform sparsity)", "method.alpha": "α=0 (relative importance alone)"}
+NOISE_SE = 2.0  # |difference| above 2 standard errors of the difference: beyond noise
+
+
+def headline(frame: pd.DataFrame) -> list[str]:
+    """Perplexities, then per-task and mean zero-shot accuracies (the metrics findings speak of)."""
+    ppl = [c for c in frame.columns if c.startswith("eval/ppl_") and not c.endswith("_tokens")]
+    accuracy = [c for c in frame.columns if c.startswith("zeroshot/") and c.endswith(("/acc", "mean_acc"))]
+    return ppl + sorted(accuracy, key=lambda c: (c.endswith("mean_acc"), c))
+
+
+def _number(value: float, metric: str) -> str:
+    if metric.startswith("zeroshot/"):
+        return f"{100 * value:.1f}%"
+    return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+
+
+def _with_se(value: float, se: float | None, metric: str) -> str:
+    if se is None or math.isnan(se):
+        return _number(value, metric)
+    return f"{100 * value:.1f} ± {100 * se:.1f}%" if metric.startswith("zeroshot/") else f"{value:.4g} ± {se:.2g}"
+
+
+TASK_NAMES = {"prunelab_basic_arithmetic": "basic-arithmetic", "prunelab_mmlu_math": "MMLU-math"}
+
+
+def _metric_name(metric: str) -> str:
+    if metric.startswith("eval/ppl_"):
+        return f"{metric.removeprefix('eval/ppl_')} perplexity"
+    task = metric.split("/")[1]
+    return "zero-shot mean accuracy" if metric.endswith("mean_acc") else f"{TASK_NAMES.get(task, task)} accuracy"
+
+
+def _value_text(axis: str, value) -> str:
+    label = knob_label(axis) if axis.startswith(METHOD_PREFIX) else ""
+    return f"{label}={value:g}" if label and isinstance(value, float) else str(value)
+
+
+def _axis_values(frame: pd.DataFrame, axis: str) -> pd.Series:
+    values = frame[axis]
+    if axis.startswith(METHOD_PREFIX):
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.notna().all():
+            return numeric.astype(float)
+    return values.astype(str)
+
+
+def difference(a: float, se_a: float | None, b: float, se_b: float | None) -> str:
+    """``+3.2 ± 2.1 points (1.5 SE, within noise)`` for accuracies ``a - b``."""
+    delta = 100 * (a - b)
+    if se_a is None or se_b is None or math.isnan(se_a) or math.isnan(se_b):
+        return f"{delta:+.1f} points (no standard error)"
+    se = 100 * math.sqrt(se_a ** 2 + se_b ** 2)
+    z = abs(delta) / se if se > 0 else math.inf
+    verdict = "beyond noise" if z > NOISE_SE else "within noise"
+    return f"{delta:+.1f} ± {se:.1f} points ({z:.1f} SE, {verdict})"
+
+
+def _stderr(group: pd.DataFrame, metric: str) -> float | None:
+    column = metric + STDERR
+    if column not in group or group[column].isna().all():
+        return None
+    values = group[column].dropna()
+    return float(math.sqrt((values ** 2).sum()) / len(values))  # se of the mean of repeated configs
+
+
+def _context_text(context: dict) -> str:
+    return ", ".join(f"{k if k != 'setting' else ''}{'=' if k != 'setting' else ''}{v}".strip()
+                     for k, v in context.items()) or "all jobs"
+
+
+def axis_of(frame: pd.DataFrame) -> tuple[str | None, list[str]]:
+    """The knob the study is about, and the other varying knobs (its context)."""
+    varying = varying_knobs(frame)
+    axis = next((a for a in STUDY_AXES if a in varying), None)
+    context = [k for k in varying if k != axis]
+    if "sparsity" in context and "pattern" in context:
+        context = [k for k in context if k not in ("sparsity", "pattern")] + ["setting"]
+    return axis, context
+
+
+def findings(results: pd.DataFrame) -> list[str]:
+    """Sentences on the numbers of a results table (completed and skipped jobs)."""
+    done = results[results["status"].isin(["completed", "skipped"])] if "status" in results else results
+    if done.empty:
+        return []
+    axis, context = axis_of(done)
+    if axis is None:
+        return []
+    unpruned = prunes_nothing(done)
+    baseline = done[unpruned]
+    pruned = with_setting(done[~unpruned] if (~unpruned).any() else done).dropna(subset=[axis])
+    sentences = []
+    for metric in headline(done):
+        data = pruned.dropna(subset=[metric])
+        if data.empty:
+            continue
+        size = evaluation_size(done, metric)
+        dense = baseline[metric].dropna() if metric in baseline else pd.Series(dtype=float)
+        groups = data.groupby([data[c].astype(str) for c in context], sort=False) if context else [((), data)]
+        for key, group in groups:
+            key = key if isinstance(key, tuple) else (key,)
+            where = _context_text(dict(zip(context, key)))
+            sentences.append(_one(group, axis, metric, where, size, dense, _stderr(baseline, metric)))
+    if axis == "calib_data":
+        sentences.append(in_domain_verdict(pruned, context))
+    return [s for s in sentences if s]
+
+
+IN_DOMAIN = {"gsm8k": ("gsm8k", "prunelab_basic_arithmetic", "prunelab_mmlu_math"),
+             "math": ("math", "prunelab_basic_arithmetic", "prunelab_mmlu_math")}  # calibration set -> its domain
+
+
+def in_domain_verdict(frame: pd.DataFrame, context: list[str]) -> str:
+    """Does calibrating on the evaluation's own domain (GSM8K for math) help beyond noise, against
+    general text (wiki, or c4 online)? One sentence over the domain's perplexity and accuracies."""
+    sets = set(frame["calib_data"].astype(str))
+    domain = next((d for d in IN_DOMAIN if d in sets), None)
+    general = next((g for g in ("wiki", "c4", "wikitext2") if g in sets), None)
+    if domain is None or general is None:
+        return ""
+    parts, helps, hurts = [], [], []
+    for metric in headline(frame):
+        name = metric.removeprefix("eval/ppl_") if metric.startswith("eval/ppl_") else metric.split("/")[1]
+        if name not in IN_DOMAIN[domain]:
+            continue
+        ours, theirs = frame[frame["calib_data"] == domain], frame[frame["calib_data"] == general]
+        if ours[metric].isna().all() or theirs[metric].isna().all():
+            continue
+        a, b = float(ours[metric].mean()), float(theirs[metric].mean())
+        if metric.startswith("eval/ppl_"):
+            parts.append(f"{_metric_name(metric)} {_change(a, b).removeprefix('perplexity ')}")
+            continue
+        shown = difference(a, _stderr(ours, metric), b, _stderr(theirs, metric))
+        parts.append(f"{_metric_name(metric)} {shown}")
+        if "beyond noise" in shown:
+            (helps if a > b else hurts).append(_metric_name(metric))
+    if not parts:
+        return ""
+    where = f" ({', '.join(context)} pooled)" if context else ""
+    verdict = "; ".join([*([f"it helps beyond noise on {', '.join(helps)}"] if helps else []),
+                         *([f"it hurts beyond noise on {', '.join(hurts)}"] if hurts else [])]) \
+        or "no accuracy difference is beyond noise (2 SE of the difference)"
+    return (f"In-domain calibration ({domain}) against general text ({general}){where}: {'; '.join(parts)}. "
+            f"Verdict: {verdict}; perplexity has no standard error here (see its evaluation size).")
+
+
+def _one(group: pd.DataFrame, axis: str, metric: str, where: str, size: str, dense: pd.Series,
+         dense_se: float | None) -> str:
+    values = _axis_values(group, axis)
+    means = group.groupby(values, sort=False)[metric].mean()
+    if len(means) < 2:
+        return ""
+    low_better = metric.startswith("eval/ppl_")
+    ordered = means.sort_values(ascending=low_better)
+    errors = {v: _stderr(group[values == v], metric) for v in ordered.index}
+    order = (" < " if low_better else " > ").join(
+        f"{_value_text(axis, v)} {_with_se(m, errors[v], metric)}" for v, m in ordered.items())
+    best, best_value = ordered.index[0], ordered.iloc[0]
+    text = f"{_metric_name(metric)} ({where}; {size}): {order}."
+    reference = REFERENCES.get(axis)
+    if axis == "method.alpha":
+        reference = 0.0
+    if reference is not None and reference in means.index and reference != best:
+        ref_value = means[reference]
+        name = REFERENCE_NAMES.get(axis, _value_text(axis, reference))
+        if low_better:
+            text += (f" Best {knob_label(axis)}: {_value_text(axis, best)}, {_change(best_value, ref_value)}"
+                     f" against {name}.")
+        else:
+            text += (f" Best {knob_label(axis)}: {_value_text(axis, best)}, "
+                     f"{difference(best_value, errors[best], ref_value, errors[reference])} against {name}.")
+    elif reference is not None and reference == best:
+        text += f" {REFERENCE_NAMES.get(axis, _value_text(axis, reference))} is best."
+        if not low_better:  # how far behind each other value is, with its noise
+            text += " " + "; ".join(
+                f"{_value_text(axis, v)} {difference(means[v], errors[v], means[reference], errors[reference])}"
+                for v in ordered.index if v != reference) + "."
+    elif low_better and len(ordered) >= 2:
+        text += f" Best: {_value_text(axis, best)}, {_change(best_value, ordered.iloc[1])} than {_value_text(axis, ordered.index[1])}."
+    else:
+        runner = ordered.index[1]
+        text += (f" {_value_text(axis, best)} vs {_value_text(axis, runner)}: "
+                 f"{difference(best_value, errors[best], ordered.iloc[1], errors[runner])}.")
+    if len(dense):
+        value = float(dense.mean())
+        if low_better:
+            text += f" Dense: {_number(value, metric)} (best pruned is {best_value / value:.2f}× dense)."
+        else:
+            text += f" Dense: {_with_se(value, dense_se, metric)}; best pruned {difference(best_value, errors[best], value, dense_se)}."
+    return text
+
+
+def _change(value: float, reference: float) -> str:
+    """``perplexity 23% lower (..)`` / ``perplexity 2.1× (..)``."""
+    if reference <= 0:
+        return f"{value:.4g} vs {reference:.4g}"
+    ratio = value / reference
+    both = f"({_number(value, 'ppl')} vs {_number(reference, 'ppl')})"
+    if ratio >= 2:
+        return f"perplexity {ratio:.1f}× {both}"
+    percent = 100 * abs(1 - ratio)
+    shown = f"{percent:.1f}%" if percent < 10 else f"{percent:.0f}%"
+    return f"perplexity {shown} {'lower' if ratio < 1 else 'higher'} {both}"
