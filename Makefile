@@ -11,7 +11,7 @@ setup: ## install pinned dependencies and prepare the offline assets (idempotent
 run: ## the default experiment: wanda 50% on the embedded SmolLM2-135M
 	$(PYTHON) run.py
 
-test: ## the fast tier: tiny random LLaMA and pure functions (~1.5 min on 2 cores)
+test: ## the fast tier: tiny random LLaMA and pure functions (~3 min on 2 cores)
 	$(PYTHON) -m pytest -q -m "not slow"
 
 test-all: ## every tier: + the embedded model and real multi-process sweeps (what CI runs)

@@ -32,12 +32,13 @@ def exit_status() -> int:
 def _print_results(sweep, report: bool) -> None:
     """The sweep's first headline table and where its report is, at the end of the console output."""
     from prunelab.study.records import headline_metrics, pivot
+    from prunelab.study.report import markdown_table
 
     metrics = headline_metrics(sweep)
     table = pivot(sweep, metrics[0]) if metrics else None
     lines = [f"Results of {sweep.directory.resolve()}"]
     if table is not None and not table.empty:
-        lines += [f"{metrics[0]}:", table.to_markdown(floatfmt=".4g")]
+        lines += [f"{metrics[0]}:", markdown_table(table, metrics[0])]
     lines.append(f"all jobs: {(sweep.directory / 'results.csv').resolve()}")
     if report:
         lines.append(f"report: {(sweep.directory / 'report.pdf').resolve()}")
