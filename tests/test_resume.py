@@ -61,6 +61,10 @@ def test_run_label_keeps_only_what_the_sweep_varies(tmp_path):
            "eval.max_windows=2", "logger=none", "+experiment/setting=nm_2_4"]
     assert naming.run_label(job, default="x", swept=swept) == "seed=1,setting=nm_2_4"
     assert naming.swept_keys(tmp_path / "elsewhere") is None
+    group = naming.sweep_group(tmp_path)
+    assert naming.tracker_names(None, None, "x", job, tmp_path) == ("seed=1,setting=nm_2_4", group)
+    assert naming.tracker_names("mine", "g", "x", job, tmp_path) == ("mine", "g")  # the user's names win
+    assert naming.tracker_names(None, None, "wanda-unstructured-s0.5", job, None) == ("wanda-unstructured-s0.5", None)
 
 
 # ----------------------------------------------------------------------------------------- resuming

@@ -65,6 +65,17 @@ def run_label(overrides: list[str], default: str, swept: set[str] | None = None)
     return ",".join(kept) or default
 
 
+def tracker_names(run_name: str | None, group: str | None, default: str, overrides: list[str],
+                  sweep_dir: Path | None) -> tuple[str, str | None]:
+    """The tracker's run name and group: the user's ``run_name``/``group`` when set; otherwise a
+    sweep job (``sweep_dir`` given) is named by what its sweep varies and grouped by its sweep, and a
+    single run is named ``default`` with no group."""
+    if sweep_dir is None:
+        return run_name or default, group
+    return (run_name or run_label(overrides, default=default, swept=swept_keys(sweep_dir)),
+            group or sweep_group(sweep_dir))
+
+
 def sweep_group(sweep_dir: Path | str) -> str:
     """The W&B group of a sweep: its directory relative to the working directory's ``multirun/``
     (``smollm2_135m/sparsity_curve``) when inside it, else its path, so jobs, the Hydra callback

@@ -216,11 +216,9 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             record["plan"] = plan.summary()
             evidence.write_json(metrics_path, record)  # a job that dies later still says what it planned
             log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
-            name = cfg.get("run_name") or f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}"
-            group = cfg.get("group")
-            if multirun:  # W&B: a job is named by what its sweep varies and grouped by its sweep
-                name = naming.run_label(overrides, default=name, swept=naming.swept_keys(sweep_dir))
-                group = group or naming.sweep_group(sweep_dir)
+            name, group = naming.tracker_names(
+                cfg.get("run_name"), cfg.get("group"), default=f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}",
+                overrides=overrides, sweep_dir=sweep_dir if multirun else None)
             plan.logger.start(output_dir, resolved, name=name, group=group)
             logger = plan.logger
             with evidence.PeakMemory() as memory:
