@@ -122,3 +122,22 @@ def test_an_ad_hoc_sweep_gets_a_stable_directory_a_dense_baseline_and_resumes(tm
     said_again = again.stdout + again.stderr
     assert said_again.count("skipped: a completed run") == 5  # the same command resumes
     assert "job 5/5" in said_again and "ETA" not in said_again  # no job ran: no estimate from skips
+
+
+@pytest.mark.slow  # one Python start-up of run.py
+def test_a_presets_dense_baseline_joins_its_directory_with_the_presets_evaluation(tmp_path):
+    # module_sensitivity names its directory after the method (.../module_sensitivity/wanda) and varies
+    # preset settings that select method and pattern; the dense job must land beside the grid, once.
+    command = [sys.executable, str(ROOT / "run.py"), "+experiment=module_sensitivity", "model=tiny_random", *TINY,
+               "logger=none", "target.modules=[mlp],[all]", "+experiment/setting=unstructured_50,nm_2_4",
+               "hydra.callbacks.aggregate.report=false"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = [p.parent for p in (tmp_path / "multirun").rglob("multirun.yaml")]
+    assert sweeps == [tmp_path / "multirun" / "tiny_random" / "module_sensitivity" / "wanda"]
+    done = records(sweeps[0])
+    dense = [r for r in done.values() if r["plan"]["method"] == "dense"]
+    assert len(done) == 5 and len(dense) == 1 and all(r["status"] == "completed" for r in done.values())
+    assert "+experiment=module_sensitivity" in dense[0]["overrides"]  # the preset's settings apply to it
+    assert not any(o.startswith(("+experiment/setting", "target.")) for o in dense[0]["overrides"])
+    assert sorted(pd.read_csv(sweeps[0] / "results.csv")["method"]) == ["dense"] + ["wanda"] * 4

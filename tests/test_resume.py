@@ -145,3 +145,17 @@ def test_the_dense_baseline_joins_once_per_setting_a_dense_model_sees():
     with_dense = grid + [["method=dense", "sparsity=0.3", "eval.max_windows=8"]]
     assert baseline_jobs(with_dense) == []  # the sweep has its baseline already
     assert baseline_jobs([["method=owl", "method@method.base=ria", "target.modules=[mlp]"]]) == [["method=dense"]]
+
+
+def test_a_presets_baseline_keeps_the_preset_drops_its_settings_and_counts_a_dense_setting():
+    from prunelab.study.sweeper import baseline_jobs, pinned
+
+    grid = [["+experiment=module_sensitivity", f"target.modules={t}", f"+experiment/setting={s}", "seed=1"]
+            for t in ("[mlp]", "[all]") for s in ("nm_2_4", "unstructured_50")]
+    assert baseline_jobs(grid) == [["method=dense", "+experiment=module_sensitivity", "seed=1"]]
+    granularity = [["+experiment=granularity", f"+experiment/granularity={s}"] for s in ("dense", "flap_20", "nm_2_4")]
+    composed_dense = lambda job: "+experiment/granularity=dense" in job  # what composing the job tells  # noqa: E731
+    assert baseline_jobs(granularity, is_dense=composed_dense) == []  # its setting `dense` is the baseline
+    assert baseline_jobs(granularity) == [["method=dense", "+experiment=granularity"]]
+    assert pinned(["method=dense"], "multirun/m/method=a,b__x=[wiki]") == \
+        ["method=dense", "hydra.sweep.dir='multirun/m/method=a,b__x=[wiki]'"]

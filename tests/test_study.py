@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from prunelab.plan import make_plan
 from prunelab.study import aggregate, dashboard, figures, findings, records, report, report_all, study_all
+from prunelab.study.sweeper import baseline_jobs
 from prunelab.study.tracking import log_sweep_summary
 from tests.conftest import CONF_DIR, ROOT, TINY, compose_config
 from tests.test_resume import run_job
@@ -387,7 +388,7 @@ def test_study_all_runs_every_offline_preset_and_the_quick_variant_validates():
     assert [c[0] for c in full[1:]] == [f"+experiment={p}" for p in study_all.PRESETS]
     quick = study_all.commands(quick=True)
     assert all(any(a.startswith("hydra.sweep.dir=multirun/smollm2_135m_quick/") for a in c) for c in quick)
-    jobs = 0
+    jobs = dense = 0
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for command in quick:
             given = [a for a in command if a != "-m" and not a.startswith("hydra.")]
@@ -396,7 +397,15 @@ def test_study_all_runs_every_offline_preset_and_the_quick_variant_validates():
                                   return_hydra_config=True).hydra.sweeper.params or {}) if preset else {}
             swept = {k: v for k, v in (a.split("=", 1) for a in given) if "," in v and not v.startswith(("[", "{"))}
             fixed = [a for a in given if a.split("=", 1)[0] not in swept]
-            for job in grid({**{k: v for k, v in params.items() if k not in swept}, **swept}) or [[]]:
-                make_plan(compose(config_name="config", overrides=[*fixed, *job]))
+            sweep = [[*fixed, *job] for job in grid({**{k: v for k, v in params.items() if k not in swept}, **swept})
+                     or [[]]]
+            for job in sweep:
+                make_plan(compose(config_name="config", overrides=job))
                 jobs += 1
+            # the dense job the sweeper adds (hydra/sweeper=baseline) validates too, with the preset's evaluation
+            for job in baseline_jobs(sweep, is_dense=lambda j: compose(config_name="config", overrides=j).method.name
+                                     == "dense"):
+                assert make_plan(compose(config_name="config", overrides=job)).method_label == "dense"
+                dense += 1
     assert jobs == 1 + 12 + 12 + 6 + 4 + 6 + 3  # dense, curve, patterns, alpha, lambda, modules, calibration
+    assert dense == 6  # one per study but the dense one

@@ -9,7 +9,8 @@ import os
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
 
-from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs
+from prunelab.methods.dense import Dense
+from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs, pinned
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,14 @@ class BaselineSweeper(BasicSweeper):
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
         batches = BasicSweeper.split_arguments(overrides, max_batch_size)
         jobs = [job for batch in batches for job in batch]
-        extra = baseline_jobs(jobs) if self.dense_baseline else []
+        extra = baseline_jobs(jobs, is_dense=self._is_dense) if self.dense_baseline else []
         if extra:
             log.info("dense baseline: %d more job(s) (%s)", len(extra), "; ".join(" ".join(j) for j in extra))
-            batches.append(extra)
+            batches.append([pinned(job, str(self.config.hydra.sweep.dir)) for job in extra])
         os.environ[JOBS_VARIABLE] = str(len(jobs) + len(extra))
         return batches
+
+    def _is_dense(self, job: list[str]) -> bool:
+        """Whether ``job`` composes to the dense method (a preset setting may select it)."""
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+        return config.method.get("_target_") == f"{Dense.__module__}.{Dense.__qualname__}"

@@ -80,7 +80,9 @@ def commands(quick: bool = False, model: str = "smollm2_135m", extra: list[str] 
     return runs
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run every study, then the report; 1 if any study's sweep did not complete (the report still
+    gathers what did), else 0."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the ~30-minute variant (multirun/<model>_quick)")
     parser.add_argument("--model", default="smollm2_135m")
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("extra", nargs="*", help="overrides added to every run, e.g. logger=none")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    failed = []
     for arguments in commands(args.quick, args.model, args.extra):
         command = [sys.executable, "run.py", *arguments]
         print(f"$ {shlex.join(command[1:])}", flush=True)
@@ -95,13 +98,21 @@ def main(argv: list[str] | None = None) -> None:
             step = time.perf_counter()
             result = subprocess.run(command, cwd=ROOT)
             print(f"  -> exit {result.returncode} after {time.perf_counter() - step:.0f} s", flush=True)
+            if result.returncode != 0:
+                failed.append(f"exit {result.returncode}: {shlex.join(command[1:])}")
     report = [sys.executable, "-m", "prunelab.study.report_all", model_dir(args.model, args.quick)]
     print(f"$ {shlex.join(report[1:])}", flush=True)
-    if not args.dry_run:
-        subprocess.run(report, cwd=ROOT, check=True)
-        print(f"study-all done in {(time.perf_counter() - started) / 60:.1f} min: "
-              f"{ROOT / model_dir(args.model, args.quick) / 'report.pdf'}")
+    if args.dry_run:
+        return 0
+    subprocess.run(report, cwd=ROOT, check=True)
+    print(f"study-all done in {(time.perf_counter() - started) / 60:.1f} min: "
+          f"{ROOT / model_dir(args.model, args.quick) / 'report.pdf'}")
+    if failed:
+        print(f"{len(failed)} stud{'y' if len(failed) == 1 else 'ies'} did not complete (the report has what did; "
+              "the same command again redoes only what is missing):\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

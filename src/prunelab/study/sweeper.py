@@ -2,10 +2,14 @@
 
 The grid is Hydra's ``BasicSweeper`` as it is; at its end one more job per distinct setting that
 matters to a dense model (the sweep's overrides less the method, its knobs, the sparsity, the
-pattern, the calibration data and the target) runs with ``method=dense``, unless the sweep already
-has that job. The baseline is then a row of every table and the 0% point of every curve, and like
-any job it is skipped when a re-run finds it completed. The sweeper also publishes the number of
-jobs (``PRUNELAB_SWEEP_JOBS``) for the progress line of :class:`prunelab.study.callbacks.SweepProgress`.
+pattern, the calibration data, the target and a preset's settings ``+experiment/<group>=...``;
+the preset itself, ``+experiment=<name>``, stays, so its evaluation applies) runs with
+``method=dense``, unless a job of the sweep with that setting already is dense (whether a job is
+dense is decided on its composed config, so a preset setting that selects ``dense`` counts). The
+job is pinned to the sweep's directory (a preset may name its directory after the method). The
+baseline is then a row of every table and the 0% point of every curve, and like any job it is
+skipped when a re-run finds it completed. The sweeper also publishes the number of jobs
+(``PRUNELAB_SWEEP_JOBS``) for the progress line of :class:`prunelab.study.callbacks.SweepProgress`.
 The sweeper class itself lives in ``hydra_plugins.prunelab_sweeper`` (Hydra loads sweepers only
 from its plugin namespace).
 """
@@ -13,12 +17,13 @@ from its plugin namespace).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 JOBS_VARIABLE = "PRUNELAB_SWEEP_JOBS"
 # What a dense run ignores: overrides of these keys do not make another baseline.
-DENSE_IGNORES = ("method", "sparsity", "pattern", "ria_alpha", "owl_lambda", "owl_m", "calib_data", "target",
-                 "experiment")
+DENSE_IGNORES = ("method", "sparsity", "pattern", "ria_alpha", "owl_lambda", "owl_m", "calib_data", "target")
+PRESET_SETTINGS = "experiment/"  # +experiment/setting=nm_2_4, +experiment/granularity=flap_30: method and pattern
 
 
 def _key(override: str) -> str:
@@ -27,15 +32,28 @@ def _key(override: str) -> str:
 
 def _ignored(override: str) -> bool:
     key = _key(override)
-    return any(key == k or key.startswith((f"{k}.", f"{k}@")) for k in DENSE_IGNORES)
+    return key.startswith(PRESET_SETTINGS) or any(key == k or key.startswith((f"{k}.", f"{k}@"))
+                                                  for k in DENSE_IGNORES)
 
 
-def baseline_jobs(jobs: list[list[str]]) -> list[list[str]]:
-    """``method=dense`` jobs for every distinct setting of ``jobs`` a dense model would see."""
-    have = {tuple(o for o in job if not _ignored(o)) for job in jobs if "method=dense" in job}
+def _names_dense(job: list[str]) -> bool:
+    return "method=dense" in job
+
+
+def baseline_jobs(jobs: list[list[str]], is_dense: Callable[[list[str]], bool] = _names_dense) -> list[list[str]]:
+    """``method=dense`` jobs for every distinct setting of ``jobs`` a dense model would see that
+    has no dense job yet (``is_dense(job)``: the sweeper composes the job's config to tell)."""
+    have = {tuple(o for o in job if not _ignored(o)) for job in jobs if is_dense(job)}
     wanted: dict[tuple[str, ...], None] = {}
     for job in jobs:
         setting = tuple(o for o in job if not _ignored(o))
         if setting not in have:
             wanted.setdefault(setting, None)
     return [["method=dense", *setting] for setting in wanted]
+
+
+def pinned(job: list[str], sweep_dir: str) -> list[str]:
+    """``job`` written into ``sweep_dir`` whatever its own config would name (a preset's directory
+    may interpolate ``${method.name}``), as a quoted override Hydra reads back verbatim."""
+    quoted = sweep_dir.replace("'", "\\'")
+    return [*job, f"hydra.sweep.dir='{quoted}'"]
