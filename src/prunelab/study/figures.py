@@ -350,9 +350,13 @@ def pareto(sweep: Sweep, path: Path) -> Figure | None:
             axis.plot(*zip(*sorted(front)), linestyle="--", color="gray", linewidth=1)
         if lower_better:
             axis.set_yscale("log")
-        axis.set_xlabel(f"speedup, prefill {points.attrs.get('tokens')} tokens (measured; 2:4: roofline prediction)")
+        axis.set_xlabel(f"speedup, prefill {points.attrs.get('tokens')} tokens")
         axis.set_ylabel(_label(metric))
-        axis.legend(fontsize=7)
+        if axis.get_legend() is not None:
+            axis.get_legend().remove()
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    if handles:  # one legend, outside the plots, so that it hides no point
+        axes[0][-1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     figure.suptitle(_title(sweep, "Accuracy vs speedup by granularity"), y=1.02)
     return _figure((_save(figure, path), " Perplexity on a log axis."), "Accuracy against speedup (prefill): measured dense vs pruned in one "
                    "process where a job measured it, the roofline prediction (engine.roofline_gpu) for 2:4; "
