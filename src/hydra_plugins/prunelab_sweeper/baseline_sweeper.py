@@ -9,7 +9,6 @@ import os
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
 
-from prunelab.methods.dense import Dense
 from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs, pinned
 
 log = logging.getLogger(__name__)
@@ -33,5 +32,7 @@ class BaselineSweeper(BasicSweeper):
 
     def _is_dense(self, job: list[str]) -> bool:
         """Whether ``job`` composes to the dense method (a preset setting may select it)."""
+        from prunelab.methods.dense import Dense  # here, not at plugin discovery (it imports torch)
+
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
         return config.method.get("_target_") == f"{Dense.__module__}.{Dense.__qualname__}"
