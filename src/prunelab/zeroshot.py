@@ -26,7 +26,6 @@ import difflib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import torch
 
 from prunelab import assets, models
 from prunelab.checks import ConfigError
+from prunelab.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +215,7 @@ def write_offline_tasks(directory: Path | None = None, only: tuple[str, ...] | N
         rendered = _render(text, roots) if source.suffix == ".yaml" else text
         if target.exists() and target.read_text(encoding="utf-8") == rendered:
             continue
-        staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        staging.write_text(rendered, encoding="utf-8")
-        staging.replace(target)  # atomic: concurrent runs render identical files
+        atomic_write(target, rendered)  # concurrent runs render identical files
     return directory
 
 
@@ -342,7 +340,7 @@ def save_outputs(combined: dict[str, Any], outputs: dict[str, dict[str, Any]], d
     from lm_eval.utils import handle_non_serializable
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "results.json").write_text(json.dumps(combined, indent=2, default=handle_non_serializable) + "\n")
+    atomic_write(directory / "results.json", json.dumps(combined, indent=2, default=handle_non_serializable) + "\n")
     for task, output in outputs.items():
         with (directory / f"samples_{task}.jsonl").open("w", encoding="utf-8") as handle:
             for sample in (output.get("samples") or {}).get(task, []):
