@@ -376,6 +376,9 @@ def test_report_all_gathers_the_studies_of_a_model_directory_with_the_dense_base
     text = md_path.read_text()
     curve, owl = text.index("## 1. Sparsity curves"), text.index("## 2. OWL's λ")  # the assignment's order
     assert curve < owl and "Dense baseline**: `dense/`" in text
+    assert "**Jobs**: 5 in 2 studies and the dense baseline" in text  # a joined dense row is not a job of the study
+    assert "`sparsity_curve/`: 2 jobs." in text and "from the 2 jobs in `sparsity_curve/`" in \
+        (root / "sparsity_curve" / "report.md").read_text()
     assert "λ=0 (uniform sparsity)" in text[owl:]
     assert (root / "sparsity_curve" / "report.pdf").exists() and (root / "owl_lambda" / "dashboard.json").exists()
     joined = pd.read_csv(root / "sparsity_curve" / "tables" / "summary.csv")

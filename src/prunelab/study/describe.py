@@ -51,7 +51,7 @@ def _calibration(done: pd.DataFrame) -> str:
 
 
 def setup_lines(sweep: Sweep) -> list[str]:
-    frame, done = sweep.results, sweep.completed
+    frame, done = sweep.own_results, sweep.completed
     counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
     first = next(iter(sweep.records.values()), {})
     config = first.get("config") or {}

@@ -63,6 +63,14 @@ class Sweep:
     def completed(self) -> pd.DataFrame:
         return self.results[self.results["status"].isin(["completed", "skipped"])]
 
+    @property
+    def own_results(self) -> pd.DataFrame:
+        """The sweep's own jobs: ``results`` may also hold a baseline's dense jobs joined for
+        comparison (:func:`with_baseline`), which are not counted as jobs of this sweep."""
+        if "job" not in self.results.columns:
+            return self.results
+        return self.results[self.results["job"].isin(self.records)]
+
     def metric_columns(self) -> list[str]:
         return [c for c in self.results.columns if "/" in c]
 

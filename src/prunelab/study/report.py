@@ -29,9 +29,9 @@ from prunelab.study.records import (
     STDERR,
     Sweep,
     knob_label,
-    labels,
     speed_metrics,
     speed_table,
+    summary_table,
     with_setting,
 )
 
@@ -218,12 +218,7 @@ def _failed_jobs(sweep: Sweep) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------- markdown
 def timing_table(sweep: Sweep) -> pd.DataFrame:
     """Stage times, peak memory and any ``bench/*`` measurement, per setting of the varying knobs."""
-    done = with_setting(sweep.completed)
-    columns = speed_metrics(done)
-    if done.empty or not columns:
-        return pd.DataFrame()
-    rows = sweep.varying_knobs() or ["method"]
-    return labels(done, rows).groupby(rows, sort=False)[columns].mean()
+    return summary_table(sweep, speed_metrics(with_setting(sweep.completed)))
 
 
 def _diff_table(sweep: Sweep) -> tuple[pd.DataFrame, int]:
@@ -292,7 +287,7 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
 def markdown(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Figure]) -> str:
     parts = [f"# {title(sweep)}", "",
              f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by `prunelab.study.aggregate` "
-             f"from the {len(sweep.results)} jobs in `{sweep.directory.name}/` (re-run: "
+             f"from the {len(sweep.own_results)} jobs in `{sweep.directory.name}/` (re-run: "
              f"`python -m prunelab.study.aggregate {sweep.directory}`).", "", *sections(sweep, tables, figures)]
     return "\n".join(parts)
 

@@ -58,9 +58,11 @@ def document(model_dir: Path, studies: list[tuple[Sweep, dict]], baseline: Sweep
         first = studies[0][0]
         parts += ["## Setup", "", *[line for line in setup_lines(first) if not line.startswith(("- **Jobs", "- **Compute",
                                                                                                    "- **Directory"))]]
-        jobs = sum(len(s.results) for s, _ in studies)
-        minutes = sum(s.results["time/total_s"].sum() for s, _ in studies if "time/total_s" in s.results) / 60
-        parts += [f"- **Jobs**: {jobs} in {len(studies)} studies, {minutes:.0f} min of compute summed over jobs",
+        own = [s.own_results for s, _ in studies] + ([baseline.results] if baseline is not None else [])
+        jobs = sum(len(frame) for frame in own)
+        minutes = sum(frame["time/total_s"].sum() for frame in own if "time/total_s" in frame) / 60
+        with_dense = " and the dense baseline" if baseline is not None else ""
+        parts += [f"- **Jobs**: {jobs} in {len(studies)} studies{with_dense}, {minutes:.0f} min of compute summed over jobs",
                   f"- **Dense baseline**: {f'`{baseline.directory.name}/`, joined to every study without a dense job' if baseline else 'none'}",
                   "- Each study's setup below says what it varies; evaluation sizes are in every figure caption.", ""]
         records = [r for s, _ in studies for r in s.records.values()]
@@ -68,7 +70,7 @@ def document(model_dir: Path, studies: list[tuple[Sweep, dict]], baseline: Sweep
     for number, (sweep, made) in enumerate(studies, start=1):
         search = " (Optuna search)" if "optuna" in sweep.directory.name else ""
         parts += [f"## {number}. {title(sweep)}{search}", "", f"`{sweep.directory.relative_to(model_dir)}/`: "
-                  f"{len(sweep.results)} jobs.", ""]
+                  f"{len(sweep.own_results)} jobs.", ""]
         parts += sections(sweep, tables(sweep), made, level=3, root=model_dir,
                           what=("findings", "results", "figures", "configs"))
     speed = [(sweep, timing_table(sweep)) for sweep, _ in studies]
