@@ -92,9 +92,9 @@ class ModelSource(ABC):
         """``(model, tokenizer)`` on the CPU in ``dtype``, in eval mode, no KV cache."""
         from transformers import AutoTokenizer
 
-        location = self.location()
+        location, tokenizer_location = self.location(), self.tokenizer_location()  # a missing asset says `make setup`
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_location())
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_location)
             model = load_pretrained(location, dtype)
         except Exception as error:  # noqa: BLE001 - safetensors, tokenizers, torch: any read failure, with the path
             raise ModelLoadError(f"cannot load the model from {location}: {type(error).__name__}: {error} "
