@@ -65,6 +65,42 @@ def test_every_head_or_channel_removed_is_rejected_with_the_limit():
     structure.check_uniform([SMOL], 0.8, Scope((0,)), "x")
 
 
+@pytest.mark.parametrize("sparsity,groups,channels,achieved", [(0.2, 0, 307, 0.1499), (0.3, 0, 460, 0.2246),
+                                                               (0.5, 1, 768, 0.4583)])
+def test_authors_count_rule_takes_int_of_p_times_each_module(sparsity, groups, channels, achieved):
+    # The FLAP authors' prune_wanda_sp / prune_magnitude_sp / UL-UM: int(p * heads) heads and
+    # int(p * channels) channels per block, each module by itself; our unit is a KV group, so int(p * 3).
+    assert structure.uniform_counts(SMOL, sparsity, Scope((0,)), "authors") == (groups, channels)
+    assert (groups * SMOL.group_params + channels * SMOL.channel_params) / SMOL.params == pytest.approx(achieved, abs=1e-4)
+    assert structure.uniform_counts(SMOL, sparsity, Scope((0,), mlp=False), "authors") == (groups, 0)
+    assert structure.unit_count(4.9, 1, 10, "authors") == 4 and structure.unit_count(4.9, 1, 10) == 5
+    structure.check_uniform([SMOL], 0.99, Scope((0,)), "x", "authors")  # int(0.99 * 3) = 2 groups: allowed
+
+
+@pytest.mark.parametrize("name", ["wanda_sp", "mag_sp", "flap"])
+def test_authors_count_rule_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, name):
+    """Every block loses int(p * groups) groups and int(p * channels) channels; the run's own check
+    (achieved sparsity = what the method planned) passes at the lower sparsity this gives."""
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
+    extra = ["method.structure=UL-UM"] if name == "flap" else []
+    method = build_method("model=tiny_random", f"method={name}", "method.count_rule=authors", *extra)
+    geometry = BlockGeometry.from_block(tiny_model.model.layers[0])  # 2 KV groups of 2 heads; 128 channels
+    sparsity = 0.3  # int(0.6) = 0 groups, int(38.4) = 38 channels (exact: 1 group and 26 channels)
+    assert structure.uniform_counts(geometry, sparsity, Scope((0,))) == (1, 26)
+    report = prune_model(tiny_model, method, sparsity, Unstructured(), ids(), CPU, batch_size=2)
+    for block in tiny_model.model.layers:
+        assert block.self_attn.k_proj.out_features == 2 * geometry.head_dim
+        assert block.mlp.down_proj.in_features == 128 - 38
+    expected = 38 * geometry.channel_params / geometry.params
+    assert report.achieved_sparsity == pytest.approx(expected, abs=1e-12)
+    assert report.method_evidence["structured_planned_sparsity"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_bad_count_rule_is_named():
+    with pytest.raises(structure.ConfigError, match="count_rule"):
+        WandaSP(count_rule="nearest")
+
+
 # --- scores by hand ---------------------------------------------------------------------------
 # o_proj of a 2-head block (MHA, head_dim 2, hidden 2): columns 0-1 read head 0, columns 2-3 head 1.
 O_PROJ = torch.tensor([[1.0, -2.0, 0.5, 0.0],
@@ -140,6 +176,14 @@ def test_flap_uniform_structure_removes_the_same_share_of_every_block():
     # per block: 1 head (16 of 32) and the channels nearest to 40 - 16 = 24 weights: 2 (the weakest: 3, 2)
     assert [r.groups.tolist() for r in method.planned.values()] == [[0], [0]]
     assert [r.channels.tolist() for r in method.planned.values()] == [[2, 3], [2, 3]]
+    # UL-MM: remove_heads // blocks = 1 head (16 weights) per block of 56, then MLP channels (6 weights) for
+    # the rest of 0.48 * 56: 10.88 / 6 = 1.81 -> the authors round down (cal_remove_neuron), we take the nearest
+    counts = {}
+    for rule in ("authors", "exact"):
+        method = FLAP(structure="UL-MM", remove_heads=2, count_rule=rule)
+        method.plan_removals(summaries, [TWO_HEADS, TWO_HEADS], 0.48, Scope((0, 1)))
+        counts[rule] = [(len(r.groups), len(r.channels)) for r in method.planned.values()]
+    assert counts == {"authors": [(1, 1), (1, 1)], "exact": [(1, 2), (1, 2)]}
 
 
 def test_block_influence_is_one_minus_the_mean_cosine():

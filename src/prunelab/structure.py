@@ -157,6 +157,11 @@ class Removal:
         return len(self.groups) == 0 and len(self.channels) == 0
 
 
+# How a uniform method turns a sparsity into unit counts: ``exact`` (ours) brings every block nearest to
+# the sparsity; ``authors`` is the FLAP authors' rule (prune_wanda_sp, prune_magnitude_sp, UL-UM).
+COUNT_RULES = ("exact", "authors")
+
+
 def nearest_count(target: float, unit: int, available: int) -> int:
     """How many units of ``unit`` weights come closest to removing ``target`` weights (ties: fewer)."""
     if unit <= 0 or target <= 0:
@@ -164,10 +169,26 @@ def nearest_count(target: float, unit: int, available: int) -> int:
     return max(0, min(available, math.ceil(target / unit - 0.5)))
 
 
-def uniform_counts(geometry: BlockGeometry, sparsity: float, scope: Scope) -> tuple[int, int]:
-    """Head groups and MLP channels one block removes so that it loses ``sparsity`` of its in-scope
-    weights: the group count nearest to ``sparsity * groups``, then the channel count that brings the
-    block's total nearest to ``sparsity * in-scope weights`` (groups are coarse; channels fine)."""
+def unit_count(target: float, unit: int, available: int, count_rule: str = "exact") -> int:
+    """Units of ``unit`` weights that remove about ``target`` weights: the nearest count (``exact``),
+    or the count rounded down (``authors``: their ``int(...)``, e.g. FLAP's ``cal_remove_neuron``)."""
+    if count_rule == "exact":
+        return nearest_count(target, unit, available)
+    return max(0, min(available, int(target / unit))) if unit > 0 and target > 0 else 0
+
+
+def uniform_counts(geometry: BlockGeometry, sparsity: float, scope: Scope, count_rule: str = "exact") -> tuple[int, int]:
+    """Head groups and MLP channels one block removes.
+
+    ``exact``: the block loses ``sparsity`` of its in-scope weights: the group count nearest to
+    ``sparsity * groups``, then the channel count that brings the block's total nearest to
+    ``sparsity * in-scope weights`` (groups are coarse; channels fine). ``authors``: each module by
+    itself, ``int(sparsity * groups)`` groups and ``int(sparsity * channels)`` channels (the FLAP
+    authors' code; their unit is a head, ours a KV group), which removes less than ``sparsity``.
+    """
+    if count_rule == "authors":
+        return (int(sparsity * geometry.groups) if scope.attention else 0,
+                int(sparsity * geometry.intermediate) if scope.mlp else 0)
     groups = nearest_count(sparsity * geometry.attention_params, geometry.group_params, geometry.groups) if scope.attention else 0
     if not scope.mlp:
         return groups, 0
@@ -175,11 +196,12 @@ def uniform_counts(geometry: BlockGeometry, sparsity: float, scope: Scope) -> tu
     return groups, nearest_count(rest, geometry.channel_params, geometry.intermediate)
 
 
-def check_uniform(geometries: list[BlockGeometry], sparsity: float, scope: Scope, method: str) -> None:
+def check_uniform(geometries: list[BlockGeometry], sparsity: float, scope: Scope, method: str,
+                  count_rule: str = "exact") -> None:
     """Reject a sparsity whose uniform removal would empty the attention or the MLP of a block."""
     for index in scope.blocks:
         geometry = geometries[index]
-        groups, channels = uniform_counts(geometry, sparsity, scope)
+        groups, channels = uniform_counts(geometry, sparsity, scope, count_rule)
         if scope.attention and groups >= geometry.groups:
             # the group count is the one nearest to sparsity * groups: all of them from (groups - 1/2) / groups on
             allowed = f"sparsity < {(geometry.groups - 0.5) / geometry.groups:.4f} or target.modules=mlp"

@@ -37,6 +37,7 @@ from prunelab.patterns import (
 from prunelab.stats import BlockIO, LayerStats, StatsNeeds
 from prunelab.structure import (
     ATTENTION_OUTPUT,
+    COUNT_RULES,
     MLP_OUTPUT,
     BlockGeometry,
     Removal,
@@ -159,19 +160,25 @@ class ChannelScoreMethod(StructuredMethod):
     Every block in scope loses the same fraction of its weights (:func:`~prunelab.structure.uniform_counts`):
     the lowest-scoring head groups (a group's score sums the scores of its o_proj input channels)
     and MLP channels (scores of the down_proj input channels), as in the authors' ``wanda_sp`` and
-    ``mag_sp``, which score only the output projection of each unit.
+    ``mag_sp``, which score only the output projection of each unit. ``count_rule`` says how many:
+    ``exact`` (nearest to ``sparsity`` of every block) or ``authors`` (``int(sparsity * groups)`` groups
+    and ``int(sparsity * channels)`` channels, as the authors' code; less than ``sparsity``).
     """
+
+    def __init__(self, count_rule: str = "exact") -> None:
+        super().__init__()
+        self.count_rule = checks.choice(count_rule, "count_rule", COUNT_RULES)
 
     @abstractmethod
     def channel_scores(self, layer: nn.Linear, stats: LayerStats) -> torch.Tensor:
         """Importance of every input channel of ``layer`` (``[in]``, fp32); higher means keep."""
 
     def check_structure(self, geometries: list[BlockGeometry], sparsity: float, scope: Scope) -> None:
-        check_uniform(geometries, sparsity, scope, self.name)
+        check_uniform(geometries, sparsity, scope, self.name, self.count_rule)
 
     def removal(self, index: int, geometry: BlockGeometry, linears: dict[str, nn.Linear],
                 stats: dict[str, LayerStats], sparsity: float, scope: Scope) -> Removal:
-        groups, channels = uniform_counts(geometry, sparsity, scope)
+        groups, channels = uniform_counts(geometry, sparsity, scope, self.count_rule)
         removal = Removal()
         if groups:
             scores = self.channel_scores(linears[ATTENTION_OUTPUT], stats.get(ATTENTION_OUTPUT, LayerStats()))

@@ -25,7 +25,10 @@ around the running mean; both rank channels alike after standardisation); AL-AM 
 count whose weights are nearest to the target instead of the authors' threshold at the nearest
 cumulative sum (at most one unit apart); every block keeps at least one head group and one MLP
 channel (the authors' code would build an empty projection); with grouped-query attention the
-unit is a KV group (:mod:`prunelab.structure`).
+unit is a KV group (:mod:`prunelab.structure`). ``count_rule=authors`` takes the authors' counts where
+a count is rounded (UL-UM: ``int(sparsity * groups)`` groups and ``int(sparsity * channels)`` channels
+per block; UL-MM and AL-MM: the MLP channel count rounded down, their ``cal_remove_neuron``); AL-AM
+has no count to round.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from prunelab.methods.base import StructuredMethod
 from prunelab.stats import BlockIO, LayerStats, StatsNeeds
 from prunelab.structure import (
     ATTENTION_OUTPUT,
+    COUNT_RULES,
     MLP_OUTPUT,
     BlockGeometry,
     Removal,
@@ -73,8 +77,10 @@ class FLAP(StructuredMethod):
     name = "flap"
     needs = StatsNeeds(dense_pass=True)
 
-    def __init__(self, metric: str = "WIFV", structure: str = "AL-AM", bias: bool = True, remove_heads: int = 8) -> None:
+    def __init__(self, metric: str = "WIFV", structure: str = "AL-AM", bias: bool = True, remove_heads: int = 8,
+                 count_rule: str = "exact") -> None:
         super().__init__()
+        self.count_rule = checks.choice(count_rule, "count_rule", COUNT_RULES)
         self.metric = checks.choice(metric, "metric", METRICS)
         self.structure = checks.choice(structure, "structure", STRUCTURES)
         self.bias = checks.boolean(bias, "bias")
@@ -86,7 +92,7 @@ class FLAP(StructuredMethod):
     # -- checks before any weights load ---------------------------------------------------------
     def check_structure(self, geometries: list[BlockGeometry], sparsity: float, scope: Scope) -> None:
         if self.structure == "UL-UM":
-            structure.check_uniform(geometries, sparsity, scope, self.name)
+            structure.check_uniform(geometries, sparsity, scope, self.name, self.count_rule)
             return
         if self.structure in ("UL-MM", "AL-MM"):
             blocks = [geometries[i] for i in scope.blocks]
@@ -148,11 +154,12 @@ class FLAP(StructuredMethod):
         for index in scope.blocks:
             geometry, summary = geometries[index], summaries[index]
             if self.structure == "UL-UM":
-                groups, channels = structure.uniform_counts(geometry, sparsity, scope)
+                groups, channels = structure.uniform_counts(geometry, sparsity, scope, self.count_rule)
             else:
                 groups = self.remove_heads // len(scope.blocks)
                 rest = sparsity * scope.params(geometry) - groups * geometry.group_params
-                channels = structure.nearest_count(rest, geometry.channel_params, geometry.intermediate - 1) if scope.mlp else 0
+                channels = structure.unit_count(rest, geometry.channel_params, geometry.intermediate - 1,
+                                                self.count_rule) if scope.mlp else 0
             removed[index] = (structure.lowest(structure.group_scores(summary["attention"], geometry, "sum"), groups),
                               structure.lowest(summary["mlp"], channels))
         return removed
@@ -178,7 +185,8 @@ class FLAP(StructuredMethod):
             groups = sorted((u for u in units if u[3] == "group"), key=lambda u: u[0])[:self.remove_heads]
             channels = sorted((u for u in units if u[3] == "channel"), key=lambda u: u[0])
             rest = sparsity * total - sum(u[1] for u in groups)
-            chosen = groups + channels[:structure.nearest_count(rest, channels[0][1], len(channels)) if channels else 0]
+            count = structure.unit_count(rest, channels[0][1], len(channels), self.count_rule) if channels else 0
+            chosen = groups + channels[:count]
         removed = {index: ([], []) for index in scope.blocks}
         for _, _, index, kind, unit in chosen:
             removed[index][0 if kind == "group" else 1].append(unit)
