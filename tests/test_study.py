@@ -412,3 +412,26 @@ def test_study_all_runs_every_offline_preset_and_the_quick_variant_validates():
                 dense += 1
     assert jobs == 1 + 12 + 12 + 6 + 4 + 6 + 3  # dense, curve, patterns, alpha, lambda, modules, calibration
     assert dense == 6  # one per study but the dense one
+
+
+# --- each method describes itself, under one name ---------------------------------------------------
+METHOD_CONFIGS = sorted(path.stem for path in (Path(CONF_DIR) / "method").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", METHOD_CONFIGS)
+def test_every_builtin_method_is_described_by_its_class_under_its_yaml_name(name):
+    """The report's "Methods" paragraph is the class's own description (never "see its docstring"),
+    and the YAML's ``name`` (run names, table labels) is the class's ``name``."""
+    from prunelab.config import build
+    from prunelab.study.describe import method_paragraphs
+
+    cfg = compose_config("model=tiny_random", "logger=none", f"method={name}")
+    method = build(cfg.method, "method")
+    resolved = OmegaConf.to_container(cfg.method, resolve=True)
+    assert resolved["name"] == method.name
+    paragraphs = method_paragraphs([{"config": {"method": resolved}}])
+    assert type(method).rule and paragraphs[0] == type(method).describe([resolved])
+    assert paragraphs[0].startswith(f"**{method.name if name != 'owl' and not name.startswith('owl_') else 'owl_X'}**")
+    assert not any("describes itself nowhere" in p for p in paragraphs)
+    if isinstance(resolved.get("base"), dict):  # OWL: its base method is described too
+        assert paragraphs[1] == type(method.base).rule and resolved["base"]["name"] == method.base.name

@@ -48,11 +48,20 @@ from prunelab.structure import (
     uniform_counts,
 )
 
+# Said of every method that compares scores across a whole matrix (magnitude, RIA, SparseGPT).
+EXACT_K = ("Deliberate deviation from the reference code: the reference keeps weights above a "
+           "`sorted[int(n·s)]`-style threshold, pruning `int(n·s)+1` weights plus every weight tied at the "
+           "threshold (on quantized checkpoints up to 61.8% instead of 50%); we prune exactly `⌊n·s⌋`, ties "
+           "broken by index, so the achieved sparsity is the one asked for.")
+
 
 class PruningMethod(ABC):
     """Base class: prune one layer; optionally plan per-block sparsities first."""
 
     name: str = "base"
+    # What the method does, for a report's "Methods" section (markdown, one paragraph; our deliberate
+    # deviations from the reference code included). Empty: the report points to the class instead.
+    rule: str = ""
     needs: StatsNeeds = StatsNeeds()
     prunes: bool = True  # False for the dense baseline: its runs remove nothing
     structured: bool = False  # True: removes whole units (heads, channels, blocks), see StructuredMethod
@@ -60,6 +69,11 @@ class PruningMethod(ABC):
     @abstractmethod
     def prune_layer(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
         """Return the new weight (same shape and dtype) with pruned entries set to zero."""
+
+    @classmethod
+    def describe(cls, configs: list[dict]) -> str:
+        """The report's paragraph on this method; ``configs``: the method configs a study ran it with."""
+        return cls.rule
 
     def check_pattern(self, pattern: Pattern) -> None:
         """Raise :class:`~prunelab.checks.ConfigError` when this method cannot prune with ``pattern``
@@ -152,6 +166,11 @@ class StructuredMethod(PruningMethod):
                       scope: Scope) -> None:
         """Decide for every block at once (``needs.dense_pass`` methods): fill :attr:`planned` and,
         for block removal, :attr:`removed_blocks`."""
+
+
+COUNT_RULE = ("`method.count_rule=exact` (default) removes from every block the group count nearest to `s · groups`, "
+              "then the MLP channels that bring the block nearest to `s` of its weights; `authors` takes the authors' "
+              "`int(s · groups)` groups and `int(s · channels)` channels, which removes less.")
 
 
 class ChannelScoreMethod(StructuredMethod):

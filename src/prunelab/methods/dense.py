@@ -11,6 +11,7 @@ from prunelab.stats import LayerStats
 
 class Dense(PruningMethod):
     name = "dense"
+    rule = "**dense** — no weight is removed: the reference point of every table."
     prunes = False
 
     def prune_layer(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern) -> torch.Tensor:

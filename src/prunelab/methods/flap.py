@@ -75,6 +75,16 @@ def standardize(values: torch.Tensor) -> torch.Tensor:
 
 class FLAP(StructuredMethod):
     name = "flap"
+    rule = ("**flap** (An et al. 2024) — one dense pass: input channel `j` of `o_proj`/`down_proj` scores "
+            "`Var_t(X_tj) · ‖W[:, j]‖²` (WIFV; `method.metric` IFV, WIFN), squared for `o_proj`; with "
+            "`method.structure=AL-AM` (default) the scores are standardised per block and KV head groups and "
+            "MLP channels of all blocks compete in one ranking, each weighted by the weights it owns, until the "
+            "removed weights are nearest to `s` (UL-UM, UL-MM, AL-MM: the paper's other structures); the removed "
+            "channels' mean contribution `W[:, R]·mean(X_R)` becomes the output projection's bias. Deliberate "
+            "deviations from the authors' code: the exact sample variance instead of their running estimate "
+            "(95-98% of removed channels alike in an earlier comparison), the exact weight count of a head group "
+            "instead of their integer 170, an fp32 bias mean instead of fp16, and every block keeps its best head "
+            "group and MLP channel.")
     needs = StatsNeeds(dense_pass=True)
 
     def __init__(self, metric: str = "WIFV", structure: str = "AL-AM", bias: bool = True, remove_heads: int = 8,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from prunelab.methods.base import ScoreMethod
+from prunelab.methods.base import EXACT_K, ScoreMethod
 from prunelab.patterns import ComparisonGroup
 from prunelab.stats import LayerStats
 
 
 class Magnitude(ScoreMethod):
     name = "magnitude"
+    rule = ("**magnitude** — score `|W_ij|`; the lowest-scoring weights of each whole matrix are removed "
+            "(`method.comparison=row`: per output row). " + EXACT_K)
 
     def __init__(self, comparison: ComparisonGroup = "layer") -> None:
         super().__init__(comparison)

@@ -102,6 +102,19 @@ def block_nm_keep(ratios: list[float], sizes: list[int], pattern: NM, lambda_: f
 class OWL(PruningMethod):
     """Plans block sparsities from the dense model's outliers, then delegates to ``base``."""
 
+    rule = ("**owl_X** (Yin et al. 2024) — a per-block sparsity before pruning with base method X: on the dense "
+            "model, `D_l` = the fraction of block `l`'s Wanda scores above `M` × their mean (M = `owl_m`, 5); "
+            "`D` is mapped linearly to `[0, 2λ]`, shifted so the mean sparsity is `S`, and more outliers mean "
+            "lower sparsity. Deliberate deviation, as the assignment asks: every block is bounded to "
+            "`[S − λ, S + λ]` (values the linear map puts outside are clipped and the rest shifted back, mean "
+            "kept exactly `S`); the reference formula, which can leave that band when outlier ratios are "
+            "skewed, is one flag away: `method.bounded=false`.")
+
+    @classmethod
+    def describe(cls, configs: list[dict]) -> str:
+        bounded = sorted({bool(config.get("bounded", True)) for config in configs})
+        return cls.rule + f" This study ran with `bounded={'/'.join(str(b).lower() for b in bounded)}`."
+
     def __init__(self, base: PruningMethod, lambda_: float = 0.08, m: float = 5.0, bounded: bool = True) -> None:
         if not isinstance(base, PruningMethod) or not base.prunes or base.needs.dense_pass or base.structured:
             raise checks.ConfigError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from prunelab import checks
-from prunelab.methods.base import ScoreMethod
+from prunelab.methods.base import EXACT_K, ScoreMethod
 from prunelab.patterns import NM, ComparisonGroup, Pattern, PatternError, deal_channels, refine_channels
 from prunelab.stats import LayerStats, StatsNeeds
 
@@ -28,6 +28,10 @@ def relative_importance(weight: torch.Tensor) -> torch.Tensor:
 
 class RIA(ScoreMethod):
     name = "ria"
+    rule = ("**ria** (Zhang et al. 2024) — relative importance `|W_ij|/Σ_i'|W_i'j| + |W_ij|/Σ_j'|W_ij'|` "
+            "times `‖X_j‖₂^α` (α = `ria_alpha`, default 0.5; α = 0 is relative importance alone), compared "
+            "across the whole matrix as the reference's default; `method.permute_channels=true` adds the "
+            "N:M channel permutation. " + EXACT_K)
     needs = StatsNeeds(norms=True)
 
     def __init__(self, alpha: float = 0.5, comparison: ComparisonGroup = "layer",

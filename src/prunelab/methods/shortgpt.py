@@ -22,6 +22,9 @@ from prunelab.structure import BlockGeometry, Scope, lowest, nearest_count
 
 class BlockRemoval(StructuredMethod):
     name = "shortgpt"
+    rule = ("**shortgpt** (Men et al. 2024) — block removal: Block Influence `BI_l = 1 − mean_t cos(x_in, x_out)` "
+            "of every block on the calibration tokens of the dense model; the `round(s · blocks)` blocks of "
+            "lowest influence are deleted and the rest renumbered.")
     needs = StatsNeeds(dense_pass=True)
     removes_blocks = True
 

@@ -16,6 +16,10 @@ def wanda_score(weight: torch.Tensor, stats: LayerStats) -> torch.Tensor:
 
 class Wanda(ScoreMethod):
     name = "wanda"
+    rule = ("**wanda** (Sun et al. 2023) — score `|W_ij| · ‖X_j‖₂`, the weight times the L2 norm of its input "
+            "channel over all calibration tokens; each output row loses exactly `⌊in·s⌋` weights (per-row "
+            "comparison, as the reference). Statistics follow the sequential protocol: block `l` is "
+            "calibrated on the outputs of the already pruned blocks `< l`.")
     needs = StatsNeeds(norms=True)
 
     def __init__(self, comparison: ComparisonGroup = "row") -> None:

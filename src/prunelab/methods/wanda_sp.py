@@ -13,13 +13,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunelab.methods.base import ChannelScoreMethod
+from prunelab.methods.base import COUNT_RULE, ChannelScoreMethod
 from prunelab.methods.wanda import wanda_score
 from prunelab.stats import LayerStats, StatsNeeds
 
 
 class WandaSP(ChannelScoreMethod):
     name = "wanda_sp"
+    rule = ("**wanda_sp** (FLAP's structured Wanda baseline) — input channel `j` of each output projection "
+            "(`o_proj`, `down_proj`) scores `Σ_i |W_ij| · ‖X_j‖₂` (the authors average over `i`: same ranking); "
+            "a KV head group sums its channels, an MLP channel is its `down_proj` column; the lowest-scoring "
+            "groups and channels of every block are removed for real, the same fraction of each block, no bias. "
+            "Sequential protocol, as the authors' `prune_wanda_sp`. " + COUNT_RULE)
     needs = StatsNeeds(norms=True)
 
     def channel_scores(self, layer: nn.Linear, stats: LayerStats) -> torch.Tensor:

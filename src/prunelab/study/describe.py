@@ -3,6 +3,7 @@ our deliberate deviations from the reference code) and the configs as a diff of 
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections import Counter
 from typing import Any
@@ -83,60 +84,29 @@ def setup_lines(sweep: Sweep) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ methods
-EXACT_K = ("Deliberate deviation from the reference code: the reference keeps weights above a "
-           "`sorted[int(n·s)]`-style threshold, pruning `int(n·s)+1` weights plus every weight tied at the "
-           "threshold (on quantized checkpoints up to 61.8% instead of 50%); we prune exactly `⌊n·s⌋`, ties "
-           "broken by index, so the achieved sparsity is the one asked for.")
-METHOD_RULES = {
-    "Dense": "**dense** — no weight is removed: the reference point of every table.",
-    "Magnitude": ("**magnitude** — score `|W_ij|`; the lowest-scoring weights of each whole matrix are removed "
-                  "(`method.comparison=row`: per output row). " + EXACT_K),
-    "Wanda": ("**wanda** (Sun et al. 2023) — score `|W_ij| · ‖X_j‖₂`, the weight times the L2 norm of its input "
-              "channel over all calibration tokens; each output row loses exactly `⌊in·s⌋` weights (per-row "
-              "comparison, as the reference). Statistics follow the sequential protocol: block `l` is "
-              "calibrated on the outputs of the already pruned blocks `< l`."),
-    "RIA": ("**ria** (Zhang et al. 2024) — relative importance `|W_ij|/Σ_i'|W_i'j| + |W_ij|/Σ_j'|W_ij'|` "
-            "times `‖X_j‖₂^α` (α = `ria_alpha`, default 0.5; α = 0 is relative importance alone), compared "
-            "across the whole matrix as the reference's default; `method.permute_channels=true` adds the "
-            "N:M channel permutation. " + EXACT_K),
-    "SparseGPT": ("**sparsegpt** (Frantar & Alistarh 2023) — optimal brain surgeon: `H = 2/n·XᵀX` (damped by "
-                  "`percdamp`·mean diag), columns in blocks of 128, mask by `w²/[H⁻¹]_jj²` over all rows of a "
-                  "block, the error of each pruned weight propagated to the remaining columns. " + EXACT_K
-                  + " With exact-k our weights match the reference to 1.6e-7."),
-    "OWL": ("**owl_X** (Yin et al. 2024) — a per-block sparsity before pruning with base method X: on the dense "
-            "model, `D_l` = the fraction of block `l`'s Wanda scores above `M` × their mean (M = `owl_m`, 5); "
-            "`D` is mapped linearly to `[0, 2λ]`, shifted so the mean sparsity is `S`, and more outliers mean "
-            "lower sparsity. Deliberate deviation, as the assignment asks: every block is bounded to "
-            "`[S − λ, S + λ]` (values the linear map puts outside are clipped and the rest shifted back, mean "
-            "kept exactly `S`); the reference formula, which can leave that band when outlier ratios are "
-            "skewed, is one flag away: `method.bounded=false`."),
-}
-
-
-def _method_class(record: dict[str, Any]) -> str:
-    target = ((record.get("config") or {}).get("method") or {}).get("_target_", "")
-    return target.rsplit(".", 1)[-1]
+def _method_class(target: str) -> type | None:
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 def method_paragraphs(records: list[dict[str, Any]]) -> list[str]:
-    """One paragraph per method class the records used (an OWL base's too), in a fixed order."""
-    used: dict[str, dict] = {}
+    """One paragraph per method class the records used (an OWL base's too), in the order of first use:
+    the class's own description (``PruningMethod.describe``, its ``rule``)."""
+    used: dict[str, list[dict]] = {}  # _target_ -> the method configs that named it
     for record in records:
         method = (record.get("config") or {}).get("method") or {}
-        used.setdefault(_method_class(record), method)
-        if isinstance(method.get("base"), dict):
-            used.setdefault(method["base"].get("_target_", "").rsplit(".", 1)[-1], method["base"])
+        for node in (method, method.get("base")):
+            if isinstance(node, dict) and node.get("_target_"):
+                used.setdefault(node["_target_"], []).append(node)
     paragraphs = []
-    for name, rule in METHOD_RULES.items():
-        if name in used:
-            extra = ""
-            if name == "OWL":
-                bounded = {bool(((r.get("config") or {}).get("method") or {}).get("bounded", True))
-                           for r in records if _method_class(r) == "OWL"}
-                extra = f" This study ran with `bounded={'/'.join(str(b).lower() for b in sorted(bounded))}`."
-            paragraphs.append(rule + extra)
-    paragraphs += [f"**{name}** — `{used[name].get('_target_')}` (outside the package; see its docstring)."
-                   for name in used if name and name not in METHOD_RULES]
+    for target, configs in used.items():
+        cls = _method_class(target)
+        text = cls.describe(configs) if cls is not None and hasattr(cls, "describe") else ""
+        paragraphs.append(text or f"**{configs[0].get('name') or target.rsplit('.', 1)[-1]}** — `{target}` "
+                                  "(it describes itself nowhere: see its docstring).")
     paragraphs.append("N:M patterns (all methods): in every row, each group of M consecutive input columns keeps "
                       "its N highest scores; N:M fixes the sparsity at 1 − N/M.")
     return paragraphs
