@@ -33,7 +33,7 @@ def test_a_method_defined_outside_the_package_runs_end_to_end(tmp_path):
     # Compared per row: every row of every layer loses floor(in * 0.25) weights, so all layers
     # sit at exactly 0.25 (in = 64 or 128).
     assert set(metrics["prune/layer_sparsity"].values()) == {0.25}
-    assert metrics["prune/method"] == "power_wanda" and metrics["time/calibration_s"] > 0
+    assert metrics["time/calibration_s"] > 0
 
 
 def _imports(path: Path) -> set[str]:

@@ -435,3 +435,29 @@ def test_every_builtin_method_is_described_by_its_class_under_its_yaml_name(name
     assert not any("describes itself nowhere" in p for p in paragraphs)
     if isinstance(resolved.get("base"), dict):  # OWL: its base method is described too
         assert paragraphs[1] == type(method.base).rule and resolved["base"]["name"] == method.base.name
+
+
+def test_root_study_knobs_are_declared_once_and_used_everywhere():
+    """``config.STUDY_KNOBS`` is the one list: every root key a method YAML interpolates is in it, the
+    plan checks them (not RootSettings), a dense baseline ignores them, a config diff leaves them out."""
+    import dataclasses
+    import re
+
+    from prunelab.config import STUDY_KNOBS
+    from prunelab.plan import RootSettings
+    from prunelab.study.describe import UNDIFFED
+    from prunelab.study.sweeper import DENSE_IGNORES, _ignored
+
+    interpolated = set()
+    for path in (Path(CONF_DIR) / "method").glob("*.yaml"):
+        interpolated |= set(re.findall(r"\$\{([a-z_]+)\}", path.read_text()))
+    assert interpolated == set(STUDY_KNOBS)
+    root = OmegaConf.load(Path(CONF_DIR) / "config.yaml")
+    assert all(isinstance(root[knob], (int, float)) for knob in STUDY_KNOBS)
+    assert not set(STUDY_KNOBS) & {f.name for f in dataclasses.fields(RootSettings)}
+    assert set(STUDY_KNOBS) <= set(DENSE_IGNORES) and set(STUDY_KNOBS) <= set(UNDIFFED)
+    assert all(_ignored(f"{knob}=0.3") for knob in STUDY_KNOBS)
+    for knob in STUDY_KNOBS:
+        with pytest.raises(Exception, match=f"{knob}='abc' must be a number"):
+            make_plan(compose_config("model=tiny_random", "logger=none", f"{knob}=abc"))
+    make_plan(compose_config("model=tiny_random", "logger=none", "method=owl", "owl_m=3", "owl_lambda=0.05"))

@@ -31,6 +31,15 @@ from prunelab.checks import ConfigError
 T = TypeVar("T")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the project's config groups
 LABEL = "name"  # a component's display label, never a constructor argument
+# The root study knobs: plain numbers at the top of conf/config.yaml (so a sweep varies them as
+# `ria_alpha=0,0.5,1`) that a method config takes by interpolation (`alpha: ${ria_alpha}`). Declared
+# here once: the plan checks them, a dense baseline ignores them, a report's config diff leaves them
+# out (the method knob they feed is shown instead).
+STUDY_KNOBS = {
+    "ria_alpha": "RIA: exponent a on the input-channel activation norm (method.alpha)",
+    "owl_lambda": "OWL: block sparsities span [sparsity - lambda, sparsity + lambda] (method.lambda_)",
+    "owl_m": "OWL: a score is an outlier above owl_m times the block's mean score (method.m)",
+}
 _KNOB = re.compile(r"^[A-Za-z_][\w.\[\]]*=")
 
 

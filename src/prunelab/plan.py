@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunelab import checks, data, models, zeroshot
 from prunelab.bench.engines import Engine
-from prunelab.config import POSITIVE, between, build, finite_numbers, is_component, label, missing_keys, read
+from prunelab.config import POSITIVE, STUDY_KNOBS, between, build, finite_numbers, is_component, label, missing_keys, read
 from prunelab.evaluate import PerplexitySpec
 from prunelab.loggers import Logger
 from prunelab.methods.base import PruningMethod, StructuredMethod
@@ -33,7 +33,8 @@ ConfigError = checks.ConfigError
 # ---------------------------------------------------------------------- schemas of the sections
 @dataclass(frozen=True)
 class RootSettings:
-    """The top level of ``conf/config.yaml`` (groups are read by their own schemas)."""
+    """The top level of ``conf/config.yaml`` (groups are read by their own schemas; the study knobs,
+    ``config.STUDY_KNOBS``, are numbers checked by :func:`make_plan`)."""
 
     model: Any
     method: Any
@@ -45,9 +46,6 @@ class RootSettings:
     local: Any = None  # conf/local/default.yaml, machine-specific and optional
     sparsity: float = field(default=0.5, metadata=between(0, 1, high_open=True, what="the fraction of weights removed"))
     pattern: Any = "unstructured"
-    ria_alpha: float = 0.5
-    owl_lambda: float = 0.08
-    owl_m: float = 5.0
     save_model: bool = False
     seed: int = 0
     run_name: str | None = None
@@ -157,7 +155,11 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     if missing:
         raise ConfigError(f"{missing[0]} must be set (its config leaves it as ???), e.g. {missing[0]}=...")
     finite_numbers(cfg)
-    root = read(RootSettings, cfg, "")
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    for knob, meaning in STUDY_KNOBS.items():
+        if knob in settings:
+            checks.number(settings.pop(knob), knob, what=meaning)
+    root = read(RootSettings, settings, "")
     method = _component(cfg.method, "method", PruningMethod)
     pattern = build(cfg.pattern, "pattern") if is_component(cfg.pattern) else parse_pattern(root.pattern)
     sparsity = root.sparsity if method.prunes else 0.0

@@ -100,10 +100,9 @@ class PruneReport:
     layer_inputs: dict[str, int] = field(default_factory=dict)  # in_features (the rounding of a row)
 
     def metrics(self) -> dict:
+        """What pruning measured; the method, pattern and target sparsity are the run plan's (its
+        summary in metrics.json), written once, not repeated here."""
         return {
-            "prune/method": self.method,
-            "prune/pattern": self.pattern,
-            "prune/target_sparsity": self.target_sparsity,
             "prune/achieved_sparsity": self.achieved_sparsity,
             "prune/layer_sparsity": self.layer_sparsity,
             "prune/block_sparsity": self.block_sparsity,

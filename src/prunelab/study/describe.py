@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from prunelab.config import STUDY_KNOBS
 from prunelab.study.findings import axis_of
 from prunelab.study.records import Sweep, evaluation_size, headline_metrics, knob_label
 
@@ -125,7 +126,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 # Keys left out of the diff: logging and resuming switches (they change nothing measured), the
 # root knobs that only feed a method knob by interpolation (shown as that knob: method.alpha...),
 # and class paths (the method's name says the same).
-UNDIFFED = ("logger.", "run_name", "group", "force", "cache_calibration", "ria_alpha", "owl_lambda", "owl_m")
+UNDIFFED = ("logger.", "run_name", "group", "force", "cache_calibration", *STUDY_KNOBS)
 
 
 def config_diff(sweep: Sweep) -> tuple[pd.DataFrame, int]:

@@ -42,6 +42,7 @@ UNSHOWN_METHOD_KEYS = ("_target_", "name")  # the class and the display label (t
 ID_COLUMNS = ("job", "status", "error", "overrides", "fingerprint", "reused_from")
 INFO_COLUMNS = ("eval_seqlen",)  # not knobs: what the evaluation sizes are stated in (tokens per window)
 # Metrics that repeat a knob column (the plan's method, pattern and sparsity): not columns of their own.
+# Runs no longer write them (the plan summary holds them); records written before still have them.
 REPEATED_METRICS = ("prune/method", "prune/pattern", "prune/target_sparsity")
 CALIBRATION_KNOBS = ("calib_data", "calib_nsamples", "calib_seqlen")  # blank where the method calibrates nothing
 UNSWEPT_PREFIXES = ("logger", "hydra")  # overrides that never get a column (nor does `+experiment=`)

@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from prunelab.config import STUDY_KNOBS
+
 log = logging.getLogger(__name__)
 JOBS_VARIABLE = "PRUNELAB_SWEEP_JOBS"
 # What a dense run ignores: overrides of these keys do not make another baseline.
-DENSE_IGNORES = ("method", "sparsity", "pattern", "ria_alpha", "owl_lambda", "owl_m", "calib_data", "target")
+DENSE_IGNORES = ("method", "sparsity", "pattern", *STUDY_KNOBS, "calib_data", "target")
 PRESET_SETTINGS = "experiment/"  # +experiment/setting=nm_2_4, +experiment/granularity=flap_30: method and pattern
 
 
