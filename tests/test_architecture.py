@@ -110,3 +110,32 @@ def test_no_registry_and_no_name_sniffing():
     for smell in ('startswith("owl_")', "_REGISTRY", "build_method", 'kind == "wandb"', 'name == "cpu"',
                   'source == "embedded"'):
         assert smell not in text, smell
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_carries_the_configs(tmp_path):
+    """``pip install .`` (not editable) ships ``conf/`` inside the package: compose() works from any
+    directory with no checkout around (the checkout is copied, so its own tree stays untouched)."""
+    import shutil
+
+    source = tmp_path / "source"
+    for name in ("src", "conf", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__", "local")}
+                                           if (ROOT / name).is_dir() else {}))
+    venv = tmp_path / "venv"
+    # --without-pip: the system's pip and setuptools serve the venv (a bundled old setuptools cannot build wheels)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(source)],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert install.returncode == 0, install.stderr[-3000:]
+    shutil.rmtree(source)  # nothing of the checkout is left to fall back on
+    probe = ("import prunelab.config as c; cfg = c.compose('method=flap'); "
+             "print(c.CONF_DIR); print(cfg.method.name, sorted(p.stem for p in (c.CONF_DIR / 'method').glob('*.yaml')))")
+    result = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    conf_dir, found = result.stdout.splitlines()
+    assert conf_dir.startswith(str(venv)) and conf_dir.endswith("prunelab/conf")
+    assert found.startswith("flap ") and "wanda_sp" in found

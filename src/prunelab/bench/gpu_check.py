@@ -32,7 +32,6 @@ import torch
 from prunelab.bench import engines, structured
 from prunelab.bench.roofline import ModelShape, format_table
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
 log = logging.getLogger("prunelab.gpu_check")
 
 
@@ -41,7 +40,9 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype, seed: int =
     import yaml
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    spec = yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())
+    from prunelab.config import CONF_DIR
+
+    spec = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text())
     architecture = spec.get("source", {}).get("architecture")
     if not architecture:
         raise SystemExit(f"conf/model/{name}.yaml has no source.architecture (a random-weight shape config is needed)")
