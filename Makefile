@@ -11,10 +11,13 @@ setup: ## install pinned dependencies and prepare the offline assets (idempotent
 run: ## the default experiment: wanda 50% on the embedded SmolLM2-135M
 	$(PYTHON) run.py
 
-test: ## the fast tier: tiny random LLaMA and pure functions (~3 min on 2 cores)
+lint: ## ruff check (pyproject's [tool.ruff]); make test and make test-all run it first
+	$(PYTHON) -m ruff check .
+
+test: lint ## the fast tier: tiny random LLaMA and pure functions (~3 min on 2 cores)
 	$(PYTHON) -m pytest -q -m "not slow"
 
-test-all: ## every tier: + the embedded model and real multi-process sweeps (what CI runs)
+test-all: lint ## every tier: + the embedded model and real multi-process sweeps (what CI runs)
 	$(PYTHON) -m pytest -q
 
 roofline: ## predicted 2:4 speedups (analytic roofline), LLaMA-2-7B shapes; GPU=H100|A100|A6000|L40S|H200|all
@@ -41,4 +44,4 @@ study-all: ## every offline preset (resumable) + a dense baseline, then make rep
 study-all-quick: ## the same, reduced (14 min on 2 idle cores) into multirun/<model>_quick
 	$(PYTHON) -m prunelab.study.study_all --quick --model $(or $(MODEL),smollm2_135m) $(ARGS)
 
-.PHONY: help setup run test test-all study aggregate report study-all study-all-quick roofline bench-cpu bench-gpu
+.PHONY: help setup run lint test test-all study aggregate report study-all study-all-quick roofline bench-cpu bench-gpu

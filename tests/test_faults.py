@@ -40,7 +40,8 @@ BAD_INPUTS = [
     (["method.comparison=bogus"], "method.comparison='bogus' is not valid; allowed: row, layer"),
     (["target.blocks=5"], "target.blocks=5 must be a list"),
     (["target.blocks=[0,5]"], "target.blocks=[0, 5] must satisfy 0 <= start < stop <= 2"),
-    (["pattern=2:3", "sparsity=0.33333333333333337"], "pattern=2:3 cannot prune layers.0.self_attn.q_proj: its input size 64 is not a multiple of 3"),
+    (["pattern=2:3", "sparsity=0.33333333333333337"],
+     "pattern=2:3 cannot prune layers.0.self_attn.q_proj: its input size 64 is not a multiple of 3"),
     (["pattern=2:3", "sparsity=0.333333"], "implies sparsity=0.33333333333333337, but sparsity=0.333333 was requested"),
     (["sparsity=1.0"], "sparsity=1.0 is outside [0, 1)"),
     (["sparsity=inf"], "sparsity=inf must be a finite number"),
@@ -131,7 +132,8 @@ def build_magnitude():
 
 def test_nan_left_by_pruning_fails_the_weights_check(tiny_model):
     prune_model(tiny_model, Poisoned(), 0.5, Unstructured(), None, torch.device("cpu"))
-    with pytest.raises(outcome.OutcomeError, match=r"weights are not finite after pruning: model.layers.0.self_attn.q_proj.weight \(1 of 4096\)"):
+    with pytest.raises(outcome.OutcomeError,
+                       match=r"weights are not finite after pruning: model.layers.0.self_attn.q_proj.weight \(1 of 4096\)"):
         outcome.check_finite_weights(tiny_model, "after pruning")
 
 

@@ -223,7 +223,8 @@ def test_the_shrunk_model_computes_what_the_masked_model_computes(tiny_model, tm
     torch.testing.assert_close(tiny_model(input_ids=probe).logits, masked(input_ids=probe).logits, rtol=1e-4, atol=1e-4)
     assert shrunk_report.achieved_sparsity == pytest.approx(shrunk_report.method_evidence["structured_planned_sparsity"])
     assert shrunk_report.block_sparsity == pytest.approx(masked_report.block_sparsity, abs=1e-9)
-    weights = sum(p.numel() for block in tiny_model.model.layers for n, p in block.named_parameters() if n.endswith("weight") and "proj" in n)
+    weights = sum(p.numel() for block in tiny_model.model.layers for n, p in block.named_parameters()
+                  if n.endswith("weight") and "proj" in n)
     assert weights == shrunk_report.method_evidence["structured_weights_after"] < 73728
     compensated = method == "flap"
     for model in (tiny_model, masked):

@@ -461,3 +461,11 @@ def test_root_study_knobs_are_declared_once_and_used_everywhere():
         with pytest.raises(Exception, match=f"{knob}='abc' must be a number"):
             make_plan(compose_config("model=tiny_random", "logger=none", f"{knob}=abc"))
     make_plan(compose_config("model=tiny_random", "logger=none", "method=owl", "owl_m=3", "owl_lambda=0.05"))
+
+
+def test_the_root_config_lists_every_method():
+    """conf/config.yaml's comment on the method group names every conf/method/*.yaml."""
+    line = next(line for line in (Path(CONF_DIR) / "config.yaml").read_text().splitlines() if "- method:" in line)
+    named = set(line.replace(",", " ").replace("{", " ").replace("}", " ").replace(";", " ").split())
+    named |= {f"owl_{base}" for base in ("wanda", "magnitude", "ria", "sparsegpt") if base in named}
+    assert set(METHOD_CONFIGS) <= named, set(METHOD_CONFIGS) - named

@@ -6,8 +6,8 @@
   ``l``'s statistics depend on how blocks ``< l`` were pruned, so nothing later is reusable.
 - Dense-pass summaries (``dense_pass/``): one value per block of the *dense* model (OWL's
   outlier ratios, ShortGPT's Block Influence, FLAP's per-channel fluctuations), keyed by the
-  content of the block-0 inputs and every block's weights plus what the method says they depend on (:meth:`PruningMethod.dense_pass_key`), so an OWL sweep over
-  sparsity or lambda runs the dense pass once.
+  content of the block-0 inputs and every block's weights plus what the method says they depend on
+  (:meth:`PruningMethod.dense_pass_key`), so an OWL sweep over sparsity or lambda runs the dense pass once.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Two mechanisms, no registry:
   tables and run names show. Errors come back as one :class:`ConfigError` naming the config key.
 - :func:`read` turns a plain section (``calib_data``, ``eval``, ``target``...) into a frozen
   dataclass: each field's annotation is its type and ``field(metadata=...)`` its allowed range
-  (:func:`between`, :func:`one_of`); unknown keys, wrong types and NaN/inf are rejected.
+  (:func:`between`, or ``{"allowed": (...)}``); unknown keys, wrong types and NaN/inf are rejected.
 """
 
 from __future__ import annotations
@@ -138,11 +138,6 @@ def between(low: float | None = None, high: float | None = None, low_open: bool 
             high_open: bool = False, what: str = "") -> dict:
     """Field metadata: a number in an interval."""
     return {"range": (low, high, low_open, high_open), "what": what}
-
-
-def one_of(*allowed: Any) -> dict:
-    """Field metadata: one of these values."""
-    return {"allowed": allowed}
 
 
 POSITIVE = between(1)

@@ -47,7 +47,6 @@ OUR_PREFIX = "prunelab_"  # tasks of our own (not stock lm-eval tasks): the math
 OUR_TASKS = tuple(t for t in OFFLINE_TASKS if t.startswith(OUR_PREFIX))
 STOCK_OFFLINE_TASKS = tuple(t for t in OFFLINE_TASKS if t not in OUR_TASKS)
 DATA_MODES = ("auto", "offline", "online")
-PLACEHOLDERS = ("{lm_eval_tasks}", "{hf_datasets}", "{prunelab_cache}")
 
 
 class ZeroShotConfigError(ConfigError):

@@ -47,10 +47,6 @@ class DecodeTiming:
     def tokens_per_s(self) -> float:
         return self.batch * self.steps / (self.loop.median_ms / 1e3)
 
-    @property
-    def ms_per_step(self) -> float:
-        return self.loop.median_ms / self.steps
-
 
 def prefill_cache(model, prompt: torch.Tensor):
     """Run the prompt once; the KV cache and the greedy next token of every sequence."""

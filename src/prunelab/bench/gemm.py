@@ -59,7 +59,8 @@ def benchmark_gemm(weights: dict[str, torch.Tensor], shapes: list[LinearShape], 
             for n_tokens in tokens:
                 x = torch.randn(n_tokens, shape.in_features, device=device, dtype=dtype)
                 diff = float((F.linear(x, sparse) - F.linear(x, weight)).abs().max())
-                timings = time_interleaved({"dense": lambda: F.linear(x, weight), "sparse": lambda: F.linear(x, sparse)},
+                timings = time_interleaved({"dense": lambda: F.linear(x, weight),
+                                            "sparse": lambda compressed=sparse: F.linear(x, compressed)},
                                            device, warmup, repeats, min_sample_ms)
                 results.append(GemmResult(names, count, shape.in_features, shape.out_features, n_tokens,
                                           timings["dense"].median_ms, timings["sparse"].median_ms, diff))

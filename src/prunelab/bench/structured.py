@@ -32,7 +32,6 @@ from prunelab.bench import e2e, engines
 from prunelab.bench.roofline import ModelShape, Phase, format_table, structured_ideal
 
 log = logging.getLogger(__name__)
-MODELS = ("dense", "pruned")
 
 
 def parameter_bytes(model) -> int:

@@ -17,10 +17,6 @@ class Timing:
     median_ms: float
     samples: tuple[float, ...]
 
-    @property
-    def spread_ms(self) -> float:
-        return max(self.samples) - min(self.samples)
-
 
 CLOCKS = ("wall", "cpu")
 

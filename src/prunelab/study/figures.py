@@ -358,7 +358,8 @@ def pareto(sweep: Sweep, path: Path) -> Figure | None:
     if handles:  # one legend, outside the plots, so that it hides no point
         axes[0][-1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     figure.suptitle(_title(sweep, "Accuracy vs speedup by granularity"), y=1.02)
-    return _figure((_save(figure, path), " Perplexity on a log axis."), "Accuracy against speedup (prefill): measured dense vs pruned in one "
+    return _figure((_save(figure, path), " Perplexity on a log axis."),
+                   "Accuracy against speedup (prefill): measured dense vs pruned in one "
                    "process where a job measured it, the roofline prediction (engine.roofline_gpu) for 2:4; "
                    "the dashed line is the Pareto front.", sweep, metrics)
 

@@ -63,7 +63,8 @@ def document(model_dir: Path, studies: list[tuple[Sweep, dict]], baseline: Sweep
         minutes = sum(frame["time/total_s"].sum() for frame in own if "time/total_s" in frame) / 60
         with_dense = " and the dense baseline" if baseline is not None else ""
         parts += [f"- **Jobs**: {jobs} in {len(studies)} studies{with_dense}, {minutes:.0f} min of compute summed over jobs",
-                  f"- **Dense baseline**: {f'`{baseline.directory.name}/`, joined to every study without a dense job' if baseline else 'none'}",
+                  "- **Dense baseline**: " + (f"`{baseline.directory.name}/`, joined to every study without a dense job"
+                                              if baseline else "none"),
                   "- Each study's setup below says what it varies; evaluation sizes are in every figure caption.", ""]
         records = [r for s, _ in studies for r in s.records.values()]
         parts += ["## Methods", "", *(p + "\n" for p in method_paragraphs(records))]
