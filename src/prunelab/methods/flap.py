@@ -82,7 +82,7 @@ class FLAP(StructuredMethod):
             "removed weights are nearest to `s` (UL-UM, UL-MM, AL-MM: the paper's other structures); the removed "
             "channels' mean contribution `W[:, R]·mean(X_R)` becomes the output projection's bias. Deliberate "
             "deviations from the authors' code: the exact sample variance instead of their running estimate "
-            "(95-98% of removed channels alike in an earlier comparison), the exact weight count of a head group "
+            "(on the embedded model 97.5-98.9% of the removed units alike with AL-AM at 20-50%), the exact weight count of a head group "
             "instead of their integer 170, an fp32 bias mean instead of fp16, and every block keeps its best head "
             "group and MLP channel.")
     needs = StatsNeeds(dense_pass=True)
