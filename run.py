@@ -15,13 +15,14 @@ from prunelab.study import callbacks
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()  # Hydra's state is read here and nowhere else
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    with pipeline.user_errors():
-        return pipeline.main(
-            cfg,
-            output_dir=Path(hydra_cfg.runtime.output_dir),
-            overrides=list(hydra_cfg.overrides.task),
-            sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None,
-        )
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        with pipeline.user_errors():
+            return pipeline.main(cfg, output_dir=output_dir, overrides=list(hydra_cfg.overrides.task),
+                                 sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None)
+    finally:
+        if not multirun:  # a sweep ends with its table and directory instead
+            print(f"Run directory: {output_dir.resolve()} (metrics.json, .hydra/, run.log)", flush=True)
 
 
 if __name__ == "__main__":

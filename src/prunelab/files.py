@@ -3,7 +3,8 @@
 A leaf module (standard library only). :func:`atomic_write` writes a unique temporary file in
 the target's directory, flushes it to disk and renames it over the target: a reader sees the old
 file or the new one, two writers never share a temporary name, and a write that fails (a full
-disk, a kill) leaves the old file as it was. :func:`safe_member_path` refuses archive members
+disk, a kill) leaves the old file as it was. The file gets the mode a plain ``open`` would give
+it (0644 under the usual umask 022), not ``mkstemp``'s private 0600: results are for the group. :func:`safe_member_path` refuses archive members
 that would land outside the extraction directory (zip-slip).
 """
 
@@ -22,6 +23,7 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(descriptor, 0o666 & ~_umask())
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -30,6 +32,13 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

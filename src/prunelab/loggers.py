@@ -2,7 +2,9 @@
 
 ``conf/logger/<name>.yaml`` names the class (``_target_``) and its settings: ``logger=wandb``
 (default) with ``mode`` = ``offline`` (never touches the network, ``wandb sync`` later),
-``online`` or ``disabled``; ``logger=none`` logs to disk only. A logger is built (and its settings
+``online`` or ``disabled``; ``logger=none`` logs to disk only. W&B's environment variables
+(``WANDB_MODE``, ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_DIR``) fill the defaults of
+``conf/logger/wandb.yaml``, so they win over the config's defaults but not over an override. A logger is built (and its settings
 checked) with the run plan, and started when the run starts. Every run also writes
 ``metrics.json`` itself, whatever the logger.
 """
@@ -18,6 +20,7 @@ from prunelab import checks
 
 log = logging.getLogger(__name__)
 WANDB_MODES = ("offline", "online", "disabled")
+MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # older spellings W&B still accepts in WANDB_MODE
 
 
 class Logger:
@@ -79,8 +82,10 @@ class WandbLogger(Logger):
     """
 
     def __init__(self, mode: str = "offline", project: str = "prunelab", entity: str | None = None,
-                 tags: list[str] | None = None, console: str = "quiet", capture_logs: bool = False) -> None:
-        self.mode = checks.choice(mode, "mode", WANDB_MODES)
+                 tags: list[str] | None = None, console: str = "quiet", capture_logs: bool = False,
+                 dir: str | None = None) -> None:  # noqa: A002 - W&B's own name for it (WANDB_DIR)
+        self.mode = checks.choice(MODE_ALIASES.get(mode, mode), "mode", WANDB_MODES)
+        self.dir = Path(dir).expanduser() if dir else None
         self.console = checks.choice(console, "console", CONSOLE_MODES)
         self.capture_logs = bool(capture_logs)
         self.project = project
@@ -93,6 +98,7 @@ class WandbLogger(Logger):
         import wandb
 
         self._wandb = wandb
+        run_dir = self.dir or run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         if run_id and self.mode == "offline":  # the new copy holds everything: keep one per id
             for superseded in (run_dir / "wandb").glob(f"offline-run-*-{run_id}"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also log the summary table and figures to W&B in this mode")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logger_cfg = ({"_target_": "prunelab.loggers.WandbLogger", "mode": args.wandb, "project": "prunelab"}
+    logger_cfg = ({"_target_": "prunelab.loggers.WandbLogger", "mode": args.wandb,
+                   "project": os.environ.get("WANDB_PROJECT", "prunelab"), "entity": os.environ.get("WANDB_ENTITY")}
                   if args.wandb else None)
     sweep = aggregate(args.sweep_dir, figures=not args.no_figures, report=not args.no_report, logger_cfg=logger_cfg)
     print(f"{len(sweep.results)} jobs -> {sweep.directory / 'results.csv'}")
