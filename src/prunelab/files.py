@@ -4,8 +4,9 @@ A leaf module (standard library only). :func:`atomic_write` writes a unique temp
 the target's directory, flushes it to disk and renames it over the target: a reader sees the old
 file or the new one, two writers never share a temporary name, and a write that fails (a full
 disk, a kill) leaves the old file as it was. The file gets the mode a plain ``open`` would give
-it (0644 under the usual umask 022), not ``mkstemp``'s private 0600: results are for the group. :func:`safe_member_path` refuses archive members
-that would land outside the extraction directory (zip-slip).
+it (0644 under the usual umask 022), not ``mkstemp``'s private 0600: results are for the group.
+:func:`safe_member_path` refuses archive members that would land outside the extraction directory
+(zip-slip).
 """
 
 from __future__ import annotations
