@@ -191,7 +191,8 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     for key, seqlen in (("calib_data.seqlen", calib.seqlen), ("eval.seqlen", evaluation.perplexity.seqlen)):
         if model.context and seqlen > model.context:
             raise ConfigError(f"{key}={seqlen} exceeds the model's context of {model.context} tokens")
-    _check_against_model(models.skeleton(hf_config), target, pattern, method, sparsity)
+    where = f" at {source.location()}" if isinstance(source, models.LocalSource) else ""
+    _check_against_model(models.skeleton(hf_config, where), target, pattern, method, sparsity)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
                    engine, logger, root.save_model)
 
