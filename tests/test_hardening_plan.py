@@ -125,3 +125,19 @@ def test_a_local_config_that_is_no_llama_is_rejected_before_the_weights_load(tmp
     with pytest.raises(ConfigError) as caught:
         make_plan(compose_config(*TINY[1:], *LOCAL, f"model.path={tmp_path}"))
     assert message in str(caught.value) and str(tmp_path) in str(caught.value)
+
+
+# --------------------------------------------------------------------------- FLAP's reachable sparsity
+@pytest.mark.parametrize("overrides,most", [
+    (["method=flap", "sparsity=0.95"], "0.8281"),  # each block keeps 1 of 2 head groups and 1 of 128 channels
+    (["method=flap", "sparsity=0.995", "target.modules=mlp"], "0.9921"),
+    (["method=flap", "method.structure=AL-MM", "method.remove_heads=1", "sparsity=0.9"], "0.7447"),
+    (["method=flap", "method.structure=UL-MM", "method.remove_heads=2", "sparsity=0.9"], "0.8281"),
+])
+def test_flap_rejects_a_sparsity_it_cannot_reach_and_says_the_most(overrides, most):
+    message = _reject(*overrides)
+    assert "cannot be reached" in message and message.endswith(f"allowed: sparsity <= {most}"), message
+
+
+def test_flap_accepts_its_most():
+    make_plan(compose_config(*TINY, "method=flap", "sparsity=0.8281"))
