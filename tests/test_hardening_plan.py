@@ -106,6 +106,21 @@ PLAN_REJECTS = [
                                                    "architecture.num_attention_heads=4; allowed: a multiple of 4"),
     (["model.source.architecture.num_key_value_heads=3"], "num_key_value_heads=3 does not divide architecture.num_attention_heads=4"),
     (["model.source.seed=abc"], "model.source.seed='abc' must be an integer"),
+    (["method=sparsegpt", "method.percdamp=1e308"], "method.percdamp=1e+308 is outside (0, 1]"),
+    (["method=ria", "ria_alpha=1e308"], "method.alpha=1e+308 is outside [0, 4] (ria_alpha"),
+    (["engine=roofline", "engine.roofline_gpu=B200"], "engine.roofline_gpu='B200' is not in the roofline table; "
+                                                      "allowed: auto, A100, A6000, L40S, H100, H200"),
+    (["engine=structured", "engine.prefill_tokens=[100000]"], "engine.prefill_tokens=[100000] runs 100000-token "
+                                                              "sequences, beyond the model's context of 256; allowed: at most 256"),
+    (["engine=structured", "engine.prefill_tokens=[16]", "engine.decode_context=250"],
+     "engine.decode_context=250 + engine.decode_steps=16 runs 266-token sequences"),
+    (["logger=wandb", "logger.project=bad/name"], "logger.project='bad/name' contains /, which W&B does not allow"),
+    (["logger=wandb", "logger.project="], "logger.project='' must be a non-empty name"),
+    (["logger=wandb", "logger.tags=[ok,'']"], "logger.tags[1]='' must be a string of 1 to 64 characters"),
+    (["calib_data.nsamples=10000000000"], "calib_data.nsamples=10000000000 would hold 305175.8 GiB of block activations"),
+    (["model.name=../../escape"], "model.name='../../escape' must be a plain file name"),
+    (["model.name=a/b"], "allowed: letters, digits, '.', '_' and '-'"),
+    (["eval.ppl_datasets=[]"], "eval.ppl_datasets=[] with no eval.tasks: the run would measure nothing"),
 ]
 
 
@@ -141,3 +156,20 @@ def test_flap_rejects_a_sparsity_it_cannot_reach_and_says_the_most(overrides, mo
 
 def test_flap_accepts_its_most():
     make_plan(compose_config(*TINY, "method=flap", "sparsity=0.8281"))
+
+
+def test_the_calibration_bound_says_the_most_samples_allowed():
+    message = _reject("calib_data.nsamples=10000000000")
+    most = int(message.rsplit("<= ", 1)[1])
+    make_plan(compose_config(*TINY, f"calib_data.nsamples={most}"))  # the bound itself plans
+
+
+@pytest.mark.parametrize("overrides", [
+    ["eval.ppl_datasets=[]", "eval.tasks=[arc_easy]"],  # zero-shot only is a legitimate run
+    ["method=ria", "ria_alpha=4"], ["method=sparsegpt", "method.percdamp=1"],
+    ["engine=roofline", "engine.roofline_gpu=h200"],  # the roofline engine runs no sequence through the model
+    ["engine=roofline", "engine.prefill_tokens=[100000]"],
+    ["logger=wandb", "logger.project=my-project_2"],
+])
+def test_values_at_the_edge_of_the_allowed_range_still_plan(overrides):
+    make_plan(compose_config(*TINY, *overrides))

@@ -11,6 +11,8 @@ key, the value and what is allowed.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +30,7 @@ from prunelab.prune import PruneTarget
 from prunelab.structure import BlockGeometry
 
 ConfigError = checks.ConfigError
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a directory name that stays where it is put
 
 
 # ---------------------------------------------------------------------- schemas of the sections
@@ -184,6 +187,10 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     target = _target(read(TargetSettings, _target_node(cfg.target), "target"))
 
     settings = read(ModelSettings, cfg.model, "model", source=None)
+    if not SAFE_NAME.fullmatch(settings.name):
+        raise ConfigError(f"model.name={settings.name!r} must be a plain file name, as sweeps are written under "
+                          "multirun/<model.name>/; allowed: letters, digits, '.', '_' and '-', starting with a letter "
+                          "or digit, at most 100 characters")
     source = _component(cfg.model.source, "model.source", models.ModelSource)
     dtype, device = models.resolve_dtype(settings.dtype), models.resolve_device(settings.device)
     hf_config = source.hf_config()
@@ -191,10 +198,42 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     for key, seqlen in (("calib_data.seqlen", calib.seqlen), ("eval.seqlen", evaluation.perplexity.seqlen)):
         if model.context and seqlen > model.context:
             raise ConfigError(f"{key}={seqlen} exceeds the model's context of {model.context} tokens")
+    problem = engine.context_problem(model.context) if engine is not None and model.context else None
+    if problem:
+        raise ConfigError(problem)
+    if calibration is not None:
+        _check_calibration_memory(calib, hf_config, dtype, device)
     where = f" at {source.location()}" if isinstance(source, models.LocalSource) else ""
     _check_against_model(models.skeleton(hf_config, where), target, pattern, method, sparsity)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
                    engine, logger, root.save_model)
+
+
+def _check_calibration_memory(calib: CalibSettings, hf_config, dtype: torch.dtype, device: torch.device) -> None:
+    """The sequential walk holds a block's inputs and outputs for every calibration token on the
+    work device: ``2 x nsamples x seqlen x hidden`` values. A count whose activations alone exceed
+    that device's memory cannot run; it is rejected here instead of failing (or swapping) later."""
+    hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
+    if not hidden:
+        return
+    per_sample = 2 * calib.seqlen * hidden * torch.finfo(dtype).bits // 8
+    memory = device_memory(device)
+    if memory and calib.nsamples * per_sample > memory:
+        raise ConfigError(
+            f"calib_data.nsamples={calib.nsamples} would hold {calib.nsamples * per_sample / 2**30:.1f} GiB of block "
+            f"activations (2 x {calib.nsamples} x {calib.seqlen} tokens x {hidden} x {torch.finfo(dtype).bits // 8} "
+            f"bytes) on {device.type}, more than its {memory / 2**30:.1f} GiB; allowed: calib_data.nsamples <= "
+            f"{memory // per_sample}")
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of ``device`` (0 when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _component(node: Any, key: str, kind: type) -> Any:
@@ -213,6 +252,9 @@ def _evaluation(settings: EvalSettings) -> EvalPlan:
                 f"offline sets: {', '.join(data.OFFLINE_SETS)}"
             )
     perplexity = PerplexitySpec(settings.ppl_datasets, settings.seqlen, settings.max_windows, settings.batch_size)
+    if not settings.ppl_datasets and not settings.tasks:
+        raise ConfigError("eval.ppl_datasets=[] with no eval.tasks: the run would measure nothing; allowed: at least "
+                          f"one perplexity set ({', '.join(data.OFFLINE_SETS)}, ...) or zero-shot task (eval=zeroshot_only)")
     tasks = zeroshot.resolve(settings.tasks, settings.limit, settings.limit_per_task, settings.num_fewshot,
                              settings.zeroshot_batch_size, settings.zeroshot_data)
     return EvalPlan(perplexity, tasks)

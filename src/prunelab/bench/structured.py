@@ -87,6 +87,7 @@ class StructuredEngine(engines.Engine):
     """``engine=structured``: see the module docstring."""
 
     name = "structured"
+    runs_model = True
     needs_dense = True
 
     def __init__(self, prefill_tokens=(128, 512), decode_batches=(1, 8), decode_context: int = 128,

@@ -42,6 +42,7 @@ class TorchSparseEngine(engines.SparseEngine):
     """``engine=torch_sparse``: see the module docstring."""
 
     name = "torch_sparse"
+    runs_model = True
 
     def __init__(self, backend: str = "cusparselt", dtype: str = "float16",
                  gemm_tokens=(1, 16, 64, 256, 1024, 2048, 4096), prefill_tokens=(128, 512, 2048),
