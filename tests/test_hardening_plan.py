@@ -121,6 +121,15 @@ PLAN_REJECTS = [
     (["model.name=../../escape"], "model.name='../../escape' must be a plain file name"),
     (["model.name=a/b"], "allowed: letters, digits, '.', '_' and '-'"),
     (["eval.ppl_datasets=[]"], "eval.ppl_datasets=[] with no eval.tasks: the run would measure nothing"),
+    (["engine=cpu", "engine.sparsities=[]"], "engine.sparsities=[] must list at least one sparsity"),
+    (["engine=cpu", "engine.tokens=[1000000000000]"], "engine.tokens=[1000000000000] multiplies 1000000000000 token "
+                                                      "rows, beyond the model's context of 256"),
+    (["engine=cpu", "engine.min_sample_ms=1e308"], "engine.min_sample_ms=1e+308 is outside [0, 10000]"),
+    (["model.source.architecture.num_hidden_layers=100000000"], "model=tiny_random has 13732.9 GiB of weights in float32 "
+                                                                "(100000000 blocks of hidden size 64), more than this machine's"),
+    (["+model.source.architecture.hidden_act=bogus"], "the model config (model_type llama) does not build a model: KeyError"),
+    (["model.source.architecture.tie_word_embeddings=maybe"], "model.source.architecture is not a valid LlamaConfig"),
+    (["eval.tasks=[piqa]", "eval.num_fewshot=100000"], "eval.num_fewshot=100000 is outside [0, 25]"),
 ]
 
 
@@ -173,3 +182,38 @@ def test_the_calibration_bound_says_the_most_samples_allowed():
 ])
 def test_values_at_the_edge_of_the_allowed_range_still_plan(overrides):
     make_plan(compose_config(*TINY, *overrides))
+
+
+# --------------------------------------------------------------------- on the command line: one line, exit 2
+CLI_REJECTS = [
+    (["method=flap", "sparsity=0.95"], "sparsity=0.95 with method=flap (method.structure=AL-AM) cannot be reached"),
+    (["method=sparsegpt", "method.percdamp=1e308"], "method.percdamp=1e+308 is outside (0, 1]"),
+    (["engine=roofline", "engine.roofline_gpu=B200"], "engine.roofline_gpu='B200' is not in the roofline table"),
+    (["model.device=bogus"], "model.device='bogus' is not a device"),
+    (["model.source.architecture.hidden_size=63"], "model.source.architecture.hidden_size=63 is not a multiple"),
+    (["logger=wandb", "logger.project=bad/name"], "logger.project='bad/name' contains /"),
+    (["model.name=../../escape"], "model.name='../../escape' must be a plain file name"),
+    (["eval.ppl_datasets=[]"], "the run would measure nothing"),
+]
+
+
+@pytest.mark.slow  # one Python start-up per case
+@pytest.mark.parametrize("overrides,message", CLI_REJECTS, ids=[" ".join(o) for o, _ in CLI_REJECTS])
+def test_hostile_input_is_rejected_on_the_command_line_before_the_model_loads(tmp_path, overrides, message):
+    result = run_cli(tmp_path, *overrides)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "failed" and message in record["error"]
+    assert "plan" not in record and "time/load_s" not in record["metrics"]  # nothing was loaded
+
+
+@pytest.mark.slow
+def test_a_checkpoint_missing_a_weight_fails_on_the_command_line_in_one_line(tmp_path, tiny_model_and_tokenizer):
+    checkpoint = _checkpoint(tmp_path, tiny_model_and_tokenizer)
+    DAMAGE["missing"][0](checkpoint)
+    result = run_cli(tmp_path, *LOCAL, f"model.path={checkpoint}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"the checkpoint at {checkpoint} does not match its config" in result.stderr
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "failed" and "prune/achieved_sparsity" not in record["metrics"]

@@ -200,8 +200,8 @@ class RandomSource(ModelSource):
         try:
             return LlamaConfig(**self.architecture)
         except Exception as error:  # noqa: BLE001 - transformers' own validation of the sizes
-            raise ModelConfigError(f"model.source.architecture={self.architecture} is not a valid LlamaConfig: "
-                                   f"{type(error).__name__}: {_first_line(error)}") from error
+            raise ModelConfigError(f"model.source.architecture is not a valid LlamaConfig: {type(error).__name__}: "
+                                   f"{_first_line(error)}") from error
 
     def location(self) -> str:
         return str(assets.require(assets.paths().smollm2_dir, "The tokenizer of the embedded model"))
@@ -223,7 +223,8 @@ class RandomSource(ModelSource):
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0][:300]
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return " ".join(lines[:2])[:300]
 
 
 def _ready(model, tokenizer):

@@ -30,6 +30,7 @@ from prunelab.prune import PruneTarget
 from prunelab.structure import BlockGeometry
 
 ConfigError = checks.ConfigError
+MAX_FEWSHOT = 25
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a directory name that stays where it is put
 
 
@@ -87,7 +88,9 @@ class EvalSettings:
     tasks: tuple[str, ...] = ()
     limit: int | float | None = None
     limit_per_task: dict | None = None
-    num_fewshot: int | None = field(default=0, metadata=between(0))
+    # at most 25: the most any standard protocol shows (ARC 25-shot); lm-eval draws the shots from the
+    # task's own split, and a count beyond it (num_fewshot=100000) failed after pruning
+    num_fewshot: int | None = field(default=0, metadata=between(0, MAX_FEWSHOT, what="examples shown before each question"))
     zeroshot_batch_size: int = field(default=16, metadata=POSITIVE)
     zeroshot_data: Literal["auto", "offline", "online"] = "auto"
 
@@ -203,6 +206,7 @@ def make_plan(cfg: DictConfig) -> RunPlan:
         raise ConfigError(problem)
     if calibration is not None:
         _check_calibration_memory(calib, hf_config, dtype, device)
+    _check_model_memory(settings.name, hf_config, dtype)
     where = f" at {source.location()}" if isinstance(source, models.LocalSource) else ""
     _check_against_model(models.skeleton(hf_config, where), target, pattern, method, sparsity)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
@@ -224,6 +228,27 @@ def _check_calibration_memory(calib: CalibSettings, hf_config, dtype: torch.dtyp
             f"activations (2 x {calib.nsamples} x {calib.seqlen} tokens x {hidden} x {torch.finfo(dtype).bits // 8} "
             f"bytes) on {device.type}, more than its {memory / 2**30:.1f} GiB; allowed: calib_data.nsamples <= "
             f"{memory // per_sample}")
+
+
+def _check_model_memory(name: str, hf_config, dtype: torch.dtype) -> None:
+    """The weights are read into host memory first (blocks then move to the work device one by
+    one), so a model larger than this machine's memory cannot load; estimated from the config's
+    sizes (LLaMA layout) before even the meta-device skeleton is built."""
+    sizes = [getattr(hf_config, key, None) for key in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                       "num_attention_heads", "vocab_size")]
+    if not all(isinstance(v, int) and v > 0 for v in sizes):
+        return
+    hidden, intermediate, layers, heads, vocab = sizes
+    head_dim = getattr(hf_config, "head_dim", None) or hidden // heads
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+    per_block = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * intermediate
+    embeddings = vocab * hidden * (1 if getattr(hf_config, "tie_word_embeddings", False) else 2)
+    weight_bytes = (layers * per_block + embeddings) * torch.finfo(dtype).bits // 8
+    memory = device_memory(torch.device("cpu"))
+    if memory and weight_bytes > memory:
+        raise ConfigError(f"model={name} has {weight_bytes / 2**30:.1f} GiB of weights in {str(dtype).removeprefix('torch.')} "
+                          f"({layers} blocks of hidden size {hidden}), more than this machine's {memory / 2**30:.1f} GiB "
+                          "of memory; allowed: a model that fits (or model.dtype=float16)")
 
 
 def device_memory(device: torch.device) -> int:

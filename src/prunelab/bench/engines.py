@@ -34,6 +34,13 @@ TRTLLM_INSTALL = "pip install -e .[tensorrt] (tensorrt-llm wheel: Linux x86-64 w
 CONVERT_SCRIPTS = ("models/core/llama/convert_checkpoint.py", "llama/convert_checkpoint.py")
 
 
+MAX_SAMPLE_MS = 10_000.0  # min_sample_ms: a sample repeats the call until it lasts this long; beyond 10 s a benchmark never ends
+
+
+def sample_ms(value, key: str = "min_sample_ms") -> float:
+    return checks.number(value, key, low=0, high=MAX_SAMPLE_MS, what="each sample repeats the call until it lasts this long")
+
+
 class EngineError(ConfigError):
     """An engine that cannot run with this config or on this machine; says what would make it run."""
 
