@@ -130,6 +130,8 @@ PLAN_REJECTS = [
     (["+model.source.architecture.hidden_act=bogus"], "the model config (model_type llama) does not build a model: KeyError"),
     (["model.source.architecture.tie_word_embeddings=maybe"], "model.source.architecture is not a valid LlamaConfig"),
     (["eval.tasks=[piqa]", "eval.num_fewshot=100000"], "eval.num_fewshot=100000 is outside [0, 25]"),
+    (["method=shortgpt", "sparsity=0.9", "target.blocks=[0,1]"], "target.blocks leaves 1 block in scope; allowed: a "
+                                                                 "target.blocks range of at least 2 blocks"),
 ]
 
 
