@@ -147,7 +147,9 @@ def test_granularity_preset_runs_every_granularity_and_validates():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for job in jobs:
             job_cfg = compose(config_name="config", overrides=["+experiment=granularity", "model=tiny_random",
-                                                                "model.source.architecture.num_hidden_layers=5", *job])
+                                                                "model.source.architecture.num_hidden_layers=5",
+                                                                # the engine's 512-token prefill must fit the context
+                                                                "model.source.architecture.max_position_embeddings=512", *job])
             plan = make_plan(job_cfg)
             engines[(plan.method_label, plan.summary()["pattern"], plan.sparsity)] = getattr(plan.engine, "name", None)
     assert engines[("wanda", "2:4", 0.5)] == "roofline" and engines[("dense", "unstructured", 0.0)] is None

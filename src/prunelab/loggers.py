@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab import checks
+from prunelab.checks import ConfigError
 
 log = logging.getLogger(__name__)
 WANDB_MODES = ("offline", "online", "disabled")
@@ -72,6 +73,30 @@ def _plain_columns(frame):
 CONSOLE_MODES = ("quiet", "full")
 
 
+WANDB_FORBIDDEN = "/\\#?%:"  # what W&B rejects in project names (wandb.Settings.validate_project)
+WANDB_NAME_MAX = 128
+WANDB_TAG_MAX = 64
+
+
+def wandb_name(value: Any, key: str) -> str:
+    """A W&B project or entity name, checked as W&B will check it when the run starts."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}={value!r} must be a non-empty name")
+    bad = sorted({c for c in value if c in WANDB_FORBIDDEN})
+    if bad:
+        raise ConfigError(f"{key}={value!r} contains {' '.join(bad)}, which W&B does not allow in names; "
+                          f"allowed: any characters but {' '.join(WANDB_FORBIDDEN)}")
+    if len(value) > WANDB_NAME_MAX:
+        raise ConfigError(f"{key}={value[:20]!r}... has {len(value)} characters; allowed: at most {WANDB_NAME_MAX}")
+    return value
+
+
+def _tag(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > WANDB_TAG_MAX:
+        raise ConfigError(f"{key}={value!r} must be a string of 1 to {WANDB_TAG_MAX} characters (a W&B tag)")
+    return value
+
+
 class WandbLogger(Logger):
     """Weights & Biases; ``mode=offline`` writes ``<run dir>/wandb/offline-run-*`` for ``wandb sync``.
 
@@ -88,9 +113,11 @@ class WandbLogger(Logger):
         self.dir = Path(dir).expanduser() if dir else None
         self.console = checks.choice(console, "console", CONSOLE_MODES)
         self.capture_logs = bool(capture_logs)
-        self.project = project
-        self.entity = entity
-        self.tags = list(tags or [])
+        self.project = wandb_name(project, "project")
+        self.entity = None if entity is None else wandb_name(entity, "entity")
+        if tags is not None and not isinstance(tags, (list, tuple)):
+            raise ConfigError(f"tags={tags!r} must be a list of strings, e.g. tags=[ablation]")
+        self.tags = [_tag(tag, f"tags[{i}]") for i, tag in enumerate(tags or [])]
         self.run = None
 
     def start(self, run_dir: Path, config: dict, name: str | None = None, group: str | None = None,

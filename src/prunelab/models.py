@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunelab import assets, structure
+from prunelab import assets, checks, structure
 from prunelab.checks import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,27 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+DEVICE_TYPES = ("cpu", "cuda")  # where the weights can live and run; ``meta`` has no data
+
+
 def resolve_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:<index>`` of a visible GPU."""
+    allowed = "auto, cpu, cuda or cuda:<index>"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelConfigError(f"model.device={name!r} is not a device; allowed: {allowed}") from None
+    if device.type not in DEVICE_TYPES:
+        raise ModelConfigError(f"model.device={name!r} is not supported (the model runs on the CPU or a CUDA GPU); "
+                               f"allowed: {allowed}")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelConfigError(f"model.device={name!r} but CUDA is not available here; use model.device=cpu or auto")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelConfigError(f"model.device={name!r} but {torch.cuda.device_count()} CUDA device(s) are visible; "
+                               f"allowed: cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -86,7 +101,13 @@ class ModelSource(ABC):
         """The model's HF config without loading weights (used to validate before heavy work)."""
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.location())
+        location = self.location()
+        try:
+            return AutoConfig.from_pretrained(location)
+        except Exception as error:  # noqa: BLE001 - invalid JSON, no model_type, an unknown architecture
+            raise ModelConfigError(f"the model config at {location} cannot be read: {type(error).__name__}: "
+                                   f"{_first_line(error)}; allowed: a LLaMA-family config.json "
+                                   f"(model_type llama, mistral, qwen2, ...)") from error
 
     def load(self, dtype: torch.dtype):
         """``(model, tokenizer)`` on the CPU in ``dtype``, in eval mode, no KV cache."""
@@ -96,6 +117,8 @@ class ModelSource(ABC):
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_location)
             model = load_pretrained(location, dtype)
+        except (ModelLoadError, ModelConfigError):
+            raise
         except Exception as error:  # noqa: BLE001 - safetensors, tokenizers, torch: any read failure, with the path
             raise ModelLoadError(f"cannot load the model from {location}: {type(error).__name__}: {error} "
                                  "(a truncated or corrupt checkpoint?)") from error
@@ -149,17 +172,39 @@ class RandomSource(ModelSource):
     embedding table, so ``vocab_size`` grows to the tokenizer's size when it is smaller.
     """
 
-    def __init__(self, architecture: dict, seed: int = 0) -> None:
-        self.architecture = dict(architecture)
-        self.seed = seed
+    SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "max_position_embeddings", "vocab_size")
 
-    def location(self) -> str:
-        return str(assets.require(assets.paths().smollm2_dir, "The tokenizer of the embedded model"))
+    def __init__(self, architecture: dict, seed: int = 0) -> None:
+        if not isinstance(architecture, dict):
+            raise ConfigError(f"architecture={architecture!r} must be a mapping of LlamaConfig settings")
+        self.architecture = dict(architecture)
+        for key in self.SIZES:
+            if key in self.architecture:
+                checks.positive_int(self.architecture[key], f"architecture.{key}")
+        hidden, heads = self.architecture.get("hidden_size"), self.architecture.get("num_attention_heads")
+        kv_heads = self.architecture.get("num_key_value_heads", heads)
+        if hidden and heads and hidden % heads and "head_dim" not in self.architecture:
+            raise ConfigError(f"architecture.hidden_size={hidden} is not a multiple of architecture.num_attention_heads="
+                              f"{heads}; allowed: a multiple of {heads} (each head gets hidden_size / heads channels)")
+        if heads and kv_heads and heads % kv_heads:
+            raise ConfigError(f"architecture.num_key_value_heads={kv_heads} does not divide architecture."
+                              f"num_attention_heads={heads}; allowed: a divisor of {heads}")
+        self.seed = checks.integer(seed, "seed", low=0)
+        if self.seed >= 2**63:
+            raise ConfigError(f"seed={seed} is too large for torch.manual_seed; allowed: 0 <= seed < 2**63")
 
     def hf_config(self):
         from transformers import LlamaConfig
 
-        return LlamaConfig(**self.architecture)
+        try:
+            return LlamaConfig(**self.architecture)
+        except Exception as error:  # noqa: BLE001 - transformers' own validation of the sizes
+            raise ModelConfigError(f"model.source.architecture is not a valid LlamaConfig: {type(error).__name__}: "
+                                   f"{_first_line(error)}") from error
+
+    def location(self) -> str:
+        return str(assets.require(assets.paths().smollm2_dir, "The tokenizer of the embedded model"))
 
     def load(self, dtype: torch.dtype):
         from transformers import AutoTokenizer, LlamaForCausalLM
@@ -177,6 +222,11 @@ class RandomSource(ModelSource):
         return _ready(model, tokenizer)
 
 
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return " ".join(lines[:2])[:300]
+
+
 def _ready(model, tokenizer):
     model.eval()
     model.config.use_cache = False
@@ -185,17 +235,27 @@ def _ready(model, tokenizer):
     return model, tokenizer
 
 
-def skeleton(hf_config) -> nn.Module:
+def skeleton(hf_config, where: str = "") -> nn.Module:
     """The model's modules with their shapes on the meta device (no memory, no weights read):
     what the plan checks targets and N:M widths against before anything loads. A shrunk model's
-    per-layer shape map (``prunelab_layers`` in its config) is applied."""
+    per-layer shape map (``prunelab_layers`` in its config) is applied. A config that builds no
+    LLaMA-style decoder is a :class:`ModelConfigError` (``where``: `` at /its/path``)."""
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
-        shapes = getattr(hf_config, structure.SHAPE_MAP_KEY, None)
-        if shapes:
-            structure.reshape_to(model, shapes)
+    kind = getattr(hf_config, "model_type", "?")
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config)
+            shapes = getattr(hf_config, structure.SHAPE_MAP_KEY, None)
+            if shapes:
+                structure.reshape_to(model, shapes)
+    except Exception as error:  # noqa: BLE001 - sizes transformers cannot build (negative, zero, a bad shape map)
+        raise ModelConfigError(f"the model config{where} (model_type {kind}) does not build a model: "
+                               f"{type(error).__name__}: {_first_line(error)}") from error
+    problem = DecoderAdapter.layout_problem(model)
+    if problem:
+        raise ModelConfigError(f"the model config{where} (model_type {kind}, {type(model).__name__}) is not a LLaMA-family "
+                               f"decoder: {problem}; allowed: LLaMA-style models (llama, mistral, qwen2, ...)")
     return model
 
 
@@ -209,7 +269,11 @@ def load_pretrained(location: str, dtype: torch.dtype) -> nn.Module:
     config = AutoConfig.from_pretrained(location)
     shapes = getattr(config, structure.SHAPE_MAP_KEY, None)
     if not shapes:
-        return AutoModelForCausalLM.from_pretrained(location, dtype=dtype, low_cpu_mem_usage=True)
+        model, info = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, low_cpu_mem_usage=True,
+                                                           output_loading_info=True, ignore_mismatched_sizes=True)
+        check_weight_names(location, info.get("missing_keys", ()), info.get("unexpected_keys", ()),
+                           [str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ())])
+        return model
     from safetensors.torch import load_file
 
     previous = torch.get_default_dtype()
@@ -227,12 +291,32 @@ def load_pretrained(location: str, dtype: torch.dtype) -> nn.Module:
         state.update(load_file(str(file)))
     missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
-        raise ModelConfigError(f"model.path={location!r}: weights do not match the shape map "
-                               f"(missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    check_weight_names(location, set(missing) - tied, unexpected, what="its config and per-layer shape map")
     if tied:
         model.tie_weights()
     return model
+
+
+def check_weight_names(location: str, missing, unexpected, mismatched=(), what: str = "its config") -> None:
+    """A checkpoint must hold exactly the weights its config builds: a missing one (or one of
+    another shape) would stay randomly initialised and an unexpected one (e.g. a block the config
+    does not have) be dropped. Tied ``lm_head`` weights and non-persistent buffers (rotary) are
+    never listed by the loaders."""
+    missing, unexpected, mismatched = sorted(missing), sorted(unexpected), sorted(mismatched)
+    if not missing and not unexpected and not mismatched:
+        return
+    found = []
+    if mismatched:
+        found.append(f"{len(mismatched)} weight(s) of another shape ({', '.join(mismatched[:3])}"
+                     f"{', ...' if len(mismatched) > 3 else ''})")
+    if missing:
+        found.append(f"{len(missing)} weight(s) missing from the checkpoint ({', '.join(missing[:3])}"
+                     f"{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        found.append(f"{len(unexpected)} unexpected weight(s) in it ({', '.join(unexpected[:3])}"
+                     f"{', ...' if len(unexpected) > 3 else ''})")
+    raise ModelLoadError(f"the checkpoint at {location} does not match {what}: {'; '.join(found)}; a config whose "
+                         "num_hidden_layers or sizes disagree with the weights, or an incomplete checkpoint")
 
 
 def save_pretrained(model: nn.Module, tokenizer, directory: Path, note: dict | None = None) -> dict:
@@ -312,6 +396,22 @@ class DecoderAdapter:
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
+
+    BLOCK_PARTS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+    @classmethod
+    def layout_problem(cls, model: nn.Module) -> str | None:
+        """Why ``model`` does not have the layout this adapter reads (``None`` when it does)."""
+        backbone = getattr(model, "model", None)
+        layers = getattr(backbone, "layers", None)
+        if backbone is None or getattr(backbone, "embed_tokens", None) is None or not isinstance(layers, nn.ModuleList):
+            return "no model.embed_tokens and model.layers"
+        if len(layers) == 0:
+            return "it has no decoder blocks (num_hidden_layers=0)"
+        names = {name for name, module in layers[0].named_modules() if isinstance(module, nn.Linear)}
+        absent = [part for part in cls.BLOCK_PARTS if part not in names]
+        return f"its blocks have no {', '.join(absent)}" if absent else None
 
     def entry_modules(self) -> list[nn.Module]:
         """Modules that run before the first block (moved to the work device for capture)."""

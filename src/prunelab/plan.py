@@ -11,6 +11,8 @@ key, the value and what is allowed.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +30,8 @@ from prunelab.prune import PruneTarget
 from prunelab.structure import BlockGeometry
 
 ConfigError = checks.ConfigError
+MAX_FEWSHOT = 25
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a directory name that stays where it is put
 
 
 # ---------------------------------------------------------------------- schemas of the sections
@@ -82,7 +86,9 @@ class EvalSettings:
     tasks: tuple[str, ...] = ()
     limit: int | float | None = None
     limit_per_task: dict | None = None
-    num_fewshot: int | None = field(default=0, metadata=between(0))
+    # at most 25: the most any standard protocol shows (ARC 25-shot); lm-eval draws the shots from the
+    # task's own split, and a count beyond it (num_fewshot=100000) failed after pruning
+    num_fewshot: int | None = field(default=0, metadata=between(0, MAX_FEWSHOT, what="examples shown before each question"))
     zeroshot_batch_size: int = field(default=16, metadata=POSITIVE)
     zeroshot_data: Literal["auto", "offline", "online"] = "auto"
 
@@ -186,6 +192,10 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     target = _target(read(TargetSettings, _target_node(cfg.target), "target"))
 
     settings = read(ModelSettings, cfg.model, "model", source=None)
+    if not SAFE_NAME.fullmatch(settings.name):
+        raise ConfigError(f"model.name={settings.name!r} must be a plain file name, as sweeps are written under "
+                          "multirun/<model.name>/; allowed: letters, digits, '.', '_' and '-', starting with a letter "
+                          "or digit, at most 100 characters")
     source = _component(cfg.model.source, "model.source", models.ModelSource)
     dtype, device = models.resolve_dtype(settings.dtype), models.resolve_device(settings.device)
     hf_config = source.hf_config()
@@ -193,9 +203,64 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     for key, seqlen in (("calib_data.seqlen", calib.seqlen), ("eval.seqlen", evaluation.perplexity.seqlen)):
         if model.context and seqlen > model.context:
             raise ConfigError(f"{key}={seqlen} exceeds the model's context of {model.context} tokens")
-    _check_against_model(models.skeleton(hf_config), target, pattern, method, sparsity)
+    problem = engine.context_problem(model.context) if engine is not None and model.context else None
+    if problem:
+        raise ConfigError(problem)
+    if calibration is not None:
+        _check_calibration_memory(calib, hf_config, dtype, device)
+    _check_model_memory(settings.name, hf_config, dtype)
+    where = f" at {source.location()}" if isinstance(source, models.LocalSource) else ""
+    _check_against_model(models.skeleton(hf_config, where), target, pattern, method, sparsity)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
                    engine, logger, root.save_model)
+
+
+def _check_calibration_memory(calib: CalibSettings, hf_config, dtype: torch.dtype, device: torch.device) -> None:
+    """The sequential walk holds a block's inputs and outputs for every calibration token on the
+    work device: ``2 x nsamples x seqlen x hidden`` values. A count whose activations alone exceed
+    that device's memory cannot run; it is rejected here instead of failing (or swapping) later."""
+    hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
+    if not hidden:
+        return
+    per_sample = 2 * calib.seqlen * hidden * torch.finfo(dtype).bits // 8
+    memory = device_memory(device)
+    if memory and calib.nsamples * per_sample > memory:
+        raise ConfigError(
+            f"calib_data.nsamples={calib.nsamples} would hold {calib.nsamples * per_sample / 2**30:.1f} GiB of block "
+            f"activations (2 x {calib.nsamples} x {calib.seqlen} tokens x {hidden} x {torch.finfo(dtype).bits // 8} "
+            f"bytes) on {device.type}, more than its {memory / 2**30:.1f} GiB; allowed: calib_data.nsamples <= "
+            f"{memory // per_sample}")
+
+
+def _check_model_memory(name: str, hf_config, dtype: torch.dtype) -> None:
+    """The weights are read into host memory first (blocks then move to the work device one by
+    one), so a model larger than this machine's memory cannot load; estimated from the config's
+    sizes (LLaMA layout) before even the meta-device skeleton is built."""
+    sizes = [getattr(hf_config, key, None) for key in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                       "num_attention_heads", "vocab_size")]
+    if not all(isinstance(v, int) and v > 0 for v in sizes):
+        return
+    hidden, intermediate, layers, heads, vocab = sizes
+    head_dim = getattr(hf_config, "head_dim", None) or hidden // heads
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+    per_block = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * intermediate
+    embeddings = vocab * hidden * (1 if getattr(hf_config, "tie_word_embeddings", False) else 2)
+    weight_bytes = (layers * per_block + embeddings) * torch.finfo(dtype).bits // 8
+    memory = device_memory(torch.device("cpu"))
+    if memory and weight_bytes > memory:
+        raise ConfigError(f"model={name} has {weight_bytes / 2**30:.1f} GiB of weights in {str(dtype).removeprefix('torch.')} "
+                          f"({layers} blocks of hidden size {hidden}), more than this machine's {memory / 2**30:.1f} GiB "
+                          "of memory; allowed: a model that fits (or model.dtype=float16)")
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of ``device`` (0 when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _component(node: Any, key: str, kind: type) -> Any:
@@ -214,6 +279,9 @@ def _evaluation(settings: EvalSettings) -> EvalPlan:
                 f"offline sets: {', '.join(data.OFFLINE_SETS)}"
             )
     perplexity = PerplexitySpec(settings.ppl_datasets, settings.seqlen, settings.max_windows, settings.batch_size)
+    if not settings.ppl_datasets and not settings.tasks:
+        raise ConfigError("eval.ppl_datasets=[] with no eval.tasks: the run would measure nothing; allowed: at least "
+                          f"one perplexity set ({', '.join(data.OFFLINE_SETS)}, ...) or zero-shot task (eval=zeroshot_only)")
     tasks = zeroshot.resolve(settings.tasks, settings.limit, settings.limit_per_task, settings.num_fewshot,
                              settings.zeroshot_batch_size, settings.zeroshot_data)
     return EvalPlan(perplexity, tasks)

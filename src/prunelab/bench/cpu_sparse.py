@@ -157,12 +157,21 @@ class CpuEngine(engines.Engine):
                  min_sample_ms: float = 2.0, threads: int | None = 1, clock: str = "cpu",
                  roofline_gpu: str = "H100") -> None:
         super().__init__(warmup=warmup, repeats=repeats, roofline_gpu=roofline_gpu)
+        if isinstance(sparsities, (str, bytes)) or not sparsities:
+            raise engines.EngineError(f"sparsities={sparsities!r} must list at least one sparsity in (0, 1), e.g. [0.5, 0.9]")
         self.sparsities = tuple(checks.number(v, f"sparsities[{i}]", 0, 1, low_open=True, high_open=True)
                                 for i, v in enumerate(sparsities))
         self.tokens = checks.positive_ints(tokens, "tokens")
-        self.min_sample_ms = checks.number(min_sample_ms, "min_sample_ms", low=0)
+        self.min_sample_ms = engines.sample_ms(min_sample_ms)
         self.threads = None if threads is None else checks.positive_int(threads, "threads")
         self.clock = checks.choice(clock, "clock", ("cpu", "wall"))
+
+    def context_problem(self, context: int) -> str | None:
+        """The rows of ``x`` stand for the tokens of one forward: no more than the model's context."""
+        if max(self.tokens) > context:
+            return (f"engine.tokens={list(self.tokens)} multiplies {max(self.tokens)} token rows, beyond the model's "
+                    f"context of {context}; allowed: at most {context}")
+        return None
 
     def run(self, model, tokenizer, shape, gpu, bench_dir: Path, into: dict) -> None:
         adapter = DecoderAdapter(model)

@@ -34,6 +34,13 @@ TRTLLM_INSTALL = "pip install -e .[tensorrt] (tensorrt-llm wheel: Linux x86-64 w
 CONVERT_SCRIPTS = ("models/core/llama/convert_checkpoint.py", "llama/convert_checkpoint.py")
 
 
+MAX_SAMPLE_MS = 10_000.0  # min_sample_ms: a sample repeats the call until it lasts this long; beyond 10 s a benchmark never ends
+
+
+def sample_ms(value, key: str = "min_sample_ms") -> float:
+    return checks.number(value, key, low=0, high=MAX_SAMPLE_MS, what="each sample repeats the call until it lasts this long")
+
+
 class EngineError(ConfigError):
     """An engine that cannot run with this config or on this machine; says what would make it run."""
 
@@ -92,6 +99,7 @@ class Engine(ABC):
 
     name: str = "engine"
     needs_dense: bool = False  # True: run() also takes ``dense``, a loader of the unpruned model
+    runs_model: bool = False  # True: its prefill and decode sequences go through the model (context-bound)
 
     def __init__(self, prefill_tokens=(128, 512, 2048), decode_batches=(1, 8, 32), decode_context: int = 128,
                  warmup: int = 2, repeats: int = 5, roofline_gpu: str = "auto") -> None:
@@ -101,9 +109,31 @@ class Engine(ABC):
         self.warmup = checks.integer(warmup, "warmup", low=0)
         self.repeats = checks.positive_int(repeats, "repeats")
         self.roofline_gpu = str(roofline_gpu)
+        if self.roofline_gpu != "auto":
+            try:
+                roofline.get_gpu(self.roofline_gpu)
+            except roofline.RooflineError:
+                raise ConfigError(f"roofline_gpu={roofline_gpu!r} is not in the roofline table; allowed: auto, "
+                                  f"{', '.join(roofline.GPUS)}") from None
 
     def check(self, pattern, method) -> None:
         """Whether this engine can measure a model pruned by ``method`` with ``pattern``, here."""
+
+    def context_problem(self, context: int) -> str | None:
+        """Why a sequence this engine runs through the model would exceed the model's ``context``
+        (``None``: every one fits, or the engine runs no sequence through the model)."""
+        if not self.runs_model:
+            return None
+        lengths = {f"engine.prefill_tokens={list(self.prefill_tokens)}": max(self.prefill_tokens)}
+        steps = getattr(self, "decode_steps", 0)
+        lengths[f"engine.decode_context={self.decode_context} + engine.decode_steps={steps}"] = self.decode_context + steps
+        memory = getattr(self, "memory_tokens", None)
+        if memory is not None:
+            lengths[f"engine.memory_tokens={memory}"] = memory
+        for what, tokens in lengths.items():
+            if tokens > context:
+                return f"{what} runs {tokens}-token sequences, beyond the model's context of {context}; allowed: at most {context}"
+        return None
 
     def predict(self, shape, gpu, bench_dir: Path) -> dict:
         """The analytic prediction recorded beside the measurements: by default the 2:4 roofline."""

@@ -86,6 +86,7 @@ class StructuredEngine(engines.Engine):
     """``engine=structured``: see the module docstring."""
 
     name = "structured"
+    runs_model = True
     needs_dense = True
 
     def __init__(self, prefill_tokens=(128, 512), decode_batches=(1, 8), decode_context: int = 128,
@@ -94,7 +95,7 @@ class StructuredEngine(engines.Engine):
                  roofline_gpu: str = "H100") -> None:
         super().__init__(prefill_tokens, decode_batches, decode_context, warmup, repeats, roofline_gpu)
         self.decode_steps = checks.positive_int(decode_steps, "decode_steps")
-        self.min_sample_ms = checks.number(min_sample_ms, "min_sample_ms", low=0)
+        self.min_sample_ms = engines.sample_ms(min_sample_ms)
         self.threads = None if threads is None else checks.positive_int(threads, "threads")
         self.clock = checks.choice(clock, "clock", ("cpu", "wall"))
         self.device = checks.choice(device, "device", ("auto", "cpu", "cuda"))

@@ -42,6 +42,7 @@ class TorchSparseEngine(engines.SparseEngine):
     """``engine=torch_sparse``: see the module docstring."""
 
     name = "torch_sparse"
+    runs_model = True
 
     def __init__(self, backend: str = "cusparselt", dtype: str = "float16",
                  gemm_tokens=(1, 16, 64, 256, 1024, 2048, 4096), prefill_tokens=(128, 512, 2048),
@@ -53,7 +54,7 @@ class TorchSparseEngine(engines.SparseEngine):
         self.dtype = checks.choice(dtype, "dtype", engines.SPARSE_DTYPES)
         self.gemm_tokens = checks.positive_ints(gemm_tokens, "gemm_tokens")
         self.decode_steps = checks.positive_int(decode_steps, "decode_steps")
-        self.min_sample_ms = checks.number(min_sample_ms, "min_sample_ms", low=0)
+        self.min_sample_ms = engines.sample_ms(min_sample_ms)
         self.logits_tolerance = checks.number(logits_tolerance, "logits_tolerance", low=0)
         self.fail_on_mismatch = checks.boolean(fail_on_mismatch, "fail_on_mismatch")
 

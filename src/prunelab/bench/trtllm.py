@@ -126,6 +126,7 @@ class TensorRTLLMEngine(engines.SparseEngine):
     """``engine=tensorrt_llm``: see the module docstring."""
 
     name = "tensorrt_llm"
+    runs_model = True
 
     def __init__(self, examples_dir: str | None = None, trtllm_build: str = "trtllm-build", dtype: str = "float16",
                  dense_gemm_plugin: str = "disable", prefill_tokens=(128, 512, 2048), decode_batches=(1, 8, 32),

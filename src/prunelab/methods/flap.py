@@ -33,6 +33,7 @@ has no count to round.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -124,6 +125,28 @@ class FLAP(StructuredMethod):
                     f"method.remove_heads={self.remove_heads} removes more weights than sparsity={sparsity:g} allows "
                     f"({head_params} > {sparsity * sum(scope.params(g) for g in blocks):.0f}); allowed: fewer heads or a "
                     "higher sparsity")
+        self._check_reachable(geometries, sparsity, scope)
+
+    def _check_reachable(self, geometries: list[BlockGeometry], sparsity: float, scope: Scope) -> None:
+        """The most FLAP can remove: every block keeps its best head group and MLP channel (AL-AM,
+        AL-MM: any others; UL-MM: ``remove_heads // blocks`` groups per block). A higher target
+        would end below it, so it is rejected rather than silently missed."""
+        blocks = [geometries[i] for i in scope.blocks]
+        total = sum(scope.params(g) for g in blocks)
+        channels = sum((g.intermediate - 1) * g.channel_params for g in blocks) if scope.mlp else 0
+        if self.structure == "AL-AM":
+            heads = sum((g.groups - 1) * g.group_params for g in blocks) if scope.attention else 0
+        elif self.structure == "AL-MM":
+            heads = min(self.remove_heads, sum(g.groups - 1 for g in blocks)) * blocks[0].group_params
+        else:  # UL-MM
+            heads = sum(min(self.remove_heads // len(blocks), g.groups - 1) * g.group_params for g in blocks)
+        most = (heads + channels) / total if total else 0.0
+        if sparsity > most:
+            keeps = ("every block keeps its best head group and its best MLP channel" if self.structure == "AL-AM" else
+                     f"method.remove_heads={self.remove_heads} fixes the head groups and every block keeps its best MLP channel")
+            raise ConfigError(
+                f"sparsity={sparsity:g} with method={self.name} (method.structure={self.structure}) cannot be reached: "
+                f"{keeps}; allowed: sparsity <= {math.floor(most * 10000) / 10000:.4f}")
 
     # -- the dense pass ----------------------------------------------------------------------------
     def summarize_dense_block(self, linears: dict[str, nn.Linear], stats: dict[str, LayerStats],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from prunelab import checks
+from prunelab.checks import ConfigError
 from prunelab.methods.base import EXACT_K, ScoreMethod
 from prunelab.patterns import NM, ComparisonGroup, Pattern, PatternError, deal_channels, refine_channels
 from prunelab.stats import LayerStats, StatsNeeds
@@ -26,6 +27,13 @@ def relative_importance(weight: torch.Tensor) -> torch.Tensor:
     return magnitude / column_sum.clamp_min(safe) + magnitude / row_sum.clamp_min(safe)
 
 
+# ||X_j||^alpha is computed in fp32 (max 3.4e38, smallest normal 1.2e-38): with alpha <= 4 every
+# activation norm in [1e-9, 1e9] keeps a finite, non-zero score (1e9^4 = 1e36); the paper sweeps
+# alpha in [0, 1] (best 0.5) and the Optuna preset searches [0, 1.5]. ria_alpha=1e308 made every
+# score inf or 0, and the mask an arbitrary tie-break.
+MAX_ALPHA = 4.0
+
+
 class RIA(ScoreMethod):
     name = "ria"
     rule = ("**ria** (Zhang et al. 2024) — relative importance `|W_ij|/Σ_i'|W_i'j| + |W_ij|/Σ_j'|W_ij'|` "
@@ -38,6 +46,9 @@ class RIA(ScoreMethod):
                  permute_channels: bool = False, refine_permutation: bool = True) -> None:
         super().__init__(comparison)
         self.alpha = checks.number(alpha, "alpha", low=0, what="ria_alpha, the exponent on the activation norm")
+        if self.alpha > MAX_ALPHA:
+            raise ConfigError(f"alpha={alpha!r} is outside [0, {MAX_ALPHA:g}] (ria_alpha, the exponent on the activation "
+                              "norm; larger exponents overflow the fp32 scores to inf, or flush them to 0)")
         self.permute_channels = checks.boolean(permute_channels, "permute_channels")
         self.refine_permutation = checks.boolean(refine_permutation, "refine_permutation")
         self._kept_gain: list[float] = []

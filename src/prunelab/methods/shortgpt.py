@@ -43,6 +43,9 @@ class BlockRemoval(StructuredMethod):
             raise ConfigError("target.modules must be all for method=shortgpt: it removes whole decoder blocks "
                               "(attention and MLP together); allowed: target.modules=all")
         blocks = len(scope.blocks)
+        if blocks < 2 and sparsity > 0:  # one block: removing it empties the scope, keeping it removes nothing
+            raise ConfigError(f"method={self.name} removes whole blocks, but target.blocks leaves {blocks} block in scope; "
+                              "allowed: a target.blocks range of at least 2 blocks")
         removed = self.count(geometries, sparsity, scope)
         if removed >= blocks:
             raise ConfigError(

@@ -13,11 +13,16 @@ from __future__ import annotations
 import torch
 
 from prunelab import checks
+from prunelab.checks import ConfigError
 from prunelab.methods.base import EXACT_K, PruningMethod
 from prunelab.patterns import NM, Pattern, PatternError, prune_lowest
 from prunelab.stats import LayerStats, StatsNeeds
 
 _SUBGROUP = 16
+# Damping lambda = percdamp * mean(diag H) is added to H's diagonal. At 1 it already equals the mean
+# curvature (the update then tends to magnitude pruning); far above it lambda overflows fp32 and the
+# Cholesky factorisation fails (percdamp=1e308), so larger values are rejected with the plan.
+MAX_PERCDAMP = 1.0
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +69,9 @@ class SparseGPT(PruningMethod):
     def __init__(self, blocksize: int = 128, percdamp: float = 0.01) -> None:
         self.blocksize = checks.positive_int(blocksize, "blocksize")
         self.percdamp = checks.number(percdamp, "percdamp", low=0, low_open=True, what="damping, a fraction of mean diag H")
+        if self.percdamp > MAX_PERCDAMP:
+            raise ConfigError(f"percdamp={percdamp!r} is outside (0, {MAX_PERCDAMP:g}] (damping, a fraction of mean diag H: "
+                              "at 1 it equals the mean curvature; the reference uses 0.01)")
 
     def check_pattern(self, pattern: Pattern) -> None:
         if isinstance(pattern, NM) and self.blocksize % pattern.m:
