@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from prunelab import naming
-from tests.conftest import ROOT, TINY
+from prunelab import naming, pipeline, resume
+from tests.conftest import ROOT, TINY, compose_config
 
 
 def cli(tmp_path: Path, *arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -32,3 +32,75 @@ def test_a_non_ascii_sweep_name_is_cut_in_bytes_and_stays_unique(tmp_path, text)
     assert len(name.encode("utf-8")) <= naming.SWEEP_NAME_MAX and name != other
     (tmp_path / name).mkdir()  # not "File name too long"
     assert name.startswith("seed=1,2__model.path=_data_")
+
+
+# ------------------------------------------------------------------------- records before reuse
+def run_job(job_dir: Path, *overrides: str) -> float:
+    """One tiny job of the sweep ``job_dir.parent`` (in this process)."""
+    return pipeline.main(compose_config(*TINY, *overrides), output_dir=job_dir, overrides=list(overrides),
+                         sweep_dir=job_dir.parent)
+
+
+def _nan_metric(record):
+    record["metrics"]["eval/ppl_wiki"] = "nan"  # how write_json stores a NaN
+
+
+def _json_nan(record):
+    record["metrics"]["time/eval_s"] = float("nan")  # a hand-edited record: bare NaN in JSON
+
+
+def _no_headline(record):
+    del record["metrics"]["eval/ppl_wiki"]
+
+
+def _no_metrics(record):
+    del record["metrics"]
+
+
+def _metrics_a_list(record):
+    record["metrics"] = [1, 2]
+
+
+BAD_RECORDS = {"nan_metric": _nan_metric, "json_nan": _json_nan, "no_headline": _no_headline,
+               "no_metrics": _no_metrics, "metrics_a_list": _metrics_a_list}
+
+
+@pytest.mark.parametrize("damage", BAD_RECORDS)
+def test_a_bad_completed_record_is_run_again_with_a_warning_naming_it(tmp_path, caplog, damage):
+    job = tmp_path / "sweep" / "0"
+    first = run_job(job, "sparsity=0.4")
+    path = job / "metrics.json"
+    record = json.loads(path.read_text())
+    BAD_RECORDS[damage](record)
+    path.write_text(json.dumps(record))
+    with caplog.at_level("WARNING"):
+        again = run_job(job, "sparsity=0.4")  # never a traceback, never the bad record reused
+    assert again == first  # the run is deterministic: the same number, measured again
+    redone = json.loads(path.read_text())
+    assert redone["status"] == "completed" and redone["metrics"]["eval/ppl_wiki"] == first
+    assert f"not reusing {path}" in caplog.text and "the job runs again" in caplog.text
+
+
+def test_a_bad_record_elsewhere_in_the_sweep_is_not_copied(tmp_path, caplog):
+    sweep = tmp_path / "sweep"
+    run_job(sweep / "1", "sparsity=0.4")
+    source = sweep / "1" / "metrics.json"
+    record = json.loads(source.read_text())
+    _nan_metric(record)
+    source.write_text(json.dumps(record))
+    with caplog.at_level("WARNING"):
+        run_job(sweep / "0", "sparsity=0.4")  # the grid moved: job 0 is now what 1 held
+    copied = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert copied["status"] == "completed" and "reused_from" not in copied and f"not reusing {source}" in caplog.text
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "\udcff not utf-8"], ids=["a_list", "not_utf8"])
+def test_an_unreadable_record_is_reported_not_a_traceback(tmp_path, caplog, content):
+    from prunelab.study import callbacks
+
+    path = tmp_path / "sweep" / "0" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content.encode("utf-8", errors="surrogateescape"))
+    assert resume.read_record(path) is None and resume.find_completed(path.parent.parent, "x") is None
+    (line,) = callbacks.unfinished_jobs(path.parent.parent)
+    assert line.startswith("job 0: unreadable record (")

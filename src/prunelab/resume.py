@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,56 @@ def fingerprint(resolved_config: dict[str, Any]) -> str:
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` when it is unreadable, not JSON or not an object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
         return None
+    return record if isinstance(record, dict) else None
+
+
+NOT_FINITE = ("nan", "inf", "-inf", "infinity", "-infinity")  # how a record spells a non-finite float
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return value.strip().lower() not in NOT_FINITE
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def expected_metrics(record: dict[str, Any]) -> list[str]:
+    """The headline metrics a completed run of ``record``'s config must hold: a perplexity per
+    ``eval.ppl_datasets`` entry, or the mean zero-shot accuracy of a zero-shot-only run."""
+    config = record.get("config")
+    evaluation = config.get("eval") if isinstance(config, dict) else None
+    if not isinstance(evaluation, dict):
+        return []
+    if evaluation.get("ppl_datasets"):
+        return [f"eval/ppl_{name}" for name in evaluation["ppl_datasets"]]
+    return ["zeroshot/mean_acc"] if evaluation.get("tasks") else []
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why a ``completed`` record cannot be reused (``None``: it can): no metrics, a headline
+    metric missing, or a metric that is not finite (NaN is stored as the string ``"nan"``)."""
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict):
+        return "it has no metrics"
+    missing = [key for key in expected_metrics(record) if key not in metrics]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    bad = [key for key, value in metrics.items() if not _finite(value)]
+    if bad:
+        return f"its metrics are not finite: {', '.join(f'{k}={metrics[k]}' for k in bad[:5])}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -55,7 +102,10 @@ def find_completed(sweep_dir: Path, config_print: str, prefer_dir: Path | None =
     for path in candidates:
         record = read_record(path)
         if record and record.get("status") == "completed" and record.get("fingerprint") == config_print:
-            return PriorResult(path, record)
+            problem = record_problem(record)
+            if problem is None:
+                return PriorResult(path, record)
+            log.warning("not reusing %s, a completed record of this config: %s; the job runs again", path, problem)
     return None
 
 

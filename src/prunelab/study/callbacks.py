@@ -64,6 +64,9 @@ def unfinished_jobs(sweep_dir: Path) -> list[str]:
         except (OSError, ValueError) as error:
             lines.append(f"job {path.parent.name}: unreadable record ({error})")
             continue
+        if not isinstance(record, dict):
+            lines.append(f"job {path.parent.name}: unreadable record (not a JSON object)")
+            continue
         status = record.get("status")
         if status in ("completed", "skipped") or (status == "running" and _running_elsewhere(path.parent)):
             continue
