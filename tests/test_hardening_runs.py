@@ -20,8 +20,9 @@ from tests.conftest import ROOT, TINY, compose_config
 
 def cli(tmp_path: Path, *arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python run.py <arguments>`` on the tiny model, from the repository root."""
-    return subprocess.run([sys.executable, "run.py", *TINY, *arguments], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    flags = [a for a in arguments if a.startswith("-")]
+    return subprocess.run([sys.executable, "run.py", *flags, *TINY, *(a for a in arguments if a not in flags)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 # ------------------------------------------------------------------------------ sweep names
@@ -104,3 +105,52 @@ def test_an_unreadable_record_is_reported_not_a_traceback(tmp_path, caplog, cont
     assert resume.read_record(path) is None and resume.find_completed(path.parent.parent, "x") is None
     (line,) = callbacks.unfinished_jobs(path.parent.parent)
     assert line.startswith("job 0: unreadable record (")
+
+
+# ------------------------------------------------------------------- run and sweep directories
+@pytest.mark.slow  # one Python start-up
+def test_a_sweep_with_no_job_says_so_and_exits_non_zero(tmp_path):
+    result = cli(tmp_path, "-m", "sparsity=range(0,0)", f"hydra.sweep.dir={tmp_path}/sweep")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Error: the sweep has no job: sparsity=range(0,0) expands to no value" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.slow  # one Python start-up per case
+@pytest.mark.parametrize("where,key,why", [
+    ("a_file/run", "hydra.run.dir", "Not a directory"),
+    ("/proc/prunelab", "hydra.run.dir", "No such file or directory"),
+    ("a_file", "hydra.sweep.dir", "it is a file"),
+], ids=["run_dir_under_a_file", "run_dir_in_proc", "sweep_dir_a_file"])
+def test_an_unusable_output_directory_is_one_line_and_exit_2(tmp_path, where, key, why):
+    (tmp_path / "a_file").write_text("not a directory")
+    path = where if where.startswith("/") else str(tmp_path / where)
+    result = cli(tmp_path, *(["-m"] if key == "hydra.sweep.dir" else []), f"{key}={path}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"Error: {key}={path} cannot hold the output: {why}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_single_runs_directory_names_its_process():
+    """``outputs/<date>/<time>-<pid>``: two live processes never share a process id, so two runs
+    started in the same second never share (and overwrite) a directory."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        config = compose(config_name="config", overrides=list(TINY), return_hydra_config=True)
+    HydraConfig.instance().set_config(config)
+    assert Path(str(config.hydra.run.dir)).name.endswith(f"-{os.getpid()}")
+
+
+@pytest.mark.slow  # two Python start-ups at once
+def test_two_single_runs_started_in_one_second_keep_their_own_directories(tmp_path):
+    command = [sys.executable, str(ROOT / "run.py"), *TINY]
+    runs = [subprocess.Popen([*command, f"sparsity={s}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True) for s in (0.3, 0.6)]
+    assert [r.wait(timeout=600) for r in runs] == [0, 0], [r.stderr.read()[-2000:] for r in runs]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "outputs").glob("*/*/metrics.json")]
+    assert sorted(r["config"]["sparsity"] for r in records) == [0.3, 0.6]
+    assert all(r["status"] == "completed" for r in records)

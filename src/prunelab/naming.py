@@ -119,3 +119,4 @@ def sweep_name(argv: list[str] | None = None) -> str:
 # Cached: resolved once in the process that launches the sweep, and copied with the config to
 # every job (as Hydra does for ${now:...}), so launchers that run jobs elsewhere agree on it.
 OmegaConf.register_new_resolver("prunelab.sweep_name", lambda: sweep_name(), use_cache=True, replace=True)
+OmegaConf.register_new_resolver("prunelab.pid", os.getpid, use_cache=True, replace=True)  # a single run's directory

@@ -9,7 +9,7 @@ import os
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
 
-from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs, pinned
+from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs, no_job, pinned
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ class BaselineSweeper(BasicSweeper):
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
         batches = BasicSweeper.split_arguments(overrides, max_batch_size)
         jobs = [job for batch in batches for job in batch]
+        if not jobs:
+            no_job(overrides)
         extra = baseline_jobs(jobs, is_dense=self._is_dense) if self.dense_baseline else []
         if extra:
             log.info("dense baseline: %d more job(s) (%s)", len(extra), "; ".join(" ".join(j) for j in extra))

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,31 @@ def report_unfinished(sweep_dir: Path) -> None:
     log.error("%d job(s) of %s did not complete:\n  %s\nRe-run the same command to redo only them "
               "(completed jobs are skipped); each job's metrics.json holds its traceback.",
               len(lines), sweep_dir, "\n  ".join(shown))
+
+
+def usable_directory(path: Path, key: str) -> None:
+    """Create ``path`` and write a file in it, as a run will; if that fails, one line that names
+    ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) and exit status 2, not Hydra's traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check."):
+            pass
+    except OSError as error:
+        why = "it is a file" if path.is_file() else f"{error.strerror or error} ({error.filename or path})"
+        print(f"Error: {key}={path} cannot hold the output: {why}; "
+              f"choose another directory with {key}=...", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class CheckOutputDirectory(Callback):
+    """Before anything runs: the run's (``hydra.run.dir``) or sweep's (``hydra.sweep.dir``)
+    directory can be created and written, else one line and exit status 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        usable_directory(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        usable_directory(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
 
 class SweepProgress(Callback):
