@@ -6,7 +6,9 @@ in one line; a sweep's directory name fits the file system in bytes."""
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from prunelab import naming, pipeline, resume
+from prunelab import files, naming, pipeline, resume
 from tests.conftest import ROOT, TINY, compose_config
 
 
@@ -154,3 +156,70 @@ def test_two_single_runs_started_in_one_second_keep_their_own_directories(tmp_pa
     records = [json.loads(p.read_text()) for p in (tmp_path / "outputs").glob("*/*/metrics.json")]
     assert sorted(r["config"]["sparsity"] for r in records) == [0.3, 0.6]
     assert all(r["status"] == "completed" for r in records)
+
+
+# ---------------------------------------------------------------------------------- full disk
+def full_disk(monkeypatch, when):
+    """From now on a write whose content satisfies ``when(bytes)`` fails with ENOSPC (at fsync, as
+    a full disk does with delayed allocation); returns a function that frees the disk."""
+    real_fsync = files.os.fsync
+
+    def fsync(fd):
+        size = os.fstat(fd).st_size
+        if when(os.pread(fd, size, 0)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    return lambda: monkeypatch.setattr(files.os, "fsync", real_fsync)
+
+
+@pytest.mark.parametrize("full", ["at_the_end", "from_the_start"])
+def test_a_full_disk_fails_one_job_and_the_sweep_goes_on_to_its_summary(tmp_path, monkeypatch, caplog, full):
+    from prunelab.study import callbacks
+
+    sweep = tmp_path / "sweep"
+    when = (lambda content: b'"status": "completed"' in content) if full == "at_the_end" else (lambda content: True)
+    free = full_disk(monkeypatch, when)
+    with caplog.at_level("ERROR"):
+        assert math.isnan(run_job(sweep / "0", "sparsity=0.4"))  # no exception: the sweep goes on
+    free()
+    assert run_job(sweep / "1", "sparsity=0.6") > 0  # the next job runs
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["status"] == "completed"
+    assert "No space left on device" in caplog.text and "the sweep goes on" in caplog.text
+    callbacks._unfinished.clear()
+    with caplog.at_level("ERROR"):
+        callbacks.report_unfinished(sweep)
+    assert callbacks.exit_status() == 1 and "1 job(s) of" in caplog.text
+    assert "job 0 [failed] sparsity=0.4:" in caplog.text and "No space left on device" in caplog.text
+    if full == "at_the_end":  # the small failed record fits where the full one did not
+        record = json.loads((sweep / "0" / "metrics.json").read_text())
+        assert record["status"] == "failed" and "No space left on device" in record["error"]
+    else:
+        assert not (sweep / "0" / "metrics.json").exists() and "(not recorded on disk)" in caplog.text
+    callbacks._unfinished.clear()
+
+
+def test_a_full_disk_in_a_single_run_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    full_disk(monkeypatch, lambda content: b'"status": "completed"' in content)
+    with pytest.raises(SystemExit) as stop, pipeline.user_errors():
+        pipeline.main(compose_config(*TINY), output_dir=tmp_path / "run", overrides=[])
+    assert stop.value.code == 1
+    said = capsys.readouterr().err
+    (line,) = [line for line in said.splitlines() if line.startswith("Error:")]  # the rest: progress bars
+    assert line.startswith(f"Error: cannot write the run's record {tmp_path / 'run' / 'metrics.json'}: ")
+    assert "No space left on device" in line and "Traceback" not in said
+
+
+def test_a_record_path_that_is_a_directory_fails_only_its_job(tmp_path, caplog):
+    from prunelab.study import callbacks
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / "metrics.json").mkdir(parents=True)
+    with caplog.at_level("ERROR"):
+        assert math.isnan(run_job(sweep / "0", "sparsity=0.4"))
+    assert run_job(sweep / "1", "sparsity=0.6") > 0
+    callbacks._unfinished.clear()
+    lines = callbacks.unfinished_jobs(sweep)
+    callbacks._unfinished.clear()
+    assert len(lines) == 1 and lines[0].startswith("job 0 [failed] sparsity=0.4: RecordError: cannot write")

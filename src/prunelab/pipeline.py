@@ -172,6 +172,14 @@ def main(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Pat
     """
     if sweep_dir is None:
         return _run(cfg, output_dir, overrides, multirun=False)
+    try:
+        return _sweep_job(cfg, output_dir, overrides, sweep_dir)
+    except Exception as error:  # noqa: BLE001 - its bookkeeping failed (a full disk, a broken job directory): the sweep goes on
+        _failed_outside_the_run(output_dir, overrides, error)
+        return math.nan
+
+
+def _sweep_job(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Path) -> float:
     with job_claim(output_dir) as claimed:
         if not claimed:
             log.warning("job %s is being run by another process; left to it", output_dir)
@@ -182,6 +190,24 @@ def main(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Pat
             return headline(prior["metrics"])
         resume.set_aside_foreign(output_dir, config_print)
         return _run(cfg, output_dir, overrides, multirun=True, sweep_dir=sweep_dir)
+
+
+def _failed_outside_the_run(output_dir: Path, overrides: list[str], error: Exception) -> None:
+    """A sweep job that failed where :func:`_run` cannot record it (its record could not be
+    written): a ``failed`` record if one can be written (never over a completed one), else the
+    sweep's summary still names the job (:func:`prunelab.resume.note_unrecorded`)."""
+    message = f"{type(error).__name__}: {error}"
+    log.error("job %s failed: %s; the sweep goes on", output_dir, message)
+    path = output_dir / "metrics.json"
+    current = resume.read_record(path)
+    if current is not None and current.get("status") == "completed":
+        return
+    try:
+        evidence.write_json(path, {"status": "failed", "overrides": overrides, "error": message,
+                                   "traceback": traceback.format_exc()})
+    except OSError as again:
+        log.error("could not write %s either (%s)", path, again)
+        resume.note_unrecorded(output_dir, overrides, message)
 
 
 def _resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -206,8 +232,11 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
         "metrics": metrics,
     }
     metrics_path = output_dir / "metrics.json"
-    previous = resume.keep_previous(metrics_path)  # a forced re-run never loses the completed record
-    evidence.write_json(metrics_path, record)
+    try:
+        previous = resume.keep_previous(metrics_path)  # a forced re-run never loses the completed record
+        evidence.write_json(metrics_path, record)
+    except OSError as error:
+        raise RecordError(f"cannot write the run's record {metrics_path}: {error}") from error
     logger = None
     start = time.perf_counter()
     try:
@@ -239,25 +268,32 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             raise
     finally:
         metrics["time/total_s"] = time.perf_counter() - start
-        _write_record(metrics_path, record)
-        if previous is not None and record["status"] == "completed":
-            previous.unlink(missing_ok=True)
-        if logger is not None:
-            logger.log_metrics({**metrics, "status": record["status"]})
-            logger.finish(failed=record["status"] != "completed")
+        try:
+            _write_record(metrics_path, record)
+            if previous is not None and record["status"] == "completed":
+                previous.unlink(missing_ok=True)
+        finally:  # the logger is closed even when the record could not be written
+            if logger is not None:
+                logger.log_metrics({**metrics, "status": record["status"]})
+                logger.finish(failed=record["status"] != "completed")
     return headline(metrics)
+
+
+class RecordError(OSError):
+    """A run's ``metrics.json`` could not be written (a full disk, a directory in its place)."""
 
 
 def _write_record(path: Path, record: dict[str, Any]) -> None:
     """The final record; if even that fails (a full disk), the last one written stays and the log says why."""
     try:
         evidence.write_json(path, record)
+        resume.note_recorded(path.parent)
     except OSError as error:
         scalars = {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}
         log.error("could not write %s (%s): the job's status %s and metrics %s are not on disk; "
                   "the previous record stays", path, error, record["status"], scalars)
         record["status"] = "failed"
-        raise
+        raise RecordError(f"cannot write the run's record {path}: {error}") from error
 
 
 @contextmanager
@@ -272,3 +308,8 @@ def user_errors() -> Iterator[None]:
         print(f"Error: {error}\n(recorded in the run's metrics.json; HYDRA_FULL_ERROR=1 shows the traceback)",
               file=sys.stderr)
         raise SystemExit(2) from None
+    except RecordError as error:  # the run's evidence could not be written: there is no record to point to
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

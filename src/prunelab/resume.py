@@ -156,6 +156,26 @@ def resume(output_dir: Path, sweep_dir: Path, config_print: str, overrides: list
     return record
 
 
+_unrecorded: dict[Path, tuple[list[str], str]] = {}  # job directory -> (overrides, error) of jobs with no record
+
+
+def note_unrecorded(job_dir: Path, overrides: list[str], error: str) -> None:
+    """A job that failed and could not even write a ``failed`` record (a full disk): kept in
+    memory so that the sweep's summary (same process) still names it."""
+    _unrecorded[Path(job_dir).resolve()] = (list(overrides), error)
+
+
+def note_recorded(job_dir: Path) -> None:
+    """``job_dir`` wrote its record after all: forget a note of :func:`note_unrecorded`."""
+    _unrecorded.pop(Path(job_dir).resolve(), None)
+
+
+def unrecorded(sweep_dir: Path) -> dict[Path, tuple[list[str], str]]:
+    """The jobs of ``sweep_dir`` noted by :func:`note_unrecorded` in this process."""
+    root = Path(sweep_dir).resolve()
+    return {job: note for job, note in _unrecorded.items() if job.is_relative_to(root)}
+
+
 def keep_previous(metrics_path: Path) -> Path | None:
     """Before a job re-runs over a *completed* record (``force=true``), keep a copy of it as
     ``metrics.previous.json``: if the new run fails, the good result is still there (and still

@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from prunelab.resume import read_record
+from prunelab.resume import read_record, unrecorded
 
 log = logging.getLogger(__name__)
 SUMMARY_LINES = 15
@@ -59,7 +59,12 @@ def _running_elsewhere(job_dir: Path) -> bool:
 def unfinished_jobs(sweep_dir: Path) -> list[str]:
     """One line per job of ``sweep_dir`` that is not completed (nor running in another process)."""
     lines = []
+    unwritten = unrecorded(sweep_dir)  # failed jobs of this process whose record could not be written
+    for job_dir, (overrides, error) in sorted(unwritten.items()):
+        lines.append(f"job {job_dir.name} [failed] {' '.join(overrides)}: {error[:160]} (not recorded on disk)")
     for path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        if path.parent.resolve() in unwritten:
+            continue
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError) as error:
