@@ -223,3 +223,75 @@ def test_a_record_path_that_is_a_directory_fails_only_its_job(tmp_path, caplog):
     lines = callbacks.unfinished_jobs(sweep)
     callbacks._unfinished.clear()
     assert len(lines) == 1 and lines[0].startswith("job 0 [failed] sparsity=0.4: RecordError: cannot write")
+
+
+# ------------------------------------------------------------------ model files and code in the fingerprint
+LOCAL = ["model=local", "model.dtype=float32", "model.seqlen=64", "model.device=cpu"]
+
+
+def _save(model, tokenizer, directory: Path, scale: float = 1.0) -> None:
+    """Save ``model`` with every weight multiplied by ``scale``: the same shapes, so the same
+    safetensors header, other bytes (a checkpoint retrained or re-exported in place)."""
+    import copy
+
+    import torch
+
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in changed.parameters():
+            parameter.mul_(scale)
+    changed.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def test_a_replaced_checkpoint_or_changed_code_runs_the_job_again(tmp_path, tiny_model_and_tokenizer, caplog, monkeypatch):
+    from prunelab import identity
+
+    model, tokenizer = tiny_model_and_tokenizer
+    checkpoint = tmp_path / "ckpt"
+    _save(model, tokenizer, checkpoint)
+    job = tmp_path / "sweep" / "0"
+    overrides = [*LOCAL, f"model.path={checkpoint}"]
+    first = run_job(job, *overrides)
+    record_path = job / "metrics.json"
+    stamp = record_path.stat().st_mtime_ns
+    assert run_job(job, *overrides) == first and record_path.stat().st_mtime_ns == stamp  # unchanged: skipped
+
+    _save(model, tokenizer, checkpoint, scale=0.5)  # the same path, other weights
+    with caplog.at_level("WARNING"):
+        second = run_job(job, *overrides)
+    assert second != first and json.loads(record_path.read_text())["metrics"]["eval/ppl_wiki"] == second
+    assert "running again: a completed run of this config in" in caplog.text and "the model's files" in caplog.text
+    stamp = record_path.stat().st_mtime_ns
+    assert run_job(job, *overrides) == second and record_path.stat().st_mtime_ns == stamp
+
+    caplog.clear()
+    monkeypatch.setattr(identity, "code_identity", lambda: "0.1.0+edited")  # the source tree changed
+    with caplog.at_level("WARNING"):
+        assert run_job(job, *overrides) == second  # measured again (deterministic)
+    assert record_path.stat().st_mtime_ns != stamp
+    assert "the code" in caplog.text and "-> 0.1.0+edited" in caplog.text
+    assert json.loads(record_path.read_text())["identity"]["code"] == "0.1.0+edited"
+
+
+def test_a_record_from_before_identities_is_run_again_and_says_why(tmp_path, caplog):
+    job = tmp_path / "sweep" / "0"
+    run_job(job, "sparsity=0.4")
+    path = job / "metrics.json"
+    record = json.loads(path.read_text())
+    record["fingerprint"] = record.pop("identity")["config"]  # as the code before this change wrote it
+    path.write_text(json.dumps(record))
+    stamp = path.stat().st_mtime_ns
+    with caplog.at_level("WARNING"):
+        run_job(job, "sparsity=0.4")
+    assert path.stat().st_mtime_ns != stamp and "before the model's files and the code were part" in caplog.text
+
+
+def test_the_fingerprint_is_stable_and_covers_model_and_code():
+    config = compose_config(*TINY)
+    inputs = pipeline.job_identity(config)
+    assert inputs["config"] == resume.fingerprint(pipeline._resolved(config))  # the config's own fingerprint, as before
+    assert resume.fingerprint(config, inputs) == resume.fingerprint(compose_config(*TINY), pipeline.job_identity(config))
+    for key in ("model", "code"):
+        assert resume.fingerprint(config, {**inputs, key: "other"}) != resume.fingerprint(config, inputs)
+    assert pipeline.job_identity(compose_config(*TINY[1:], "model=local"))["model"].startswith("unavailable (")

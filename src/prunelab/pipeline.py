@@ -27,9 +27,10 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prunelab import caches, data, evidence, models, naming, outcome, resume
+from prunelab import caches, data, evidence, identity, models, naming, outcome, resume
 from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
+from prunelab.config import build
 from prunelab.evaluate import evaluate_perplexity
 from prunelab.models import ModelLoadError
 from prunelab.outcome import OutcomeError
@@ -184,12 +185,24 @@ def _sweep_job(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_di
         if not claimed:
             log.warning("job %s is being run by another process; left to it", output_dir)
             return math.nan
-        config_print = resume.fingerprint(_resolved(cfg))
-        prior = None if cfg.get("force", False) else resume.resume(output_dir, sweep_dir, config_print, overrides)
+        inputs = job_identity(cfg)
+        config_print = resume.fingerprint(_resolved(cfg), inputs)
+        prior = None if cfg.get("force", False) else resume.resume(output_dir, sweep_dir, config_print, overrides, inputs)
         if prior is not None:
             return headline(prior["metrics"])
         resume.set_aside_foreign(output_dir, config_print)
-        return _run(cfg, output_dir, overrides, multirun=True, sweep_dir=sweep_dir)
+        return _run(cfg, output_dir, overrides, multirun=True, sweep_dir=sweep_dir, inputs=inputs)
+
+
+def job_identity(cfg: DictConfig) -> dict[str, str]:
+    """What a job's result depends on besides its config (part of its fingerprint): the config's
+    own fingerprint, the content of the model's files and the code (:mod:`prunelab.identity`).
+    A model that cannot be had (a missing ``model.path``) is ``unavailable``: the run says why."""
+    try:
+        model = build(cfg.model.source, "model.source").identity()
+    except Exception as error:  # noqa: BLE001 - the plan reports a bad source in the user's words
+        model = f"unavailable ({type(error).__name__})"
+    return {"config": resume.fingerprint(_resolved(cfg)), "model": model, "code": identity.code_identity()}
 
 
 def _failed_outside_the_run(output_dir: Path, overrides: list[str], error: Exception) -> None:
@@ -219,13 +232,16 @@ def _resolved(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
-def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool, sweep_dir: Path | None = None) -> float:
+def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool, sweep_dir: Path | None = None,
+         inputs: dict[str, str] | None = None) -> float:
     resolved = _resolved(cfg)
+    inputs = inputs or job_identity(cfg)
     metrics: dict[str, Any] = {}
     record: dict[str, Any] = {
         "status": "running",
         "overrides": overrides,
-        "fingerprint": resume.fingerprint(resolved),
+        "fingerprint": resume.fingerprint(resolved, inputs),
+        "identity": inputs,
         "config": resolved,
         "versions": evidence.versions(),
         "git_commit": evidence.git_commit(),

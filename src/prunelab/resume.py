@@ -25,9 +25,14 @@ IGNORED_KEYS = ("logger", "force", "group", "run_name", "cache_calibration", "hy
 RECORD_GLOB = "metrics*.json"  # metrics.json, and records set aside by `set_aside_foreign`
 
 
-def fingerprint(resolved_config: dict[str, Any]) -> str:
-    """A stable hash of the result-relevant part of a resolved config."""
+def fingerprint(resolved_config: dict[str, Any], identity: dict[str, str] | None = None) -> str:
+    """A stable hash (16 hex digits) of the result-relevant part of a resolved config and, for a
+    job, of ``identity``: ``{"model": ..., "code": ...}``, the content of the model's files
+    (``ModelSource.identity``) and the code (:func:`prunelab.identity.code_identity`). Equal
+    inputs give equal hashes in any process; a replaced checkpoint or changed code, another."""
     relevant = {k: v for k, v in resolved_config.items() if k not in IGNORED_KEYS}
+    if identity is not None:
+        relevant = {**relevant, "__identity__": {k: identity[k] for k in ("model", "code")}}
     canonical = json.dumps(relevant, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -137,14 +142,37 @@ def reused_record(prior: PriorResult, sweep_dir: Path, overrides: list[str]) -> 
     return record
 
 
-def resume(output_dir: Path, sweep_dir: Path, config_print: str, overrides: list[str]) -> dict[str, Any] | None:
+def changed_inputs(sweep_dir: Path, identity: dict[str, str]) -> str | None:
+    """Why a completed run of this config (``identity["config"]``, the config's own fingerprint)
+    does not count: the model's files or the code changed since, or it predates identities."""
+    for path in sorted(sweep_dir.rglob(RECORD_GLOB)) if sweep_dir.is_dir() else []:
+        record = read_record(path)
+        if not record or record.get("status") != "completed":
+            continue
+        old = record.get("identity")
+        if isinstance(old, dict) and old.get("config") == identity["config"]:
+            changed = [f"{what} {old.get(key)} -> {identity[key]}" for key, what in
+                       (("model", "the model's files"), ("code", "the code")) if old.get(key) != identity[key]]
+            if changed:
+                return f"{path} was run with other inputs: {'; '.join(changed)}"
+        elif record.get("fingerprint") == identity["config"]:
+            return f"{path} was recorded before the model's files and the code were part of the fingerprint"
+    return None
+
+
+def resume(output_dir: Path, sweep_dir: Path, config_print: str, overrides: list[str],
+           identity: dict[str, str] | None = None) -> dict[str, Any] | None:
     """The record to report instead of running, when this config already completed in the sweep.
 
     In the job's own directory (the same study re-run): nothing is touched. Elsewhere in the
     sweep (the grid was reordered): a ``status: skipped`` copy naming its source is written here.
+    When none counts because the model's files or the code changed (``identity``), the log says so.
     """
     prior = find_completed(sweep_dir, config_print, prefer_dir=output_dir)
     if prior is None:
+        why = changed_inputs(sweep_dir, identity) if identity is not None else None
+        if why:
+            log.warning("running again: a completed run of this config in %s", why)
         return None
     if prior.path == output_dir / "metrics.json":
         log.info("skipped: a completed run of this config is in %s (force=true redoes it)", output_dir)
