@@ -295,3 +295,64 @@ def test_the_fingerprint_is_stable_and_covers_model_and_code():
     for key in ("model", "code"):
         assert resume.fingerprint(config, {**inputs, key: "other"}) != resume.fingerprint(config, inputs)
     assert pipeline.job_identity(compose_config(*TINY[1:], "model=local"))["model"].startswith("unavailable (")
+
+
+# ------------------------------------------------------------------ two sweeps in one directory
+def _job_print(*overrides: str) -> str:
+    config = compose_config(*TINY, *overrides)
+    return resume.fingerprint(pipeline._resolved(config), pipeline.job_identity(config))
+
+
+def test_a_job_held_by_another_sweeps_process_is_reported_not_skipped(tmp_path, caplog):
+    from prunelab.study import callbacks
+
+    sweep = tmp_path / "sweep"
+    job = sweep / "0"
+    with pipeline.job_claim(job, _job_print("sparsity=0.9"), ["sparsity=0.9"]) as holder:  # another sweep's job 0
+        assert holder is None
+        with caplog.at_level("WARNING"):
+            assert math.isnan(run_job(job, "sparsity=0.4"))
+    assert "two different sweeps share one directory, so this job did not run" in caplog.text
+    assert "sparsity=0.9" in caplog.text and not (job / "metrics.json").exists()
+    callbacks._unfinished.clear()
+    callbacks.report_unfinished(sweep)
+    assert callbacks.exit_status() == 1
+    (line,) = callbacks._unfinished
+    assert line.startswith("job 0 [not run] sparsity=0.4: another process (pid ")
+    callbacks._unfinished.clear()
+
+    run_job(job, "sparsity=0.4")  # the sweep run again, alone: the job runs and the report clears
+    assert callbacks.unfinished_jobs(sweep) == [] and not list(job.glob(".conflict.*"))
+
+
+def test_a_job_held_by_another_invocation_of_the_same_sweep_is_left_to_it(tmp_path, caplog):
+    from prunelab.study import callbacks
+
+    job = tmp_path / "sweep" / "0"
+    with pipeline.job_claim(job, _job_print("sparsity=0.4"), ["sparsity=0.4"]):
+        with caplog.at_level("WARNING"):
+            assert math.isnan(run_job(job, "sparsity=0.4"))
+    assert "is being run by another process; left to it" in caplog.text and "did not run" not in caplog.text
+    assert callbacks.unfinished_jobs(job.parent) == []
+
+
+@pytest.mark.slow  # two sweeps of real run.py processes at once
+def test_two_different_sweeps_in_one_directory_never_both_say_all_is_well(tmp_path):
+    sweep = tmp_path / "sweep"
+    common = [sys.executable, "run.py", "-m", *TINY, "hydra.sweeper.dense_baseline=false",
+              "hydra.callbacks.aggregate.report=false", f"hydra.sweep.dir={sweep}"]
+    grids = {"a": ["0.2", "0.4"], "b": ["0.6", "0.8"]}
+    runs = {name: subprocess.Popen([*common, f"sparsity={','.join(values)}"], cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True) for name, values in grids.items()}
+    said = {name: run.communicate(timeout=600)[0] for name, run in runs.items()}
+    completed = set()
+    for path in sweep.glob("*/metrics*.json"):
+        record = json.loads(path.read_text())
+        if record["status"] == "completed":
+            completed.add(str(record["config"]["sparsity"]))
+    for name, values in grids.items():  # every job of a sweep completed, or its sweep failed and said which
+        missing = [v for v in values if v not in completed]
+        if missing:
+            assert runs[name].returncode == 1, said[name][-3000:]
+            assert "[not run]" in said[name] and all(f"sparsity={v}" in said[name] for v in missing)
+    assert any(run.returncode == 1 for run in runs.values()) or completed == {"0.2", "0.4", "0.6", "0.8"}

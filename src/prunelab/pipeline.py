@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
@@ -143,25 +145,49 @@ def signals_as_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+CLAIM = ".job.claim"  # written by the holder of the job's lock: the fingerprint and overrides it runs
+CLAIM_WAIT_S = 5.0  # how long a process that found the lock held waits for the holder's claim to appear
+
+
 @contextmanager
-def job_claim(output_dir: Path) -> Iterator[bool]:
-    """Hold the job directory's lock for the whole job (``False``: another process holds it).
+def job_claim(output_dir: Path, config_print: str = "", overrides: list[str] | None = None) -> Iterator[dict | None]:
+    """Hold the job directory's lock for the whole job; yields ``None`` when this process holds
+    it, else what the holder wrote in ``.job.claim`` (``{}`` when that cannot be read).
 
     Two invocations of the same sweep into the same directory then share its jobs: no job runs
-    twice, and one that another process finished is found completed and skipped. The lock is the
-    operating system's (``flock`` through ``filelock``): it is released when the process dies.
+    twice, and one that another process finished is found completed and skipped. The claim names
+    the holder's fingerprint, so a process of a *different* sweep in the same directory is told
+    apart from another invocation of the same one. The lock is the operating system's (``flock``
+    through ``filelock``): it is released when the process dies.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(output_dir / ".job.lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        yield False
+        yield _holder(output_dir)
         return
+    claim = output_dir / CLAIM
     try:
-        yield True
+        evidence.write_json(claim, {"fingerprint": config_print, "overrides": list(overrides or []),
+                                    "host": socket.gethostname(), "pid": os.getpid()})
+        yield None
     finally:
+        claim.unlink(missing_ok=True)
         lock.release()
+
+
+def _holder(output_dir: Path) -> dict:
+    """The claim of the process holding ``output_dir``'s lock; it writes it right after taking the
+    lock, so a missing claim, or one left by a dead process of this host, is waited for a moment."""
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while True:
+        claim = resume.read_record(output_dir / CLAIM)
+        if claim is not None and not (claim.get("host") == socket.gethostname() and not psutil.pid_exists(claim.get("pid", -1))):
+            return claim
+        if time.monotonic() > deadline:
+            return {}
+        time.sleep(0.1)
 
 
 def main(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float:
@@ -181,17 +207,37 @@ def main(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Pat
 
 
 def _sweep_job(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Path) -> float:
-    with job_claim(output_dir) as claimed:
-        if not claimed:
-            log.warning("job %s is being run by another process; left to it", output_dir)
+    inputs = job_identity(cfg)
+    config_print = resume.fingerprint(_resolved(cfg), inputs)
+    with job_claim(output_dir, config_print, overrides) as holder:
+        if holder is not None:
+            _left_to_another_process(output_dir, overrides, config_print, holder)
             return math.nan
-        inputs = job_identity(cfg)
-        config_print = resume.fingerprint(_resolved(cfg), inputs)
+        resume.clear_conflict(output_dir, config_print)
         prior = None if cfg.get("force", False) else resume.resume(output_dir, sweep_dir, config_print, overrides, inputs)
         if prior is not None:
             return headline(prior["metrics"])
         resume.set_aside_foreign(output_dir, config_print)
         return _run(cfg, output_dir, overrides, multirun=True, sweep_dir=sweep_dir, inputs=inputs)
+
+
+def _left_to_another_process(output_dir: Path, overrides: list[str], config_print: str, holder: dict) -> None:
+    """Another process holds this job's directory: fine if it runs this job (another invocation of
+    the same sweep); if it runs another configuration (another sweep in the same directory), this
+    job does not run, which the log and the sweep's summary report (exit status 1)."""
+    theirs = holder.get("fingerprint")
+    if theirs == config_print:
+        log.warning("job %s is being run by another process; left to it", output_dir)
+        return
+    if theirs is None:
+        log.warning("job %s is being run by another process that does not say which configuration; left to it",
+                    output_dir)
+        return
+    message = (f"another process (pid {holder.get('pid')} on {holder.get('host')}) runs a different configuration "
+               f"in this job's directory ({' '.join(holder.get('overrides') or []) or 'no overrides'}; fingerprint "
+               f"{theirs}, this job's {config_print}): two different sweeps share one directory, so this job did not run")
+    log.error("job %s: %s", output_dir, message)
+    resume.note_conflict(output_dir, config_print, overrides, message)
 
 
 def job_identity(cfg: DictConfig) -> dict[str, str]:

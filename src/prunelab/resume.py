@@ -204,6 +204,31 @@ def unrecorded(sweep_dir: Path) -> dict[Path, tuple[list[str], str]]:
     return {job: note for job, note in _unrecorded.items() if job.is_relative_to(root)}
 
 
+CONFLICT_GLOB = ".conflict.*.json"  # a job that did not run: its directory was held by another sweep
+
+
+def note_conflict(job_dir: Path, config_print: str, overrides: list[str], error: str) -> None:
+    """Record in ``job_dir`` that the job of ``config_print`` did not run because another sweep's
+    process held the directory; :func:`conflicts` reports it until that job completes."""
+    write_json(Path(job_dir) / f".conflict.{config_print}.json",
+               {"status": "not run", "fingerprint": config_print, "overrides": overrides, "error": error})
+
+
+def clear_conflict(job_dir: Path, config_print: str) -> None:
+    (Path(job_dir) / f".conflict.{config_print}.json").unlink(missing_ok=True)
+
+
+def conflicts(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(job directory, note) of every job of ``sweep_dir`` that a conflict kept from running and
+    that has not completed since (anywhere in the sweep)."""
+    found = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{CONFLICT_GLOB}")):
+        note = read_record(path)
+        if note is not None and find_completed(Path(sweep_dir), str(note.get("fingerprint"))) is None:
+            found.append((path.parent, note))
+    return found
+
+
 def keep_previous(metrics_path: Path) -> Path | None:
     """Before a job re-runs over a *completed* record (``force=true``), keep a copy of it as
     ``metrics.previous.json``: if the new run fails, the good result is still there (and still

@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from prunelab.resume import read_record, unrecorded
+from prunelab.resume import conflicts, read_record, unrecorded
 
 log = logging.getLogger(__name__)
 SUMMARY_LINES = 15
@@ -62,6 +62,9 @@ def unfinished_jobs(sweep_dir: Path) -> list[str]:
     unwritten = unrecorded(sweep_dir)  # failed jobs of this process whose record could not be written
     for job_dir, (overrides, error) in sorted(unwritten.items()):
         lines.append(f"job {job_dir.name} [failed] {' '.join(overrides)}: {error[:160]} (not recorded on disk)")
+    for job_dir, note in conflicts(sweep_dir):  # held by another sweep's process: never ran
+        lines.append(f"job {job_dir.name} [not run] {' '.join(note.get('overrides') or [])}: "
+                     f"{str(note.get('error'))[:300]}")
     for path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         if path.parent.resolve() in unwritten:
             continue
