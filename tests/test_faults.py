@@ -416,7 +416,7 @@ def test_a_full_disk_never_replaces_a_good_record(tmp_path, monkeypatch):
 
     def full_disk(fd):
         calls["n"] += 1
-        if calls["n"] > 2:  # the copy of the good record and the `running` record are written; then the disk is full
+        if calls["n"] > 3:  # the job's claim, the copy of the good record and the `running` record; then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
