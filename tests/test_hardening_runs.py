@@ -356,3 +356,26 @@ def test_two_different_sweeps_in_one_directory_never_both_say_all_is_well(tmp_pa
             assert runs[name].returncode == 1, said[name][-3000:]
             assert "[not run]" in said[name] and all(f"sparsity={v}" in said[name] for v in missing)
     assert any(run.returncode == 1 for run in runs.values()) or completed == {"0.2", "0.4", "0.6", "0.8"}
+
+
+def test_another_configs_record_in_a_job_directory_is_kept_aside_and_found_again(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = run_job(sweep / "0", "sparsity=0.2")  # sweep A
+    run_job(sweep / "0", "sparsity=0.6")  # sweep B, later, into the same directory
+    kept = resume.find_completed(sweep, _job_print("sparsity=0.2"))
+    assert kept is not None and kept.path.name.startswith("metrics.") and kept.path.name != "metrics.json"
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["config"]["sparsity"] == 0.6
+    assert run_job(sweep / "1", "sparsity=0.2") == first  # A again: its kept result is reused, not lost
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["reused_from"] == os.path.join("0", kept.path.name)
+
+
+def test_a_hand_edited_fingerprint_never_names_a_path(tmp_path):
+    job = tmp_path / "sweep" / "0"
+    run_job(job, "sparsity=0.2")
+    path = job / "metrics.json"
+    record = json.loads(path.read_text())
+    record["fingerprint"] = "../../escaped"
+    path.write_text(json.dumps(record))
+    assert run_job(job, "sparsity=0.2") > 0  # another config's record for resume: kept aside inside the job
+    assert json.loads(path.read_text())["status"] == "completed" and len(list(job.glob("metrics.*.json"))) == 1
+    assert not list(tmp_path.rglob("*escaped*"))

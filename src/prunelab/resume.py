@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,10 @@ def set_aside_foreign(output_dir: Path, config_print: str) -> Path | None:
     record = read_record(path) if path.exists() else None
     if record is None or record.get("fingerprint") in (None, config_print) or record.get("status") != "completed":
         return None
-    target = output_dir / f"metrics.{record['fingerprint']}.json"
+    kept = str(record["fingerprint"])
+    if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", kept):  # a hand-edited fingerprint never names a path
+        kept = hashlib.sha256(kept.encode()).hexdigest()[:16]
+    target = output_dir / f"metrics.{kept}.json"
     path.replace(target)
     log.warning("%s held a completed run of another config; kept as %s", path, target.name)
     return target
