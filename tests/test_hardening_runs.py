@@ -379,3 +379,17 @@ def test_a_hand_edited_fingerprint_never_names_a_path(tmp_path):
     assert run_job(job, "sparsity=0.2") > 0  # another config's record for resume: kept aside inside the job
     assert json.loads(path.read_text())["status"] == "completed" and len(list(job.glob("metrics.*.json"))) == 1
     assert not list(tmp_path.rglob("*escaped*"))
+
+
+@pytest.mark.slow  # one sweep of real run.py
+def test_a_job_that_hydra_cannot_start_fails_alone_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "0").write_text("a file where job 0's directory goes")
+    result = cli(tmp_path, "-m", "sparsity=0.3,0.6", "hydra.sweeper.dense_baseline=false",
+                 "hydra.callbacks.aggregate.report=false", f"hydra.sweep.dir={sweep}")
+    said = result.stdout + result.stderr
+    assert result.returncode == 1, said[-3000:]
+    assert "Traceback" not in said and "1 job(s) of" in said
+    assert "job 0 [failed]" in said and "sparsity=0.3: the job could not start: FileExistsError" in said
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["status"] == "completed"
