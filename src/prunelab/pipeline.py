@@ -183,7 +183,10 @@ def _holder(output_dir: Path) -> dict:
     deadline = time.monotonic() + CLAIM_WAIT_S
     while True:
         claim = resume.read_record(output_dir / CLAIM)
-        if claim is not None and not (claim.get("host") == socket.gethostname() and not psutil.pid_exists(claim.get("pid", -1))):
+        pid = claim.get("pid") if claim is not None else None
+        dead = claim is not None and claim.get("host") == socket.gethostname() and not (
+            isinstance(pid, int) and pid > 0 and psutil.pid_exists(pid))
+        if claim is not None and not dead:
             return claim
         if time.monotonic() > deadline:
             return {}
@@ -194,8 +197,10 @@ def main(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Pat
     """Run one experiment and leave its evidence in ``output_dir``; return the headline metric.
 
     ``sweep_dir`` is the multirun's directory when this is one job of a sweep (``None`` for a
-    single run): a config that already completed in it is not redone, another process running
-    the same job is left to it, and a failure is recorded without raising so the sweep goes on.
+    single run): a config that already completed in it with the same model files and code is
+    not redone, another process running the same job is left to it (one running another config
+    there is reported), and a failure, even to write the record, is logged without raising so
+    the sweep goes on.
     """
     if sweep_dir is None:
         return _run(cfg, output_dir, overrides, multirun=False)
@@ -258,15 +263,22 @@ def _failed_outside_the_run(output_dir: Path, overrides: list[str], error: Excep
     message = f"{type(error).__name__}: {error}"
     log.error("job %s failed: %s; the sweep goes on", output_dir, message)
     path = output_dir / "metrics.json"
-    current = resume.read_record(path)
-    if current is not None and current.get("status") == "completed":
+    lock = FileLock(output_dir / ".job.lock")
+    try:
+        lock.acquire(timeout=0)  # never write into a job directory another process holds
+    except (Timeout, OSError):
+        resume.note_unrecorded(output_dir, overrides, message)
         return
     try:
-        evidence.write_json(path, {"status": "failed", "overrides": overrides, "error": message,
-                                   "traceback": traceback.format_exc()})
+        current = resume.read_record(path)
+        if current is None or current.get("status") != "completed":
+            evidence.write_json(path, {"status": "failed", "overrides": overrides, "error": message,
+                                       "traceback": traceback.format_exc()})
     except OSError as again:
         log.error("could not write %s either (%s)", path, again)
         resume.note_unrecorded(output_dir, overrides, message)
+    finally:
+        lock.release()
 
 
 def _resolved(cfg: DictConfig) -> dict[str, Any]:
