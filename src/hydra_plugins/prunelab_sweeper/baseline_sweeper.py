@@ -10,8 +10,8 @@ from pathlib import Path
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.utils import JobReturn, JobStatus
 from hydra.core.override_parser.types import Override
+from hydra.core.utils import JobReturn, JobStatus
 
 from prunelab.resume import note_unrecorded
 from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs, no_job, pinned
