@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunelab import assets, checks, structure
+from prunelab import assets, checks, identity, structure
 from prunelab.checks import ConfigError
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,11 @@ class ModelSource(ABC):
                                    f"{_first_line(error)}; allowed: a LLaMA-family config.json "
                                    f"(model_type llama, mistral, qwen2, ...)") from error
 
+    def identity(self) -> str:
+        """A hash of the content the model and tokenizer are read from (part of a sweep job's
+        fingerprint: changed files re-run the job); here every checkpoint file's SHA-256."""
+        return identity.directory_identity(Path(self.location()))
+
     def load(self, dtype: torch.dtype):
         """``(model, tokenizer)`` on the CPU in ``dtype``, in eval mode, no KV cache."""
         from transformers import AutoTokenizer
@@ -130,6 +135,9 @@ class EmbeddedSource(ModelSource):
 
     def location(self) -> str:
         return str(assets.require(assets.paths().smollm2_dir, "The embedded SmolLM2-135M model"))
+
+    def identity(self) -> str:
+        return _embedded_identity(self.location())
 
 
 class LocalSource(ModelSource):
@@ -154,6 +162,13 @@ class HubSource(ModelSource):
 
     def __init__(self, path: str) -> None:
         self.path = str(path)
+
+    def identity(self) -> str:
+        """The cached snapshot's files; ``hub:<id>`` when it is not cached (the hub's newest)."""
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(self.path, "config.json")
+        return identity.directory_identity(Path(config).parent) if isinstance(config, str) else f"hub:{self.path}"
 
     def location(self) -> str:
         if not hub_reachable() and not _hub_cached(self.path):
@@ -194,6 +209,10 @@ class RandomSource(ModelSource):
         if self.seed >= 2**63:
             raise ConfigError(f"seed={seed} is too large for torch.manual_seed; allowed: 0 <= seed < 2**63")
 
+    def identity(self) -> str:
+        """The weights follow from ``seed`` and ``architecture`` (in the config); the tokenizer is the embedded one."""
+        return _embedded_identity(self.location(), prefixes=("tokenizer",))
+
     def hf_config(self):
         from transformers import LlamaConfig
 
@@ -225,6 +244,20 @@ class RandomSource(ModelSource):
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return " ".join(lines[:2])[:300]
+
+
+def _embedded_identity(location: str, prefixes: tuple[str, ...] = ()) -> str:
+    """The embedded model's files as ``make setup`` recorded them (checked against the files by
+    ``assets.require``), without hashing 0.5 GB again; its files' own hashes if there is no record."""
+    directory = Path(location).resolve()
+    root = assets.path_root(directory)
+    for entries in assets.Manifest(root).load().values():
+        files = {name: record.get("sha256") for name, record in entries.items()
+                 if (root / name).resolve().parent == directory
+                 and (not prefixes or Path(name).name.startswith(prefixes))}
+        if files:
+            return identity.digest(files)
+    return identity.directory_identity(directory, prefixes)
 
 
 def _ready(model, tokenizer):

@@ -87,7 +87,7 @@ def sweep_group(sweep_dir: Path | str) -> str:
     return text if len(text) <= WANDB_GROUP_MAX else text[-WANDB_GROUP_MAX:]
 
 
-SWEEP_NAME_MAX = 120
+SWEEP_NAME_MAX = 120  # bytes, not characters
 UNNAMING_PREFIXES = ("hydra", "logger", "force", "group", "run_name")  # do not change what a sweep measures
 
 
@@ -97,7 +97,9 @@ def sweep_name(argv: list[str] | None = None) -> str:
     Swept keys first, then fixed ones, each sorted by key (the same command in another order gives
     the same name). Flags (``-m``), overrides that do not change results (``hydra.*``, ``logger``...)
     and a single ``model=`` (already the parent directory) are left out; path separators are
-    replaced; a name over 120 characters is cut and given a hash.
+    replaced; a name over 120 bytes (UTF-8: file systems limit a name to 255 bytes, and a
+    non-ASCII override takes up to 4 bytes a character) is cut at a character boundary and given
+    a hash of the whole, so names stay unique.
     """
     def named(argument: str) -> bool:
         key = override_key(argument)
@@ -107,11 +109,14 @@ def sweep_name(argv: list[str] | None = None) -> str:
     kept = sorted((a for a in (sys.argv[1:] if argv is None else argv) if named(a)),
                   key=lambda a: ("," not in a.split("=", 1)[1], override_key(a)))
     name = "__".join(a.lstrip("+~") for a in kept).replace(os.sep, "_").replace("\\", "_") or "default"
-    if len(name) > SWEEP_NAME_MAX:
-        name = f"{name[:SWEEP_NAME_MAX - 17]}__{hashlib.sha256(name.encode()).hexdigest()[:15]}"
+    encoded = name.encode("utf-8")
+    if len(encoded) > SWEEP_NAME_MAX:
+        kept = encoded[:SWEEP_NAME_MAX - 17].decode("utf-8", errors="ignore")  # a cut character is dropped
+        name = f"{kept}__{hashlib.sha256(encoded).hexdigest()[:15]}"
     return name
 
 
 # Cached: resolved once in the process that launches the sweep, and copied with the config to
 # every job (as Hydra does for ${now:...}), so launchers that run jobs elsewhere agree on it.
 OmegaConf.register_new_resolver("prunelab.sweep_name", lambda: sweep_name(), use_cache=True, replace=True)
+OmegaConf.register_new_resolver("prunelab.pid", os.getpid, use_cache=True, replace=True)  # a single run's directory

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -22,14 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prunelab import caches, data, evidence, models, naming, outcome, resume
+from prunelab import caches, data, evidence, identity, models, naming, outcome, resume
 from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
+from prunelab.config import build
 from prunelab.evaluate import evaluate_perplexity
 from prunelab.models import ModelLoadError
 from prunelab.outcome import OutcomeError
@@ -142,46 +145,140 @@ def signals_as_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+CLAIM = ".job.claim"  # written by the holder of the job's lock: the fingerprint and overrides it runs
+CLAIM_WAIT_S = 5.0  # how long a process that found the lock held waits for the holder's claim to appear
+
+
 @contextmanager
-def job_claim(output_dir: Path) -> Iterator[bool]:
-    """Hold the job directory's lock for the whole job (``False``: another process holds it).
+def job_claim(output_dir: Path, config_print: str = "", overrides: list[str] | None = None) -> Iterator[dict | None]:
+    """Hold the job directory's lock for the whole job; yields ``None`` when this process holds
+    it, else what the holder wrote in ``.job.claim`` (``{}`` when that cannot be read).
 
     Two invocations of the same sweep into the same directory then share its jobs: no job runs
-    twice, and one that another process finished is found completed and skipped. The lock is the
-    operating system's (``flock`` through ``filelock``): it is released when the process dies.
+    twice, and one that another process finished is found completed and skipped. The claim names
+    the holder's fingerprint, so a process of a *different* sweep in the same directory is told
+    apart from another invocation of the same one. The lock is the operating system's (``flock``
+    through ``filelock``): it is released when the process dies.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(output_dir / ".job.lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        yield False
+        yield _holder(output_dir)
         return
+    claim = output_dir / CLAIM
     try:
-        yield True
+        evidence.write_json(claim, {"fingerprint": config_print, "overrides": list(overrides or []),
+                                    "host": socket.gethostname(), "pid": os.getpid()})
+        yield None
     finally:
+        claim.unlink(missing_ok=True)
         lock.release()
+
+
+def _holder(output_dir: Path) -> dict:
+    """The claim of the process holding ``output_dir``'s lock; it writes it right after taking the
+    lock, so a missing claim, or one left by a dead process of this host, is waited for a moment."""
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while True:
+        claim = resume.read_record(output_dir / CLAIM)
+        pid = claim.get("pid") if claim is not None else None
+        dead = claim is not None and claim.get("host") == socket.gethostname() and not (
+            isinstance(pid, int) and pid > 0 and psutil.pid_exists(pid))
+        if claim is not None and not dead:
+            return claim
+        if time.monotonic() > deadline:
+            return {}
+        time.sleep(0.1)
 
 
 def main(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float:
     """Run one experiment and leave its evidence in ``output_dir``; return the headline metric.
 
     ``sweep_dir`` is the multirun's directory when this is one job of a sweep (``None`` for a
-    single run): a config that already completed in it is not redone, another process running
-    the same job is left to it, and a failure is recorded without raising so the sweep goes on.
+    single run): a config that already completed in it with the same model files and code is
+    not redone, another process running the same job is left to it (one running another config
+    there is reported), and a failure, even to write the record, is logged without raising so
+    the sweep goes on.
     """
     if sweep_dir is None:
         return _run(cfg, output_dir, overrides, multirun=False)
-    with job_claim(output_dir) as claimed:
-        if not claimed:
-            log.warning("job %s is being run by another process; left to it", output_dir)
+    try:
+        return _sweep_job(cfg, output_dir, overrides, sweep_dir)
+    except Exception as error:  # noqa: BLE001 - its bookkeeping failed (a full disk, a broken job directory): the sweep goes on
+        _failed_outside_the_run(output_dir, overrides, error)
+        return math.nan
+
+
+def _sweep_job(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_dir: Path) -> float:
+    inputs = job_identity(cfg)
+    config_print = resume.fingerprint(_resolved(cfg), inputs)
+    with job_claim(output_dir, config_print, overrides) as holder:
+        if holder is not None:
+            _left_to_another_process(output_dir, overrides, config_print, holder)
             return math.nan
-        config_print = resume.fingerprint(_resolved(cfg))
-        prior = None if cfg.get("force", False) else resume.resume(output_dir, sweep_dir, config_print, overrides)
+        resume.clear_conflict(output_dir, config_print)
+        prior = None if cfg.get("force", False) else resume.resume(output_dir, sweep_dir, config_print, overrides, inputs)
         if prior is not None:
             return headline(prior["metrics"])
         resume.set_aside_foreign(output_dir, config_print)
-        return _run(cfg, output_dir, overrides, multirun=True, sweep_dir=sweep_dir)
+        return _run(cfg, output_dir, overrides, multirun=True, sweep_dir=sweep_dir, inputs=inputs)
+
+
+def _left_to_another_process(output_dir: Path, overrides: list[str], config_print: str, holder: dict) -> None:
+    """Another process holds this job's directory: fine if it runs this job (another invocation of
+    the same sweep); if it runs another configuration (another sweep in the same directory), this
+    job does not run, which the log and the sweep's summary report (exit status 1)."""
+    theirs = holder.get("fingerprint")
+    if theirs == config_print:
+        log.warning("job %s is being run by another process; left to it", output_dir)
+        return
+    if theirs is None:
+        log.warning("job %s is being run by another process that does not say which configuration; left to it",
+                    output_dir)
+        return
+    message = (f"another process (pid {holder.get('pid')} on {holder.get('host')}) runs a different configuration "
+               f"in this job's directory ({' '.join(holder.get('overrides') or []) or 'no overrides'}; fingerprint "
+               f"{theirs}, this job's {config_print}): two different sweeps share one directory, so this job did not run")
+    log.error("job %s: %s", output_dir, message)
+    resume.note_conflict(output_dir, config_print, overrides, message)
+
+
+def job_identity(cfg: DictConfig) -> dict[str, str]:
+    """What a job's result depends on besides its config (part of its fingerprint): the config's
+    own fingerprint, the content of the model's files and the code (:mod:`prunelab.identity`).
+    A model that cannot be had (a missing ``model.path``) is ``unavailable``: the run says why."""
+    try:
+        model = build(cfg.model.source, "model.source").identity()
+    except Exception as error:  # noqa: BLE001 - the plan reports a bad source in the user's words
+        model = f"unavailable ({type(error).__name__})"
+    return {"config": resume.fingerprint(_resolved(cfg)), "model": model, "code": identity.code_identity()}
+
+
+def _failed_outside_the_run(output_dir: Path, overrides: list[str], error: Exception) -> None:
+    """A sweep job that failed where :func:`_run` cannot record it (its record could not be
+    written): a ``failed`` record if one can be written (never over a completed one), else the
+    sweep's summary still names the job (:func:`prunelab.resume.note_unrecorded`)."""
+    message = f"{type(error).__name__}: {error}"
+    log.error("job %s failed: %s; the sweep goes on", output_dir, message)
+    path = output_dir / "metrics.json"
+    lock = FileLock(output_dir / ".job.lock")
+    try:
+        lock.acquire(timeout=0)  # never write into a job directory another process holds
+    except (Timeout, OSError):
+        resume.note_unrecorded(output_dir, overrides, message)
+        return
+    try:
+        current = resume.read_record(path)
+        if current is None or current.get("status") != "completed":
+            evidence.write_json(path, {"status": "failed", "overrides": overrides, "error": message,
+                                       "traceback": traceback.format_exc()})
+    except OSError as again:
+        log.error("could not write %s either (%s)", path, again)
+        resume.note_unrecorded(output_dir, overrides, message)
+    finally:
+        lock.release()
 
 
 def _resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -193,21 +290,27 @@ def _resolved(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
-def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool, sweep_dir: Path | None = None) -> float:
+def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool, sweep_dir: Path | None = None,
+         inputs: dict[str, str] | None = None) -> float:
     resolved = _resolved(cfg)
+    inputs = inputs or job_identity(cfg)
     metrics: dict[str, Any] = {}
     record: dict[str, Any] = {
         "status": "running",
         "overrides": overrides,
-        "fingerprint": resume.fingerprint(resolved),
+        "fingerprint": resume.fingerprint(resolved, inputs),
+        "identity": inputs,
         "config": resolved,
         "versions": evidence.versions(),
         "git_commit": evidence.git_commit(),
         "metrics": metrics,
     }
     metrics_path = output_dir / "metrics.json"
-    previous = resume.keep_previous(metrics_path)  # a forced re-run never loses the completed record
-    evidence.write_json(metrics_path, record)
+    try:
+        previous = resume.keep_previous(metrics_path)  # a forced re-run never loses the completed record
+        evidence.write_json(metrics_path, record)
+    except OSError as error:
+        raise RecordError(f"cannot write the run's record {metrics_path}: {error}") from error
     logger = None
     start = time.perf_counter()
     try:
@@ -239,25 +342,32 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             raise
     finally:
         metrics["time/total_s"] = time.perf_counter() - start
-        _write_record(metrics_path, record)
-        if previous is not None and record["status"] == "completed":
-            previous.unlink(missing_ok=True)
-        if logger is not None:
-            logger.log_metrics({**metrics, "status": record["status"]})
-            logger.finish(failed=record["status"] != "completed")
+        try:
+            _write_record(metrics_path, record)
+            if previous is not None and record["status"] == "completed":
+                previous.unlink(missing_ok=True)
+        finally:  # the logger is closed even when the record could not be written
+            if logger is not None:
+                logger.log_metrics({**metrics, "status": record["status"]})
+                logger.finish(failed=record["status"] != "completed")
     return headline(metrics)
+
+
+class RecordError(OSError):
+    """A run's ``metrics.json`` could not be written (a full disk, a directory in its place)."""
 
 
 def _write_record(path: Path, record: dict[str, Any]) -> None:
     """The final record; if even that fails (a full disk), the last one written stays and the log says why."""
     try:
         evidence.write_json(path, record)
+        resume.note_recorded(path.parent)
     except OSError as error:
         scalars = {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}
         log.error("could not write %s (%s): the job's status %s and metrics %s are not on disk; "
                   "the previous record stays", path, error, record["status"], scalars)
         record["status"] = "failed"
-        raise
+        raise RecordError(f"cannot write the run's record {path}: {error}") from error
 
 
 @contextmanager
@@ -272,3 +382,8 @@ def user_errors() -> Iterator[None]:
         print(f"Error: {error}\n(recorded in the run's metrics.json; HYDRA_FULL_ERROR=1 shows the traceback)",
               file=sys.stderr)
         raise SystemExit(2) from None
+    except RecordError as error:  # the run's evidence could not be written: there is no record to point to
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+from pathlib import Path
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
+from hydra.core.utils import JobReturn, JobStatus
 
-from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs, pinned
+from prunelab.resume import note_unrecorded
+from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs, no_job, pinned
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +25,16 @@ class BaselineSweeper(BasicSweeper):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.dense_baseline = dense_baseline
 
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if isinstance(self.launcher, BasicLauncher):
+            self.launcher = JobByJob(self.launcher, config.hydra.sweep.dir)
+
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
         batches = BasicSweeper.split_arguments(overrides, max_batch_size)
         jobs = [job for batch in batches for job in batch]
+        if not jobs:
+            no_job(overrides)
         extra = baseline_jobs(jobs, is_dense=self._is_dense) if self.dense_baseline else []
         if extra:
             log.info("dense baseline: %d more job(s) (%s)", len(extra), "; ".join(" ".join(j) for j in extra))
@@ -36,3 +48,26 @@ class BaselineSweeper(BasicSweeper):
 
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
         return config.method.get("_target_") == f"{Dense.__module__}.{Dense.__qualname__}"
+
+
+class JobByJob:
+    """Hydra's basic launcher given one job at a time: a job that cannot even start (its directory
+    is a file, the disk is full when Hydra writes its ``.hydra/`` files) fails alone, with one log
+    line and a line in the sweep's summary, and the sweep goes on to the next job."""
+
+    def __init__(self, launcher: BasicLauncher, sweep_dir: str) -> None:
+        self.launcher = launcher
+        self.sweep_dir = Path(str(sweep_dir))
+
+    def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+        returns: list[JobReturn] = []
+        for offset, overrides in enumerate(job_overrides):
+            try:
+                returns.extend(self.launcher.launch([overrides], initial_job_idx=initial_job_idx + offset))
+            except Exception as error:  # noqa: BLE001 - Hydra's own preparation of the job failed
+                number = initial_job_idx + offset
+                message = f"the job could not start: {type(error).__name__}: {error}"
+                log.error("job %d (%s): %s; the sweep goes on", number, " ".join(overrides), message)
+                note_unrecorded(self.sweep_dir / str(number), list(overrides), message)
+                returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=math.nan))
+        return returns

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from prunelab.resume import read_record
+from prunelab.resume import conflicts, read_record, unrecorded
 
 log = logging.getLogger(__name__)
 SUMMARY_LINES = 15
@@ -58,11 +59,22 @@ def _running_elsewhere(job_dir: Path) -> bool:
 def unfinished_jobs(sweep_dir: Path) -> list[str]:
     """One line per job of ``sweep_dir`` that is not completed (nor running in another process)."""
     lines = []
+    unwritten = unrecorded(sweep_dir)  # failed jobs of this process whose record could not be written
+    for job_dir, (overrides, error) in sorted(unwritten.items()):
+        lines.append(f"job {job_dir.name} [failed] {' '.join(overrides)}: {error[:160]} (not recorded on disk)")
+    for job_dir, note in conflicts(sweep_dir):  # held by another sweep's process: never ran
+        lines.append(f"job {job_dir.name} [not run] {' '.join(note.get('overrides') or [])}: "
+                     f"{str(note.get('error'))[:300]}")
     for path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        if path.parent.resolve() in unwritten:
+            continue
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             lines.append(f"job {path.parent.name}: unreadable record ({error})")
+            continue
+        if not isinstance(record, dict):
+            lines.append(f"job {path.parent.name}: unreadable record (not a JSON object)")
             continue
         status = record.get("status")
         if status in ("completed", "skipped") or (status == "running" and _running_elsewhere(path.parent)):
@@ -83,6 +95,31 @@ def report_unfinished(sweep_dir: Path) -> None:
     log.error("%d job(s) of %s did not complete:\n  %s\nRe-run the same command to redo only them "
               "(completed jobs are skipped); each job's metrics.json holds its traceback.",
               len(lines), sweep_dir, "\n  ".join(shown))
+
+
+def usable_directory(path: Path, key: str) -> None:
+    """Create ``path`` and write a file in it, as a run will; if that fails, one line that names
+    ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) and exit status 2, not Hydra's traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check."):
+            pass
+    except OSError as error:
+        why = "it is a file" if path.is_file() else f"{error.strerror or error} ({error.filename or path})"
+        print(f"Error: {key}={path} cannot hold the output: {why}; "
+              f"choose another directory with {key}=...", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class CheckOutputDirectory(Callback):
+    """Before anything runs: the run's (``hydra.run.dir``) or sweep's (``hydra.sweep.dir``)
+    directory can be created and written, else one line and exit status 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        usable_directory(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        usable_directory(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
 
 class SweepProgress(Callback):

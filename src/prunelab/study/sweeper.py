@@ -17,6 +17,7 @@ from its plugin namespace).
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 
 from prunelab.config import STUDY_KNOBS
@@ -59,3 +60,12 @@ def pinned(job: list[str], sweep_dir: str) -> list[str]:
     may interpolate ``${method.name}``), as a quoted override Hydra reads back verbatim."""
     quoted = sweep_dir.replace("'", "\\'")
     return [*job, f"hydra.sweep.dir='{quoted}'"]
+
+
+def no_job(overrides: list) -> None:
+    """A sweep that expands to no job (``sparsity=range(0,0)``): one line naming the empty sweep,
+    exit status 2 (nothing ran, so nothing can be reported as done)."""
+    empty = [o.input_line for o in overrides if o.is_sweep_override() and not list(o.sweep_string_iterator())]
+    print(f"Error: the sweep has no job: {', '.join(empty) or ' '.join(o.input_line for o in overrides)} "
+          "expands to no value", file=sys.stderr)
+    raise SystemExit(2)
