@@ -107,3 +107,104 @@ def test_a_read_only_calibration_cache_does_not_fail_the_run(tmp_path, monkeypat
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["status"] == "completed" and record["metrics"]["eval/ppl_wiki"] > 0
     assert caplog.text.count("cannot be written") == 2 and "Permission denied" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------- saving
+SAVE = ["save_model=true"]
+
+
+def _run(run_dir: Path, *extra: str) -> dict:
+    """One tiny single run with save_model=true; its record (a failure is recorded, then raised)."""
+    from prunelab import pipeline
+    from tests.conftest import TINY, compose_config
+
+    overrides = [*TINY, *SAVE, *extra]
+    try:
+        pipeline.main(compose_config(*overrides), output_dir=run_dir, overrides=overrides)
+    except BaseException:  # noqa: BLE001 - the record says what happened
+        pass
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _leftovers(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob(".model.*"))
+
+
+def _logits(directory: Path) -> torch.Tensor:
+    from prunelab import models
+
+    model = models.LocalSource(str(directory)).load(torch.float32)[0]
+    return model(input_ids=torch.arange(1, 17).reshape(1, 16)).logits
+
+
+def test_a_file_in_the_way_of_the_model_fails_the_run(tmp_path):
+    _write(tmp_path / "run" / "model", b"someone's notes")
+    record = _run(tmp_path / "run")
+    assert record["status"] == "failed", record.get("error")
+    assert "SaveError" in record["error"] and "exists and is not a directory" in record["error"]
+    assert (tmp_path / "run" / "model").read_bytes() == b"someone's notes" and not _leftovers(tmp_path / "run")
+
+
+def test_a_planted_link_is_refused_and_nothing_is_written_outside_the_run(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model").symlink_to(outside)
+    record = _run(tmp_path / "run")
+    assert record["status"] == "failed" and "is a symbolic link" in record["error"]
+    assert not list(outside.iterdir()) and not _leftovers(tmp_path / "run")
+
+
+def test_saving_twice_replaces_the_model_whole(tmp_path):
+    first = _run(tmp_path / "run", "sparsity=0.3")
+    assert first["status"] == "completed" and first["metrics"]["artifacts/model_tensors"] > 0
+    before = _logits(tmp_path / "run" / "model")
+    second = _run(tmp_path / "run", "sparsity=0.6")
+    assert second["status"] == "completed" and not _leftovers(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["prunelab_structure"]["sparsity"] == 0.6
+    assert not torch.equal(before, _logits(tmp_path / "run" / "model"))
+
+
+def _half_written(fault):
+    """``save_pretrained`` that writes the model, cuts its weights file in half, then meets ``fault``."""
+    from prunelab import models
+
+    real = models.save_pretrained
+
+    def save(model, tokenizer, directory, note=None):
+        saved = real(model, tokenizer, directory, note)
+        weights = Path(directory) / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        fault()
+        return saved
+
+    return save
+
+
+def _sigterm():
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _full_disk():
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("fault,status,error", [
+    (_sigterm, "interrupted", "interrupted by SIGTERM"),
+    (_full_disk, "failed", "No space left on device"),
+    (lambda: None, "failed", "does not read back as written"),  # a short write nobody noticed
+])
+def test_a_save_that_breaks_off_keeps_the_previous_model_whole(tmp_path, monkeypatch, fault, status, error):
+    from prunelab import models
+
+    assert _run(tmp_path / "run")["status"] == "completed"
+    good = _logits(tmp_path / "run" / "model")
+    monkeypatch.setattr(models, "save_pretrained", _half_written(fault))
+    record = _run(tmp_path / "run", "sparsity=0.6")
+    assert record["status"] == status and error in record["error"]
+    assert not _leftovers(tmp_path / "run")
+    assert torch.equal(_logits(tmp_path / "run" / "model"), good)  # the model saved before, whole

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +36,10 @@ class ModelConfigError(ConfigError):
 
 class ModelLoadError(RuntimeError):
     """The weights or tokenizer could not be read (a truncated or corrupt file): names the path."""
+
+
+class SaveError(RuntimeError):
+    """The pruned model cannot be saved where it should go, or did not read back as written."""
 
 
 @lru_cache(maxsize=1)
@@ -278,6 +284,109 @@ def save_pretrained(model: nn.Module, tokenizer, directory: Path, note: dict | N
     size = sum(f.stat().st_size for f in Path(directory).glob("*.safetensors"))
     return {"artifacts/model_dir": str(directory), "artifacts/model_bytes": size,
             "artifacts/model_loader": "local (prunelab_layers)" if shrunk and not uniform else "from_pretrained"}
+
+
+def save_into_run(model: nn.Module, tokenizer, run_dir: Path, note: dict | None = None, name: str = "model") -> dict:
+    """:func:`save_pretrained` into ``<run_dir>/<name>`` so that the directory is whole or absent.
+
+    The model is written to a temporary directory inside the run directory, flushed, read back
+    (:func:`verify_saved`) and only then renamed into place; a model saved before is replaced only
+    after the new one is complete. A symbolic link or a file at ``<run_dir>/<name>`` is refused,
+    never followed or silently kept. A failure or a signal during the save leaves the old state.
+    """
+    run_dir = Path(run_dir)
+    target = run_dir / name
+    if target.is_symlink():
+        raise SaveError(f"cannot save the model: {target} is a symbolic link (to {os.readlink(target)}); "
+                        "a run writes only inside its own directory. Remove the link and run again")
+    if target.exists() and not target.is_dir():
+        raise SaveError(f"cannot save the model: {target} exists and is not a directory; move it away and run again")
+    for stale in run_dir.glob(f".{name}.*.partial"):  # left by a killed save (the job lock is held: ours)
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=run_dir))
+    previous = None
+    try:
+        saved = save_pretrained(model, tokenizer, staging, note)
+        saved.update(verify_saved(staging, model))
+        _fsync_tree(staging)
+        if target.is_dir():
+            previous = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=run_dir))
+            os.replace(target, previous / name)
+        os.replace(staging, target)
+        _fsync_dir(run_dir)
+    except BaseException:
+        if previous is not None and not target.exists():  # stopped between the two renames: put it back
+            os.replace(previous / name, target)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    saved["artifacts/model_dir"] = str(target)
+    return saved
+
+
+def verify_saved(directory: Path, model: nn.Module) -> dict:
+    """Read back what :func:`save_pretrained` wrote: every safetensors file whole (its tensors
+    fill it exactly), every tensor equal to the model's (or a zero bias it added), nothing of the
+    model missing but a tied ``lm_head``; the config and tokenizer load. Raises :class:`SaveError`."""
+    import json
+    import struct
+
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoTokenizer
+
+    expected = model.state_dict()
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    found, count = set(), 0
+    files = sorted(Path(directory).glob("*.safetensors"))
+    try:
+        if not files:
+            raise ValueError("no *.safetensors file was written")
+        for file in files:
+            with open(file, "rb") as handle:
+                header_size = struct.unpack("<Q", handle.read(8))[0]
+                header = json.loads(handle.read(header_size))
+            payload = sum(end - start for key, item in header.items() if key != "__metadata__"
+                          for start, end in [item["data_offsets"]])
+            if 8 + header_size + payload != file.stat().st_size:
+                raise ValueError(f"{file.name} holds {file.stat().st_size} bytes, its tensors {8 + header_size + payload}")
+            with safe_open(str(file), framework="pt") as tensors:
+                for key in tensors.keys():
+                    tensor = tensors.get_tensor(key)
+                    reference = expected.get(key)
+                    if reference is None:
+                        if not (key.endswith(".bias") and not tensor.any()):
+                            raise ValueError(f"{file.name}: unexpected tensor {key}")
+                    elif not torch.equal(tensor, reference.detach().cpu()):
+                        raise ValueError(f"{file.name}: {key} differs from the model's")
+                    found.add(key)
+                    count += 1
+        missing = sorted(set(expected) - found - tied)
+        if missing:
+            raise ValueError(f"{len(missing)} tensor(s) of the model are missing, e.g. {missing[:3]}")
+        AutoConfig.from_pretrained(directory)
+        AutoTokenizer.from_pretrained(directory)
+    except Exception as error:  # noqa: BLE001 - any read-back failure means the save is not usable
+        raise SaveError(f"the saved model in {directory} does not read back as written: "
+                        f"{type(error).__name__}: {error}") from error
+    return {"artifacts/model_tensors": count}
+
+
+def _fsync_tree(directory: Path) -> None:
+    for file in sorted(Path(directory).rglob("*")):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _with_zero_biases(model: nn.Module) -> dict:

@@ -31,7 +31,7 @@ from prunelab import caches, data, evidence, models, naming, outcome, resume
 from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
 from prunelab.evaluate import evaluate_perplexity
-from prunelab.models import ModelLoadError
+from prunelab.models import ModelLoadError, SaveError
 from prunelab.outcome import OutcomeError
 from prunelab.plan import CalibrationPlan, EvalPlan, ModelPlan, RunPlan, make_plan
 from prunelab.prune import PruneReport, prune_model
@@ -74,11 +74,12 @@ def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device, output_di
     return metrics
 
 
-def save_stage(model, tokenizer, directory: Path, note: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The pruned model as safetensors: ``from_pretrained`` gives back the same zeros, or the same
-    shrunk model (``model=local model.path=<dir>`` where a structured method left layers of
-    different shapes); ``note`` (method, sparsity) is recorded in its config."""
-    return models.save_pretrained(model, tokenizer, directory, note)
+def save_stage(model, tokenizer, run_dir: Path, note: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pruned model as safetensors in ``<run_dir>/model``: ``from_pretrained`` gives back the
+    same zeros, or the same shrunk model (``model=local model.path=<dir>`` where a structured
+    method left layers of different shapes); ``note`` is recorded in its config. Staged, read
+    back and renamed into place (:func:`models.save_into_run`): whole or absent, never outside."""
+    return models.save_into_run(model, tokenizer, run_dir, note)
 
 
 def headline(metrics: dict[str, Any]) -> float:
@@ -107,7 +108,7 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device, output_dir))
     outcome.check_finite_metrics(metrics)
     if plan.save_model:
-        metrics.update(save_stage(model, tokenizer, output_dir / "model",
+        metrics.update(save_stage(model, tokenizer, output_dir,
                                   {"method": plan.method_label, "sparsity": plan.sparsity}))
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
         from prunelab.bench.stage import bench_stage
@@ -266,7 +267,7 @@ def user_errors() -> Iterator[None]:
     (key, value, what is allowed) instead of a traceback; ``HYDRA_FULL_ERROR=1`` shows the trace."""
     try:
         yield
-    except (ConfigError, OutcomeError, AssetMissingError, ModelLoadError) as error:
+    except (ConfigError, OutcomeError, AssetMissingError, ModelLoadError, SaveError) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"Error: {error}\n(recorded in the run's metrics.json; HYDRA_FULL_ERROR=1 shows the traceback)",
