@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from prunelab import assets
+from tests.conftest import requires_embedded
 from tests.test_faults import _write
 
 
@@ -208,3 +209,64 @@ def test_a_save_that_breaks_off_keeps_the_previous_model_whole(tmp_path, monkeyp
     assert record["status"] == status and error in record["error"]
     assert not _leftovers(tmp_path / "run")
     assert torch.equal(_logits(tmp_path / "run" / "model"), good)  # the model saved before, whole
+
+
+# ------------------------------------------------------- a saved model carries its evaluation
+def _reload(run_dir: Path, saved: Path, *extra: str) -> dict:
+    from prunelab import pipeline
+    from tests.conftest import TINY, compose_config
+
+    overrides = [*TINY[1:], "model=local", f"model.path={saved}", "method=dense", *extra]
+    pipeline.main(compose_config(*overrides), output_dir=run_dir, overrides=overrides)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_a_saved_model_reloads_with_its_dtype_and_windows_and_the_same_perplexity(tmp_path, caplog):
+    pruned = _run(tmp_path / "pruned", "method=wanda")
+    assert pruned["status"] == "completed"
+    note = json.loads((tmp_path / "pruned" / "model" / "config.json").read_text())["prunelab_structure"]
+    assert note["dtype"] == "float32" and note["eval"] == {"ppl_datasets": ["wiki"], "seqlen": 64, "max_windows": 2,
+                                                          "batch_size": 4}
+    with caplog.at_level("WARNING"):
+        reloaded = _reload(tmp_path / "reloaded", tmp_path / "pruned" / "model")
+    assert reloaded["plan"]["dtype"] == "float32" and "measured with" not in caplog.text
+    assert reloaded["metrics"]["eval/ppl_wiki_tokens"] == pruned["metrics"]["eval/ppl_wiki_tokens"]
+    assert reloaded["metrics"]["eval/ppl_wiki"] == pruned["metrics"]["eval/ppl_wiki"]  # bitwise
+
+    with caplog.at_level("WARNING"):
+        _reload(tmp_path / "other", tmp_path / "pruned" / "model", "model.seqlen=32")
+    assert ("was measured with ppl_datasets=['wiki'], seqlen=64, max_windows=2, dtype=float32; this run evaluates "
+            "with ppl_datasets=['wiki'], seqlen=32, max_windows=2, dtype=float32") in caplog.text
+
+
+def test_a_plain_checkpoint_reloads_in_its_own_dtype(tmp_path, tiny_model_and_tokenizer):
+    from prunelab.plan import make_plan
+    from tests.conftest import compose_config
+    from tests.test_faults import _saved_tiny_model
+
+    checkpoint = _saved_tiny_model(tmp_path, tiny_model_and_tokenizer)  # float32, no prunelab note
+    plan = make_plan(compose_config("model=local", f"model.path={checkpoint}", "logger=none", "model.device=cpu"))
+    assert plan.model.dtype == torch.float32 and plan.evaluation.perplexity.seqlen == 256  # the tiny context
+    plan = make_plan(compose_config("model=local", f"model.path={checkpoint}", "logger=none", "model.dtype=bfloat16"))
+    assert plan.model.dtype == torch.bfloat16  # what the user sets wins
+
+
+@requires_embedded
+def test_embedded_flap_reloads_with_model_local_defaults_at_the_same_perplexity(tmp_path):
+    """The reported 77.37 vs 67.16: model=local evaluated a saved fp32/256-token model in fp16 on
+    2,048-token windows. With the saved note it is measured as it was saved."""
+    from prunelab import pipeline
+    from tests.conftest import compose_config
+
+    small = ["logger=none", "cache_calibration=false", "calib_data.nsamples=4", "eval.ppl_datasets=[wiki]",
+             "eval.max_windows=3"]
+    overrides = ["method=flap", "sparsity=0.2", "save_model=true", *small]
+    pipeline.main(compose_config(*overrides), output_dir=tmp_path / "pruned", overrides=overrides)
+    pruned = json.loads((tmp_path / "pruned" / "metrics.json").read_text())
+    assert pruned["status"] == "completed" and pruned["metrics"]["artifacts/model_loader"] == "local (prunelab_layers)"
+    reload = ["model=local", f"model.path={tmp_path / 'pruned' / 'model'}", "method=dense", *small]
+    pipeline.main(compose_config(*reload), output_dir=tmp_path / "reloaded", overrides=reload)
+    reloaded = json.loads((tmp_path / "reloaded" / "metrics.json").read_text())
+    assert reloaded["plan"]["dtype"] == "float32"
+    assert reloaded["metrics"]["eval/ppl_wiki_tokens"] == pruned["metrics"]["eval/ppl_wiki_tokens"]
+    assert reloaded["metrics"]["eval/ppl_wiki"] == pruned["metrics"]["eval/ppl_wiki"]

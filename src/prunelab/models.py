@@ -8,6 +8,7 @@ with random weights, for tests and for speed measurements without a download).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -94,6 +95,10 @@ class ModelSource(ABC):
 
         return AutoConfig.from_pretrained(self.location())
 
+    def saved_settings(self) -> dict:
+        """What a model saved by prunelab recorded about the run that measured it (``{}``: none)."""
+        return {}
+
     def load(self, dtype: torch.dtype):
         """``(model, tokenizer)`` on the CPU in ``dtype``, in eval mode, no KV cache."""
         from transformers import AutoTokenizer
@@ -130,6 +135,15 @@ class LocalSource(ModelSource):
                 f"model.path={self.path!r} is not a Hugging Face model directory (no config.json at {path})"
             )
         return str(path)
+
+    def saved_settings(self) -> dict:
+        import json
+
+        try:
+            note = json.loads((Path(self.location()) / "config.json").read_text()).get(structure.STRUCTURE_KEY)
+        except (OSError, ValueError, AttributeError):
+            return {}  # the load says what is wrong with it
+        return note if isinstance(note, dict) else {}
 
 
 class HubSource(ModelSource):
@@ -189,6 +203,52 @@ def _ready(model, tokenizer):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+AUTO = "auto"
+LOCAL_FALLBACK = {"dtype": "float16", "seqlen": 2048}  # model=local without a note or a dtype in its config
+EVAL_WINDOWS = ("ppl_datasets", "seqlen", "max_windows")
+
+
+def settle_saved_settings(cfg):
+    """``model.dtype`` / ``model.seqlen`` set to ``auto``: the dtype and evaluation window the
+    checkpoint was measured with (its ``prunelab_structure`` note), else its HF config's dtype and
+    context (float16 and 2,048 tokens where it says nothing). When the evaluation then differs from
+    the one the saved model was measured with, a warning states both. Returns the settled config."""
+    from omegaconf import OmegaConf
+
+    from prunelab.config import build
+
+    model = cfg.model
+    auto = [key for key in ("dtype", "seqlen") if OmegaConf.is_config(model) and model.get(key) == AUTO]
+    if "source" not in model or not OmegaConf.is_config(model.source) or "_target_" not in model.source:
+        return cfg
+    source = build(model.source, "model.source")
+    if not isinstance(source, ModelSource):
+        return cfg
+    note = source.saved_settings() if auto or isinstance(source, LocalSource) else {}
+    measured = note.get("eval") if isinstance(note.get("eval"), dict) else {}
+    if auto:
+        cfg = copy.deepcopy(cfg)  # the caller's config (recorded as given) stays as it is
+        hf_config = source.hf_config()
+        if "dtype" in auto:
+            declared = str(getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)).removeprefix("torch.")
+            cfg.model.dtype = note.get("dtype") or (declared if declared in DTYPES else LOCAL_FALLBACK["dtype"])
+        if "seqlen" in auto:
+            context = context_length(hf_config)
+            cfg.model.seqlen = measured.get("seqlen") or min(LOCAL_FALLBACK["seqlen"], context or LOCAL_FALLBACK["seqlen"])
+        log.info("model.%s=auto: %s", "/".join(auto), ", ".join(f"{k}={cfg.model[k]}" for k in auto))
+    if measured:
+        now = OmegaConf.to_container(cfg.eval, resolve=True)
+        now = {k: list(now[k]) if isinstance(now.get(k), list) else now.get(k) for k in EVAL_WINDOWS}
+        then = {k: measured.get(k) for k in EVAL_WINDOWS}
+        if note.get("dtype"):
+            now["dtype"], then["dtype"] = str(cfg.model.get("dtype")), note["dtype"]
+        if now != then:
+            show = lambda values: ", ".join(f"{k}={v}" for k, v in values.items())  # noqa: E731
+            log.warning("model.path=%s was measured with %s; this run evaluates with %s: its perplexity is not "
+                        "comparable with the one recorded when it was saved", source.location(), show(then), show(now))
+    return cfg
 
 
 def skeleton(hf_config) -> nn.Module:

@@ -82,6 +82,16 @@ def save_stage(model, tokenizer, run_dir: Path, note: dict[str, Any] | None = No
     return models.save_into_run(model, tokenizer, run_dir, note)
 
 
+def saved_note(plan: RunPlan) -> dict[str, Any]:
+    """What a saved model records about the run that measured it, so that ``model=local
+    model.path=<dir>`` evaluates it the same way (``model.dtype``/``model.seqlen=auto``)."""
+    perplexity = plan.evaluation.perplexity
+    return {"method": plan.method_label, "sparsity": plan.sparsity,
+            "dtype": str(plan.model.dtype).removeprefix("torch."),
+            "eval": {"ppl_datasets": list(perplexity.datasets), "seqlen": perplexity.seqlen,
+                     "max_windows": perplexity.max_windows, "batch_size": perplexity.batch_size}}
+
+
 def headline(metrics: dict[str, Any]) -> float:
     """The number sweepers optimise, lower is better: the first perplexity measured, or in a
     zero-shot-only run the mean zero-shot error ``1 - zeroshot/mean_acc``."""
@@ -108,8 +118,7 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device, output_dir))
     outcome.check_finite_metrics(metrics)
     if plan.save_model:
-        metrics.update(save_stage(model, tokenizer, output_dir,
-                                  {"method": plan.method_label, "sparsity": plan.sparsity}))
+        metrics.update(save_stage(model, tokenizer, output_dir, saved_note(plan)))
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
         from prunelab.bench.stage import bench_stage
 

@@ -157,6 +157,7 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     if missing:
         raise ConfigError(f"{missing[0]} must be set (its config leaves it as ???), e.g. {missing[0]}=...")
     finite_numbers(cfg)
+    cfg = models.settle_saved_settings(cfg)  # model.dtype/seqlen=auto: from the checkpoint
     root = read(RootSettings, cfg, "")
     method = _component(cfg.method, "method", PruningMethod)
     pattern = build(cfg.pattern, "pattern") if is_component(cfg.pattern) else parse_pattern(root.pattern)
