@@ -270,3 +270,11 @@ def test_embedded_flap_reloads_with_model_local_defaults_at_the_same_perplexity(
     assert reloaded["plan"]["dtype"] == "float32"
     assert reloaded["metrics"]["eval/ppl_wiki_tokens"] == pruned["metrics"]["eval/ppl_wiki_tokens"]
     assert reloaded["metrics"]["eval/ppl_wiki"] == pruned["metrics"]["eval/ppl_wiki"]
+
+
+def test_a_save_killed_earlier_is_cleaned_up_but_a_running_one_is_left(tmp_path):
+    run_dir = tmp_path / "run"
+    dead = _write(run_dir / ".model.999999999.abc.partial" / "model.safetensors", b"half")
+    running = _write(run_dir / f".model.{os.getppid()}.def.partial" / "model.safetensors", b"in progress")
+    assert _run(run_dir)["status"] == "completed"
+    assert not dead.exists() and running.exists()

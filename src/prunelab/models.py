@@ -361,16 +361,18 @@ def save_into_run(model: nn.Module, tokenizer, run_dir: Path, note: dict | None 
                         "a run writes only inside its own directory. Remove the link and run again")
     if target.exists() and not target.is_dir():
         raise SaveError(f"cannot save the model: {target} exists and is not a directory; move it away and run again")
-    for stale in run_dir.glob(f".{name}.*.partial"):  # left by a killed save (the job lock is held: ours)
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=run_dir))
+    for stale in run_dir.glob(f".{name}.*.partial"):  # left by a save whose process was killed
+        if not _alive(stale.name.split(".")[2]):
+            shutil.rmtree(stale, ignore_errors=True)
+    prefix = f".{name}.{os.getpid()}."
+    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=run_dir))
     previous = None
     try:
         saved = save_pretrained(model, tokenizer, staging, note)
         saved.update(verify_saved(staging, model))
         _fsync_tree(staging)
         if target.is_dir():
-            previous = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=run_dir))
+            previous = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=run_dir))
             os.replace(target, previous / name)
         os.replace(staging, target)
         _fsync_dir(run_dir)
@@ -431,6 +433,17 @@ def verify_saved(directory: Path, model: nn.Module) -> dict:
         raise SaveError(f"the saved model in {directory} does not read back as written: "
                         f"{type(error).__name__}: {error}") from error
     return {"artifacts/model_tensors": count}
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that staged a save still runs (then its staging is not stale)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_tree(directory: Path) -> None:
