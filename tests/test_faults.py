@@ -279,11 +279,18 @@ def test_zip_slip_members_are_refused(cache_root, monkeypatch):
     assert not list(cache_root.parent.rglob("escaped.txt"))
 
 
-def test_edited_benchmark_data_is_refused_before_the_model_loads(cache_root):
-    with pytest.MonkeyPatch.context() as patch:  # the real cache's piqa files, as make setup prepared them
-        patch.delenv("PRUNELAB_CACHE")
-        sources = zeroshot._data_files("piqa")
-        real_root = assets.paths().root
+@pytest.fixture
+def prepared_piqa() -> tuple[Path, list[Path]]:
+    """The prepared cache's piqa files (wherever PRUNELAB_CACHE points), read before any test
+    points PRUNELAB_CACHE at a scratch cache."""
+    sources = zeroshot._data_files("piqa")
+    if not all(source.exists() for source in sources):
+        pytest.skip("benchmark data not prepared: run `make setup`")
+    return assets.paths().root, sources
+
+
+def test_edited_benchmark_data_is_refused_before_the_model_loads(prepared_piqa, cache_root):
+    real_root, sources = prepared_piqa
     relative = [source.relative_to(real_root) for source in sources]
 
     def prepare(p):

@@ -9,9 +9,11 @@ Integrity: every download is checked against a pinned SHA-256 (a mismatch is del
 once more, then refused); every prepared file's SHA-256, size and mtime go into
 ``<cache>/manifest.json``. Each ``make setup`` re-hashes every prepared file and re-prepares a
 group whose files are missing, changed or unrecorded, saying so. At run time :func:`require`
-compares size and mtime with the record (hashing only a file whose stat changed), so a corrupt or
-edited asset is refused with what to do, before any weights load. Archive members that would land
-outside their target directory are refused (zip-slip).
+hashes every recorded file the run uses (once per process: the digest is remembered by size, mtime,
+ctime and inode, and an edit always changes ctime), so a corrupt or edited asset is refused with
+what to do, before any weights load; a missing or unreadable manifest, or a path it does not
+record, is refused too (fail closed). Archive members that would land outside their target
+directory are refused (zip-slip).
 """
 
 from __future__ import annotations
@@ -122,7 +124,12 @@ def require(path: Path, what: str) -> Path:
             f"{what} is not prepared: {path} does not exist. Run `make setup` "
             f"(or `python -m prunelab.assets`); set PRUNELAB_CACHE to use another cache directory."
         )
-    problems = Manifest(path_root(path)).problems_under(path, full=False)
+    manifest = Manifest(path_root(path))
+    try:
+        problems = manifest.problems_under(path, full=True, strict=True)
+    except ManifestError as error:
+        raise AssetMissingError(f"{what} at {path} cannot be verified: {error}. Run `make setup` "
+                                f"(or `python -m prunelab.assets`) to check and record the assets.") from None
     if problems:
         raise AssetMissingError(
             f"{what} at {path} does not match what `make setup` prepared ({'; '.join(problems[:3])}): "
@@ -138,6 +145,10 @@ def path_root(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------- manifest
+class ManifestError(RuntimeError):
+    """``manifest.json`` is missing, unreadable or not what ``make setup`` writes."""
+
+
 class Manifest:
     """``<cache>/manifest.json``: every prepared file's SHA-256, size and mtime, by asset group."""
 
@@ -145,11 +156,21 @@ class Manifest:
         self.root = Path(root)
         self.path = self.root / "manifest.json"
 
-    def load(self) -> dict[str, dict[str, dict]]:
+    def load(self, strict: bool = False) -> dict[str, dict[str, dict]]:
+        """The records by group; a missing or corrupt manifest is ``{}`` (``make setup`` then
+        re-prepares everything), or with ``strict`` a :class:`ManifestError` (a run fails closed)."""
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
+            entries = json.loads(self.path.read_text())
+            if not _well_formed(entries):
+                raise ValueError("not a manifest of {group: {file: {sha256, size, mtime_ns}}}")
+            return entries
+        except FileNotFoundError:
+            if strict:
+                raise ManifestError(f"{self.path} is missing") from None
+        except (OSError, ValueError) as error:
+            if strict:
+                raise ManifestError(f"{self.path} is corrupt ({type(error).__name__}: {str(error)[:100]})") from None
+        return {}
 
     def record(self, group: str, paths: list[Path]) -> None:
         entries = self.load()
@@ -165,16 +186,30 @@ class Manifest:
         return [problem for relative, record in entries.items()
                 if (problem := _problem(self.root / relative, record, full))]
 
-    def problems_under(self, path: Path, full: bool) -> list[str]:
-        """Problems of every recorded file at or below ``path`` (nothing recorded: none)."""
+    def problems_under(self, path: Path, full: bool, strict: bool = False) -> list[str]:
+        """Problems of every recorded file at or below ``path`` (nothing recorded: none, or with
+        ``strict`` a :class:`ManifestError`, as for a missing or corrupt manifest)."""
         path = Path(path).resolve()
-        found = []
-        for entries in self.load().values():
+        found, recorded = [], 0
+        for entries in self.load(strict).values():
             for relative, record in entries.items():
                 file = (self.root / relative).resolve()
-                if (file == path or file.is_relative_to(path)) and (problem := _problem(file, record, full)):
-                    found.append(problem)
+                if file == path or file.is_relative_to(path):
+                    recorded += 1
+                    if problem := _problem(file, record, full):
+                        found.append(problem)
+        if strict and not recorded:
+            raise ManifestError(f"{self.path} records no file at {path}")
         return found
+
+
+def _well_formed(entries) -> bool:
+    return isinstance(entries, dict) and all(
+        isinstance(files, dict) and all(
+            isinstance(record, dict) and isinstance(record.get("sha256"), str)
+            and isinstance(record.get("size"), int) and isinstance(record.get("mtime_ns"), int)
+            for record in files.values())
+        for files in entries.values())
 
 
 def _stat_record(file: Path, digest: str) -> dict:
@@ -189,14 +224,16 @@ def _problem(file: Path, record: dict, full: bool) -> str | None:
     if stat.st_size != record["size"]:
         return f"{file.name}: size {stat.st_size} bytes, recorded {record['size']}"
     if not full and stat.st_mtime_ns == record["mtime_ns"]:
-        return None  # unchanged since it was recorded (hashing 0.5 GB on every run costs seconds)
-    if _hash(str(file), stat.st_size, stat.st_mtime_ns) != record["sha256"]:
+        return None
+    if _hash(str(file), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino) != record["sha256"]:
         return f"{file.name}: SHA-256 differs from the record"
     return None
 
 
-@lru_cache(maxsize=256)
-def _hash(file: str, size: int, mtime_ns: int) -> str:
+@lru_cache(maxsize=1024)
+def _hash(file: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+    """A file's SHA-256, hashed once per process while its stat stays the same: any write
+    changes ctime, which no user can set (0.3 s warm / 1.0 s cold for the 538 MB model; README)."""
     return sha256_file(Path(file))
 
 

@@ -8,6 +8,9 @@
   outlier ratios, ShortGPT's Block Influence, FLAP's per-channel fluctuations), keyed by the
   content of the block-0 inputs and every block's weights plus what the method says they depend on
   (:meth:`PruningMethod.dense_pass_key`), so an OWL sweep over sparsity or lambda runs the dense pass once.
+
+A cache that cannot be written (read-only, full, or a file where its folder should be) costs the
+reuse, never the run: one warning, and the run goes on uncached.
 """
 
 from __future__ import annotations
@@ -70,8 +73,23 @@ def calibration_tokens(spec: data.CalibrationSpec, tokenizer, root: Path | None 
     input_ids = data.calibration_tokens(spec, tokenizer)
     buffer = io.BytesIO()
     torch.save({"key": json.dumps(key, sort_keys=True), "input_ids": input_ids, "sha256": _digest(input_ids)}, buffer)
-    atomic_write(path, buffer.getvalue())
+    _store(path, buffer.getvalue())
     return input_ids
+
+
+_unwritable: set[str] = set()  # cache folders already warned about in this process
+
+
+def _store(path: Path, payload: str | bytes) -> None:
+    """Write a cache entry; a cache that cannot be written is warned about once and skipped."""
+    try:
+        atomic_write(path, payload)
+    except OSError as error:
+        folder = str(path.parent)
+        if folder not in _unwritable:
+            _unwritable.add(folder)
+            log.warning("cache %s cannot be written (%s: %s); running without it (results are the same, "
+                        "only not reused)", folder, type(error).__name__, error.strerror or error)
 
 
 def _digest(tensor: torch.Tensor) -> str:
@@ -80,7 +98,10 @@ def _digest(tensor: torch.Tensor) -> str:
 
 def _discard(path: Path, why: str, what: str) -> None:
     log.warning("%s cache entry %s is %s; discarding it and computing it again", what, path, why)
-    path.unlink(missing_ok=True)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a directory in its place, or a read-only cache: left, and not used
+        pass
 
 
 def _cached_windows(path: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | None:
@@ -140,11 +161,11 @@ def dense_summaries(key: str, count: int, compute: Callable[[], list[Any]], root
     values = list(compute())
     if _numbers(values):
         values = [float(v) for v in values]
-        atomic_write(folder / f"{key}.json", json.dumps({"values": values, "sha256": _summary_digest(values)}))
+        _store(folder / f"{key}.json", json.dumps({"values": values, "sha256": _summary_digest(values)}))
     else:
         buffer = io.BytesIO()
         torch.save({"values": values, "sha256": _summary_digest(values)}, buffer)
-        atomic_write(folder / f"{key}.pt", buffer.getvalue())
+        _store(folder / f"{key}.pt", buffer.getvalue())
     return values, False
 
 

@@ -8,9 +8,12 @@ with random weights, for tests and for speed measurements without a download).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +37,10 @@ class ModelConfigError(ConfigError):
 
 class ModelLoadError(RuntimeError):
     """The weights or tokenizer could not be read (a truncated or corrupt file): names the path."""
+
+
+class SaveError(RuntimeError):
+    """The pruned model cannot be saved where it should go, or did not read back as written."""
 
 
 @lru_cache(maxsize=1)
@@ -114,6 +121,10 @@ class ModelSource(ABC):
         fingerprint: changed files re-run the job); here every checkpoint file's SHA-256."""
         return identity.directory_identity(Path(self.location()))
 
+    def saved_settings(self) -> dict:
+        """What a model saved by prunelab recorded about the run that measured it (``{}``: none)."""
+        return {}
+
     def load(self, dtype: torch.dtype):
         """``(model, tokenizer)`` on the CPU in ``dtype``, in eval mode, no KV cache."""
         from transformers import AutoTokenizer
@@ -155,6 +166,15 @@ class LocalSource(ModelSource):
                 f"model.path={self.path!r} is not a Hugging Face model directory (no config.json at {path})"
             )
         return str(path)
+
+    def saved_settings(self) -> dict:
+        import json
+
+        try:
+            note = json.loads((Path(self.location()) / "config.json").read_text()).get(structure.STRUCTURE_KEY)
+        except (OSError, ValueError, AttributeError):
+            return {}  # the load says what is wrong with it
+        return note if isinstance(note, dict) else {}
 
 
 class HubSource(ModelSource):
@@ -266,6 +286,52 @@ def _ready(model, tokenizer):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+AUTO = "auto"
+LOCAL_FALLBACK = {"dtype": "float16", "seqlen": 2048}  # model=local without a note or a dtype in its config
+EVAL_WINDOWS = ("ppl_datasets", "seqlen", "max_windows")
+
+
+def settle_saved_settings(cfg):
+    """``model.dtype`` / ``model.seqlen`` set to ``auto``: the dtype and evaluation window the
+    checkpoint was measured with (its ``prunelab_structure`` note), else its HF config's dtype and
+    context (float16 and 2,048 tokens where it says nothing). When the evaluation then differs from
+    the one the saved model was measured with, a warning states both. Returns the settled config."""
+    from omegaconf import OmegaConf
+
+    from prunelab.config import build
+
+    model = cfg.model
+    auto = [key for key in ("dtype", "seqlen") if OmegaConf.is_config(model) and model.get(key) == AUTO]
+    if "source" not in model or not OmegaConf.is_config(model.source) or "_target_" not in model.source:
+        return cfg
+    source = build(model.source, "model.source")
+    if not isinstance(source, ModelSource):
+        return cfg
+    note = source.saved_settings() if auto or isinstance(source, LocalSource) else {}
+    measured = note.get("eval") if isinstance(note.get("eval"), dict) else {}
+    if auto:
+        cfg = copy.deepcopy(cfg)  # the caller's config (recorded as given) stays as it is
+        hf_config = source.hf_config()
+        if "dtype" in auto:
+            declared = str(getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)).removeprefix("torch.")
+            cfg.model.dtype = note.get("dtype") or (declared if declared in DTYPES else LOCAL_FALLBACK["dtype"])
+        if "seqlen" in auto:
+            context = context_length(hf_config)
+            cfg.model.seqlen = measured.get("seqlen") or min(LOCAL_FALLBACK["seqlen"], context or LOCAL_FALLBACK["seqlen"])
+        log.info("model.%s=auto: %s", "/".join(auto), ", ".join(f"{k}={cfg.model[k]}" for k in auto))
+    if measured:
+        now = OmegaConf.to_container(cfg.eval, resolve=True)
+        now = {k: list(now[k]) if isinstance(now.get(k), list) else now.get(k) for k in EVAL_WINDOWS}
+        then = {k: measured.get(k) for k in EVAL_WINDOWS}
+        if note.get("dtype"):
+            now["dtype"], then["dtype"] = str(cfg.model.get("dtype")), note["dtype"]
+        if now != then:
+            show = lambda values: ", ".join(f"{k}={v}" for k, v in values.items())  # noqa: E731
+            log.warning("model.path=%s was measured with %s; this run evaluates with %s: its perplexity is not "
+                        "comparable with the one recorded when it was saved", source.location(), show(then), show(now))
+    return cfg
 
 
 def skeleton(hf_config, where: str = "") -> nn.Module:
@@ -395,6 +461,122 @@ def save_pretrained(model: nn.Module, tokenizer, directory: Path, note: dict | N
     size = sum(f.stat().st_size for f in Path(directory).glob("*.safetensors"))
     return {"artifacts/model_dir": str(directory), "artifacts/model_bytes": size,
             "artifacts/model_loader": "local (prunelab_layers)" if shrunk and not uniform else "from_pretrained"}
+
+
+def save_into_run(model: nn.Module, tokenizer, run_dir: Path, note: dict | None = None, name: str = "model") -> dict:
+    """:func:`save_pretrained` into ``<run_dir>/<name>`` so that the directory is whole or absent.
+
+    The model is written to a temporary directory inside the run directory, flushed, read back
+    (:func:`verify_saved`) and only then renamed into place; a model saved before is replaced only
+    after the new one is complete. A symbolic link or a file at ``<run_dir>/<name>`` is refused,
+    never followed or silently kept. A failure or a signal during the save leaves the old state.
+    """
+    run_dir = Path(run_dir)
+    target = run_dir / name
+    if target.is_symlink():
+        raise SaveError(f"cannot save the model: {target} is a symbolic link (to {os.readlink(target)}); "
+                        "a run writes only inside its own directory. Remove the link and run again")
+    if target.exists() and not target.is_dir():
+        raise SaveError(f"cannot save the model: {target} exists and is not a directory; move it away and run again")
+    for stale in run_dir.glob(f".{name}.*.partial"):  # left by a save whose process was killed
+        if not _alive(stale.name.split(".")[2]):
+            shutil.rmtree(stale, ignore_errors=True)
+    prefix = f".{name}.{os.getpid()}."
+    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=run_dir))
+    previous = None
+    try:
+        saved = save_pretrained(model, tokenizer, staging, note)
+        saved.update(verify_saved(staging, model))
+        _fsync_tree(staging)
+        if target.is_dir():
+            previous = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=run_dir))
+            os.replace(target, previous / name)
+        os.replace(staging, target)
+        _fsync_dir(run_dir)
+    except BaseException:
+        if previous is not None and not target.exists():  # stopped between the two renames: put it back
+            os.replace(previous / name, target)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    saved["artifacts/model_dir"] = str(target)
+    return saved
+
+
+def verify_saved(directory: Path, model: nn.Module) -> dict:
+    """Read back what :func:`save_pretrained` wrote: every safetensors file whole (its tensors
+    fill it exactly), every tensor equal to the model's (or a zero bias it added), nothing of the
+    model missing but a tied ``lm_head``; the config and tokenizer load. Raises :class:`SaveError`."""
+    import json
+    import struct
+
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoTokenizer
+
+    expected = model.state_dict()
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    found, count = set(), 0
+    files = sorted(Path(directory).glob("*.safetensors"))
+    try:
+        if not files:
+            raise ValueError("no *.safetensors file was written")
+        for file in files:
+            with open(file, "rb") as handle:
+                header_size = struct.unpack("<Q", handle.read(8))[0]
+                header = json.loads(handle.read(header_size))
+            payload = sum(end - start for key, item in header.items() if key != "__metadata__"
+                          for start, end in [item["data_offsets"]])
+            if 8 + header_size + payload != file.stat().st_size:
+                raise ValueError(f"{file.name} holds {file.stat().st_size} bytes, its tensors {8 + header_size + payload}")
+            with safe_open(str(file), framework="pt") as tensors:
+                for key in tensors.keys():
+                    tensor = tensors.get_tensor(key)
+                    reference = expected.get(key)
+                    if reference is None:
+                        if not (key.endswith(".bias") and not tensor.any()):
+                            raise ValueError(f"{file.name}: unexpected tensor {key}")
+                    elif not torch.equal(tensor, reference.detach().cpu()):
+                        raise ValueError(f"{file.name}: {key} differs from the model's")
+                    found.add(key)
+                    count += 1
+        missing = sorted(set(expected) - found - tied)
+        if missing:
+            raise ValueError(f"{len(missing)} tensor(s) of the model are missing, e.g. {missing[:3]}")
+        AutoConfig.from_pretrained(directory)
+        AutoTokenizer.from_pretrained(directory)
+    except Exception as error:  # noqa: BLE001 - any read-back failure means the save is not usable
+        raise SaveError(f"the saved model in {directory} does not read back as written: "
+                        f"{type(error).__name__}: {error}") from error
+    return {"artifacts/model_tensors": count}
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that staged a save still runs (then its staging is not stale)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_tree(directory: Path) -> None:
+    for file in sorted(Path(directory).rglob("*")):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _with_zero_biases(model: nn.Module) -> dict:

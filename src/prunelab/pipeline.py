@@ -34,7 +34,7 @@ from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
 from prunelab.config import build
 from prunelab.evaluate import evaluate_perplexity
-from prunelab.models import ModelLoadError
+from prunelab.models import ModelLoadError, SaveError
 from prunelab.outcome import OutcomeError
 from prunelab.plan import CalibrationPlan, EvalPlan, ModelPlan, RunPlan, make_plan
 from prunelab.prune import PruneReport, prune_model
@@ -77,11 +77,22 @@ def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device, output_di
     return metrics
 
 
-def save_stage(model, tokenizer, directory: Path, note: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The pruned model as safetensors: ``from_pretrained`` gives back the same zeros, or the same
-    shrunk model (``model=local model.path=<dir>`` where a structured method left layers of
-    different shapes); ``note`` (method, sparsity) is recorded in its config."""
-    return models.save_pretrained(model, tokenizer, directory, note)
+def save_stage(model, tokenizer, run_dir: Path, note: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pruned model as safetensors in ``<run_dir>/model``: ``from_pretrained`` gives back the
+    same zeros, or the same shrunk model (``model=local model.path=<dir>`` where a structured
+    method left layers of different shapes); ``note`` is recorded in its config. Staged, read
+    back and renamed into place (:func:`models.save_into_run`): whole or absent, never outside."""
+    return models.save_into_run(model, tokenizer, run_dir, note)
+
+
+def saved_note(plan: RunPlan) -> dict[str, Any]:
+    """What a saved model records about the run that measured it, so that ``model=local
+    model.path=<dir>`` evaluates it the same way (``model.dtype``/``model.seqlen=auto``)."""
+    perplexity = plan.evaluation.perplexity
+    return {"method": plan.method_label, "sparsity": plan.sparsity,
+            "dtype": str(plan.model.dtype).removeprefix("torch."),
+            "eval": {"ppl_datasets": list(perplexity.datasets), "seqlen": perplexity.seqlen,
+                     "max_windows": perplexity.max_windows, "batch_size": perplexity.batch_size}}
 
 
 def headline(metrics: dict[str, Any]) -> float:
@@ -110,8 +121,7 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device, output_dir))
     outcome.check_finite_metrics(metrics)
     if plan.save_model:
-        metrics.update(save_stage(model, tokenizer, output_dir / "model",
-                                  {"method": plan.method_label, "sparsity": plan.sparsity}))
+        metrics.update(save_stage(model, tokenizer, output_dir, saved_note(plan)))
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
         from prunelab.bench.stage import bench_stage
 
@@ -376,7 +386,7 @@ def user_errors() -> Iterator[None]:
     (key, value, what is allowed) instead of a traceback; ``HYDRA_FULL_ERROR=1`` shows the trace."""
     try:
         yield
-    except (ConfigError, OutcomeError, AssetMissingError, ModelLoadError) as error:
+    except (ConfigError, OutcomeError, AssetMissingError, ModelLoadError, SaveError) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"Error: {error}\n(recorded in the run's metrics.json; HYDRA_FULL_ERROR=1 shows the traceback)",

@@ -161,6 +161,7 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     if missing:
         raise ConfigError(f"{missing[0]} must be set (its config leaves it as ???), e.g. {missing[0]}=...")
     finite_numbers(cfg)
+    cfg = models.settle_saved_settings(cfg)  # model.dtype/seqlen=auto: from the checkpoint
     settings = OmegaConf.to_container(cfg, resolve=True)
     for knob, meaning in STUDY_KNOBS.items():
         if knob in settings:
