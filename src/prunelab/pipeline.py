@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prunelab import caches, data, evidence, models, naming, outcome, resume
+from prunelab import caches, data, evidence, models, naming, outcome, recover, resume
 from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
 from prunelab.evaluate import evaluate_perplexity
@@ -74,6 +74,16 @@ def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device, output_di
     return metrics
 
 
+def recover_stage(plan: RunPlan, model, tokenizer, report: PruneReport, output_dir: Path) -> dict[str, Any]:
+    """Fine-tune the pruned model (``recover=lora``) and merge it back with its sparsity kept;
+    checkpoints and the adapter go to ``<run dir>/recover``."""
+    start = time.perf_counter()
+    metrics = plan.recovery.recover(model, tokenizer, report, plan.evaluation.perplexity, plan.model.device,
+                                    output_dir / "recover", logger=plan.logger)
+    metrics["time/recover_s"] = time.perf_counter() - start
+    return metrics
+
+
 def save_stage(model, tokenizer, directory: Path, note: dict[str, Any] | None = None) -> dict[str, Any]:
     """The pruned model as safetensors: ``from_pretrained`` gives back the same zeros, or the same
     shrunk model (``model=local model.path=<dir>`` where a structured method left layers of
@@ -104,7 +114,12 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
              report.calibration_s, report.prune_s)
     outcome.check_finite_weights(model, "after pruning")
     outcome.check_sparsity(report)
+    if plan.recovery is not None:  # recover=none: nothing runs
+        metrics.update(recover_stage(plan, model, tokenizer, report, output_dir))
+        outcome.check_finite_weights(model, "after recovery")
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device, output_dir))
+    if plan.recovery is not None:
+        metrics.update(recover.summarize(metrics))
     outcome.check_finite_metrics(metrics)
     if plan.save_model:
         metrics.update(save_stage(model, tokenizer, output_dir / "model",
@@ -217,7 +232,7 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             evidence.write_json(metrics_path, record)  # a job that dies later still says what it planned
             log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
             name, group = naming.tracker_names(
-                cfg.get("run_name"), cfg.get("group"), default=f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}",
+                cfg.get("run_name"), cfg.get("group"), default=f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}{'+' + plan.recovery.name if plan.recovery else ''}",
                 overrides=overrides, sweep_dir=sweep_dir if multirun else None)
             plan.logger.start(output_dir, resolved, name=name, group=group)
             logger = plan.logger
