@@ -14,6 +14,7 @@ import torch
 
 from prunelab import data, pipeline, recover
 from prunelab.checks import ConfigError
+from prunelab.loggers import Logger
 from prunelab.models import DecoderAdapter
 from prunelab.outcome import OutcomeError
 from prunelab.plan import make_plan
@@ -32,8 +33,19 @@ def _pruned(tokenizer, *overrides: str):
     return plan, model, report
 
 
-def _recover(plan, model, tokenizer, report, work_dir: Path) -> dict:
-    return plan.recovery.recover(model, tokenizer, report, plan.evaluation.perplexity, plan.model.device, work_dir)
+def _recover(plan, model, tokenizer, report, work_dir: Path, logger=None) -> dict:
+    return plan.recovery.recover(model, tokenizer, report, plan.evaluation.perplexity, plan.model.device, work_dir,
+                                 logger=logger)
+
+
+class ChartLogger(Logger):
+    """Keeps the line charts it is given."""
+
+    def __init__(self) -> None:
+        self.charts = {}
+
+    def log_line_chart(self, key, frame, x, y, stroke, title) -> None:
+        self.charts[key] = frame
 
 
 def test_default_run_has_no_recover_stage():
@@ -51,9 +63,11 @@ def test_lora_trains_and_keeps_the_mask_exactly(tmp_path, tokenizer, pattern):
     weights_before = {k: layer.weight.detach().clone() for k, layer in
                       ((f"{i}.{n}", layer) for i, block in enumerate(adapter.blocks)
                        for n, layer in adapter.linear_layers(block).items())}
-    metrics = _recover(plan, model, tokenizer, report, tmp_path)
+    logger = ChartLogger()
+    metrics = _recover(plan, model, tokenizer, report, tmp_path, logger)
     assert metrics["recover/loss_last"] < metrics["recover/loss_first"]
     assert len(metrics["recover/loss_curve"]) == 6
+    assert list(logger.charts["recover/loss_curve"]["loss"]) == metrics["recover/loss_curve"]
     for key, layer in ((f"{i}.{n}", layer) for i, block in enumerate(adapter.blocks)
                        for n, layer in adapter.linear_layers(block).items()):
         assert torch.equal(layer.weight == 0, zeros_before[key]), key  # the same zeros, no more, no fewer
@@ -186,3 +200,23 @@ def test_real_short_recovery_of_the_embedded_model(tmp_path):
     assert metrics["recover/loss_last"] < metrics["recover/loss_first"]
     assert metrics["recover/ppl_wiki_remasked"] < metrics["recover/ppl_wiki_before"]
     assert metrics["recover/achieved_sparsity"] >= 0.5
+
+
+def test_saved_recovered_model_reloads_with_the_same_perplexity(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from prunelab.evaluate import evaluate_perplexity
+
+    cfg = compose_config(*TINY, *FAST, "method=wanda", "pattern=2:4", "save_model=true")
+    pipeline.main(cfg, output_dir=tmp_path, overrides=[])
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "completed", record.get("error")
+    reloaded = AutoModelForCausalLM.from_pretrained(record["metrics"]["artifacts/model_dir"])
+    assert not hasattr(reloaded, "peft_config")
+    plan = make_plan(cfg)
+    _, tokenizer, _ = pipeline.load_stage(plan.model)
+    again = evaluate_perplexity(reloaded, tokenizer, plan.evaluation.perplexity, plan.model.device)[0].perplexity
+    assert again == pytest.approx(record["metrics"]["eval/ppl_wiki"], rel=1e-6)
+    for block in DecoderAdapter(reloaded).blocks:
+        for layer in DecoderAdapter.linear_layers(block).values():
+            assert bool(((layer.weight != 0).reshape(layer.weight.shape[0], -1, 4).sum(-1) <= 2).all())
