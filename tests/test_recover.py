@@ -220,3 +220,10 @@ def test_saved_recovered_model_reloads_with_the_same_perplexity(tmp_path):
     for block in DecoderAdapter(reloaded).blocks:
         for layer in DecoderAdapter.linear_layers(block).values():
             assert bool(((layer.weight != 0).reshape(layer.weight.shape[0], -1, 4).sum(-1) <= 2).all())
+
+
+def test_recovered_fraction_of_the_log_perplexity_gap():
+    assert recover.recovered_fraction(100.0, 10.0, 10.0) == pytest.approx(1.0)
+    assert recover.recovered_fraction(100.0, 100.0, 10.0) == pytest.approx(0.0)
+    assert recover.recovered_fraction(100.0, math.sqrt(1000.0), 10.0) == pytest.approx(0.5)
+    assert math.isnan(recover.recovered_fraction(10.0, 9.0, 10.0))

@@ -441,3 +441,10 @@ def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
         if before is not None:
             out[f"recover/log_gain_{name}"] = math.log(before) - math.log(value)
     return out
+
+
+def recovered_fraction(ppl_pruned: float, ppl_recovered: float, ppl_dense: float) -> float:
+    """The fraction of the log-perplexity gap that recovery closed:
+    ``(log ppl_pruned - log ppl_recovered) / (log ppl_pruned - log ppl_dense)`` (1: back to dense)."""
+    gap = math.log(ppl_pruned) - math.log(ppl_dense)
+    return (math.log(ppl_pruned) - math.log(ppl_recovered)) / gap if gap else math.nan
