@@ -227,3 +227,29 @@ def test_recovered_fraction_of_the_log_perplexity_gap():
     assert recover.recovered_fraction(100.0, 100.0, 10.0) == pytest.approx(0.0)
     assert recover.recovered_fraction(100.0, math.sqrt(1000.0), 10.0) == pytest.approx(0.5)
     assert math.isnan(recover.recovered_fraction(10.0, 9.0, 10.0))
+
+
+def test_recovery_table_gives_the_gap_closed_beside_the_dense_control(tmp_path):
+    import pandas as pd
+
+    from prunelab.study.aggregate import tables
+    from prunelab.study.records import Sweep
+    from prunelab.study.report import markdown_table
+
+    rows = [  # dense 10; wanda 2:4 pruned 100 -> recovered sqrt(1000) (half the log gap); dense+LoRA 10 -> 9
+        {"job": "0", "status": "completed", "method": "dense", "sparsity": 0.0, "pattern": None, "eval/ppl_wiki": 10.0},
+        {"job": "1", "status": "completed", "method": "wanda", "sparsity": 0.5, "pattern": "2:4", "recover/steps": 20,
+         "recover/ppl_wiki_before": 100.0, "eval/ppl_wiki": math.sqrt(1000.0), "recover/remask_cost_wiki": 0.1},
+        {"job": "2", "status": "completed", "method": "dense", "sparsity": 0.0, "pattern": None, "recover/steps": 20,
+         "recover/ppl_wiki_before": 10.0, "eval/ppl_wiki": 9.0},
+    ]
+    sweep = Sweep(tmp_path, pd.DataFrame(rows), pd.DataFrame(), {r["job"]: {} for r in rows})
+    table = tables(sweep)["recovery"]
+    wanda = table.loc[("wanda", "2:4", 20)]
+    assert wanda["wiki gap closed"] == pytest.approx(0.5)
+    assert wanda["wiki re-mask cost (log)"] == pytest.approx(0.1)
+    assert wanda["wiki dense+LoRA gain (log)"] == pytest.approx(math.log(10 / 9))
+    assert math.isnan(table.loc[("dense", "dense", 20)]["wiki gap closed"])
+    assert "gap closed" in markdown_table(table, "recovery")
+    rows = [{k: v for k, v in r.items() if not k.startswith("recover/")} for r in rows]
+    assert "recovery" not in tables(Sweep(tmp_path, pd.DataFrame(rows), pd.DataFrame(), {}))
