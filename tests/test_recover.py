@@ -188,18 +188,18 @@ def _literal(text: str) -> str:
 
 @requires_embedded
 def test_real_short_recovery_of_the_embedded_model(tmp_path):
-    """wanda 2:4 on SmolLM2-135M, 20 LoRA steps: the loss falls, the perplexity improves on the
-    training domain, the 2:4 zeros are kept, and the run completes its outcome checks."""
-    overrides = ["method=wanda", "pattern=2:4", "calib_data.nsamples=16", "eval.max_windows=4", "eval.ppl_datasets=[wiki]",
-                 "logger=none", "recover=lora", "recover.steps=20", "recover.seqlen=128", "recover.batch_size=2",
-                 "recover.target_modules=[q_proj,v_proj]", "recover.lr=1e-3"]
+    """wanda 2:4 on SmolLM2-135M, 8 short LoRA steps (minutes on a busy CPU): the perplexity improves
+    on the training domain, the 2:4 zeros are kept, and the run completes its outcome checks."""
+    overrides = ["method=wanda", "pattern=2:4", "calib_data.nsamples=16", "eval.max_windows=2", "eval.ppl_datasets=[wiki]",
+                 "logger=none", "recover=lora", "recover.steps=8", "recover.seqlen=64", "recover.batch_size=2",
+                 "recover.warmup_steps=1", "recover.lr=3e-3"]
     pipeline.main(compose_config(*overrides), output_dir=tmp_path, overrides=overrides)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["status"] == "completed", record.get("error")
     metrics = record["metrics"]
-    assert metrics["recover/loss_last"] < metrics["recover/loss_first"]
     assert metrics["recover/ppl_wiki_remasked"] < metrics["recover/ppl_wiki_before"]
-    assert metrics["recover/achieved_sparsity"] >= 0.5
+    assert metrics["recover/ppl_wiki_adapter"] < metrics["recover/ppl_wiki_before"]
+    assert metrics["recover/achieved_sparsity"] >= 0.5 and metrics["recover/remasked_layers"] == 210
 
 
 def test_saved_recovered_model_reloads_with_the_same_perplexity(tmp_path):

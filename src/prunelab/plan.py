@@ -208,7 +208,7 @@ def make_plan(cfg: DictConfig) -> RunPlan:
 
 
 def _recovery_summary(recovery: Recovery) -> str:
-    knobs = getattr(recovery, "settings", dict)()
+    knobs = recovery.settings()
     shown = ", ".join(f"{k}={knobs[k]}" for k in ("rank", "steps", "lr", "dataset") if k in knobs)
     return f"{type(recovery).__name__}({shown})"
 

@@ -53,6 +53,10 @@ class Recovery:
     def check_model(self, adapter: DecoderAdapter, context: int) -> None:
         """Reject, from a meta-device skeleton, what the model cannot take (before any weights load)."""
 
+    def settings(self) -> dict[str, Any]:
+        """The knobs, for the plan's summary and the checkpoint's key."""
+        return {}
+
     def recover(self, model: nn.Module, tokenizer, report: PruneReport, evaluation: PerplexitySpec,
                 device: torch.device, work_dir: Path, logger=None) -> dict[str, Any]:
         """Fine-tune ``model`` in place and leave the merged model in it; return ``recover/*`` metrics."""
