@@ -142,7 +142,7 @@ class LoraRecovery(Recovery):
 
         windows = training_windows(self.dataset, self.steps * self.batch_size, self.seqlen, self.seed, tokenizer,
                                    evaluation.datasets)
-        key = _run_key(self.settings(), adapter, windows)
+        key = _run_key({k: v for k, v in self.settings().items() if k != "checkpoint_every"}, adapter, windows)
         torch.manual_seed(self.seed)
         peft_model = get_peft_model(model, LoraConfig(
             r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
