@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prunelab import caches, data, evidence, identity, models, naming, outcome, resume
+from prunelab import caches, data, evidence, identity, models, naming, outcome, recover, resume
 from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
 from prunelab.config import build
@@ -77,6 +77,16 @@ def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device, output_di
     return metrics
 
 
+def recover_stage(plan: RunPlan, model, tokenizer, report: PruneReport, output_dir: Path) -> dict[str, Any]:
+    """Fine-tune the pruned model (``recover=lora``) and merge it back with its sparsity kept;
+    checkpoints and the adapter go to ``<run dir>/recover``."""
+    start = time.perf_counter()
+    metrics = plan.recovery.recover(model, tokenizer, report, plan.evaluation.perplexity, plan.model.device,
+                                    output_dir / "recover", logger=plan.logger)
+    metrics["time/recover_s"] = time.perf_counter() - start
+    return metrics
+
+
 def save_stage(model, tokenizer, run_dir: Path, note: dict[str, Any] | None = None) -> dict[str, Any]:
     """The pruned model as safetensors in ``<run_dir>/model``: ``from_pretrained`` gives back the
     same zeros, or the same shrunk model (``model=local model.path=<dir>`` where a structured
@@ -118,7 +128,12 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
              report.calibration_s, report.prune_s)
     outcome.check_finite_weights(model, "after pruning")
     outcome.check_sparsity(report)
+    if plan.recovery is not None:  # recover=none: nothing runs
+        metrics.update(recover_stage(plan, model, tokenizer, report, output_dir))
+        outcome.check_finite_weights(model, "after recovery")
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device, output_dir))
+    if plan.recovery is not None:
+        metrics.update(recover.summarize(metrics))
     outcome.check_finite_metrics(metrics)
     if plan.save_model:
         metrics.update(save_stage(model, tokenizer, output_dir, saved_note(plan)))
@@ -330,7 +345,7 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             evidence.write_json(metrics_path, record)  # a job that dies later still says what it planned
             log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
             name, group = naming.tracker_names(
-                cfg.get("run_name"), cfg.get("group"), default=f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}",
+                cfg.get("run_name"), cfg.get("group"), default=f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}{'+' + plan.recovery.name if plan.recovery else ''}",
                 overrides=overrides, sweep_dir=sweep_dir if multirun else None)
             plan.logger.start(output_dir, resolved, name=name, group=group)
             logger = plan.logger

@@ -27,6 +27,7 @@ from prunelab.loggers import Logger
 from prunelab.methods.base import PruningMethod, StructuredMethod
 from prunelab.patterns import Pattern, check_sparsity, parse_pattern
 from prunelab.prune import PruneTarget
+from prunelab.recover import Recovery
 from prunelab.structure import BlockGeometry
 
 ConfigError = checks.ConfigError
@@ -47,6 +48,7 @@ class RootSettings:
     logger: Any
     target: Any
     engine: Any = None
+    recover: Any = None  # absent with recover=none
     local: Any = None  # conf/local/default.yaml, machine-specific and optional
     sparsity: float = field(default=0.5, metadata=between(0, 1, high_open=True, what="the fraction of weights removed"))
     pattern: Any = "unstructured"
@@ -137,6 +139,7 @@ class RunPlan:
     engine: Engine | None
     logger: Logger
     save_model: bool
+    recovery: Recovery | None = None  # recover=lora: fine-tuning between prune and evaluate
 
     def summary(self) -> dict[str, Any]:
         """The plan in a few scalars, recorded in metrics.json and printed at the start."""
@@ -152,6 +155,7 @@ class RunPlan:
             "zeroshot_tasks": list(self.evaluation.zeroshot.tasks),
             "engine": getattr(self.engine, "name", type(self.engine).__name__) if self.engine is not None else None,
             "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
+            **({"recover": _recovery_summary(self.recovery)} if self.recovery is not None else {}),
         }
 
 
@@ -178,6 +182,10 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     if engine is not None:
         engine.check(pattern, method)
     logger = _component(cfg.logger, "logger", Logger)
+    recovery = _component(cfg.recover, "recover", Recovery) if cfg.get("recover") is not None else None
+    if recovery is not None and recovery.dataset in data.ONLINE_SETS and not models.hub_reachable():
+        raise ConfigError(f"recover.dataset={recovery.dataset} needs the Hugging Face hub, which is unreachable here; "
+                          f"offline sets: {', '.join(data.OFFLINE_SETS)}")
 
     calib = read(CalibSettings, cfg.calib_data, "calib_data")
     calibration = None
@@ -211,9 +219,18 @@ def make_plan(cfg: DictConfig) -> RunPlan:
         _check_calibration_memory(calib, hf_config, dtype, device)
     _check_model_memory(settings.name, hf_config, dtype)
     where = f" at {source.location()}" if isinstance(source, models.LocalSource) else ""
-    _check_against_model(models.skeleton(hf_config, where), target, pattern, method, sparsity)
+    skeleton = models.skeleton(hf_config, where)
+    _check_against_model(skeleton, target, pattern, method, sparsity)
+    if recovery is not None:
+        recovery.check_model(models.DecoderAdapter(skeleton), model.context)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
-                   engine, logger, root.save_model)
+                   engine, logger, root.save_model, recovery)
+
+
+def _recovery_summary(recovery: Recovery) -> str:
+    knobs = recovery.settings()
+    shown = ", ".join(f"{k}={knobs[k]}" for k in ("rank", "steps", "lr", "dataset") if k in knobs)
+    return f"{type(recovery).__name__}({shown})"
 
 
 def _check_calibration_memory(calib: CalibSettings, hf_config, dtype: torch.dtype, device: torch.device) -> None:

@@ -19,6 +19,7 @@ import pandas as pd
 from prunelab.naming import sweep_group
 from prunelab.study.dashboard import push, write_spec
 from prunelab.study.figures import draw_all
+from prunelab.study.recovery import recovery_table
 from prunelab.study.records import (
     Sweep,
     collect,
@@ -43,7 +44,8 @@ def tables(sweep: Sweep) -> dict[str, pd.DataFrame]:
     own = sweep.results[~prunes_nothing(sweep.results)]  # a dense baseline alone is no second axis
     pivots = table_axes(Sweep(sweep.directory, own, sweep.block_sparsity, sweep.records))[1] is not None
     found = {"summary": summary_table(sweep),
-             **({metric: pivot(sweep, metric) for metric in headline_metrics(sweep)} if pivots else {})}
+             **({metric: pivot(sweep, metric) for metric in headline_metrics(sweep)} if pivots else {}),
+             "recovery": recovery_table(sweep)}  # empty unless jobs ran recover=lora
     return {name: table for name, table in found.items() if not table.empty}
 
 
