@@ -344,8 +344,10 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             record["plan"] = plan.summary()
             evidence.write_json(metrics_path, record)  # a job that dies later still says what it planned
             log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
+            recovered = f"+{plan.recovery.name}" if plan.recovery else ""
             name, group = naming.tracker_names(
-                cfg.get("run_name"), cfg.get("group"), default=f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}{'+' + plan.recovery.name if plan.recovery else ''}",
+                cfg.get("run_name"), cfg.get("group"),
+                default=f"{plan.method_label}-{plan.pattern.name}-s{plan.sparsity:g}{recovered}",
                 overrides=overrides, sweep_dir=sweep_dir if multirun else None)
             plan.logger.start(output_dir, resolved, name=name, group=group)
             logger = plan.logger

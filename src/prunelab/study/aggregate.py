@@ -19,7 +19,6 @@ import pandas as pd
 from prunelab.naming import sweep_group
 from prunelab.study.dashboard import push, write_spec
 from prunelab.study.figures import draw_all
-from prunelab.study.recovery import recovery_table
 from prunelab.study.records import (
     Sweep,
     collect,
@@ -31,6 +30,7 @@ from prunelab.study.records import (
     table_axes,
     with_baseline,
 )
+from prunelab.study.recovery import recovery_table
 from prunelab.study.report import markdown_table, timing_table, write_report
 from prunelab.study.tracking import log_sweep_summary
 
