@@ -5,6 +5,8 @@ config fails the run before pruning instead of completing with random or dropped
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from prunelab import models, pipeline, structure
 from prunelab.checks import ConfigError
 from prunelab.plan import make_plan
-from tests.conftest import TINY, compose_config
+from tests.conftest import ROOT, TINY, compose_config
 from tests.test_faults import run_cli
 
 LOCAL = ["model=local", "model.dtype=float32", "model.seqlen=64", "model.device=cpu"]
@@ -219,3 +221,16 @@ def test_a_checkpoint_missing_a_weight_fails_on_the_command_line_in_one_line(tmp
     assert f"the checkpoint at {checkpoint} does not match its config" in result.stderr
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["status"] == "failed" and "prune/achieved_sparsity" not in record["metrics"]
+
+
+@pytest.mark.slow  # one Python start-up
+def test_a_sweep_with_a_model_name_that_leaves_multirun_writes_nothing(tmp_path):
+    """The sweep directory (multirun/<model.name>/...) is made before any job's plan runs: the
+    name is checked when the multirun starts, so nothing is written outside multirun/."""
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "model=tiny_random", "model.name=../escape",
+                             "logger=none", "method=magnitude"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "model.name='../escape' must be a plain file name" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b"]

@@ -9,6 +9,7 @@ and :mod:`prunelab.config` uses them for the plain config sections. Every failur
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -64,6 +65,17 @@ def choice(value: Any, key: str, allowed: Iterable[Any]) -> Any:
     allowed = tuple(allowed)
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not valid; allowed: {', '.join(map(str, allowed))}")
+    return value
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a directory name that stays where it is put
+
+
+def file_name(value: Any, key: str, why: str) -> str:
+    """A name used as one directory level (``multirun/<model.name>/``): no ``/``, no ``..``."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ConfigError(f"{key}={value!r} must be a plain file name, as {why}; allowed: letters, digits, '.', '_' "
+                          "and '-', starting with a letter or digit, at most 100 characters")
     return value
 
 

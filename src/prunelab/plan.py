@@ -12,7 +12,6 @@ key, the value and what is allowed.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,8 +30,8 @@ from prunelab.recover import Recovery
 from prunelab.structure import BlockGeometry
 
 ConfigError = checks.ConfigError
+MODEL_NAME_WHY = "sweeps are written under multirun/<model.name>/"
 MAX_FEWSHOT = 25
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a directory name that stays where it is put
 
 
 # ---------------------------------------------------------------------- schemas of the sections
@@ -201,10 +200,7 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     target = _target(read(TargetSettings, _target_node(cfg.target), "target"))
 
     settings = read(ModelSettings, cfg.model, "model", source=None)
-    if not SAFE_NAME.fullmatch(settings.name):
-        raise ConfigError(f"model.name={settings.name!r} must be a plain file name, as sweeps are written under "
-                          "multirun/<model.name>/; allowed: letters, digits, '.', '_' and '-', starting with a letter "
-                          "or digit, at most 100 characters")
+    checks.file_name(settings.name, "model.name", MODEL_NAME_WHY)
     source = _component(cfg.model.source, "model.source", models.ModelSource)
     dtype, device = models.resolve_dtype(settings.dtype), models.resolve_device(settings.device)
     hf_config = source.hf_config()

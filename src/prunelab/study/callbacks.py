@@ -119,6 +119,14 @@ class CheckOutputDirectory(Callback):
         usable_directory(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from prunelab.checks import ConfigError, file_name
+        from prunelab.plan import MODEL_NAME_WHY
+
+        try:  # the sweep directory is made from it before any job (and its plan) runs
+            file_name(config.model.get("name"), "model.name", MODEL_NAME_WHY)
+        except ConfigError as error:
+            print(f"Error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         usable_directory(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
 
