@@ -90,6 +90,7 @@ def test_no_import_circles_in_the_package():
     ("prunelab.stats", ("prunelab.",)),
     ("prunelab.structure", ("prunelab.",)),
     ("prunelab.checks", ("prunelab.",)),
+    ("prunelab.locations", ("prunelab.",)),
     ("prunelab.patterns", ("prunelab.methods", "prunelab.calibration", "prunelab.study")),
     ("prunelab.calibration", ("prunelab.methods", "prunelab.prune", "prunelab.study")),
     ("prunelab.study.records", ("prunelab.study.aggregate", "prunelab.study.figures", "prunelab.study.report",

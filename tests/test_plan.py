@@ -123,7 +123,7 @@ def test_unknown_group_option_lists_the_valid_ones():
         (["method=flap", "method.structure=AL-MM", "method.remove_heads=3"],
          ["method.remove_heads=3", "every attention head", "allowed: method.remove_heads <= 2"]),
         (["method=shortgpt", "sparsity=0.8"], ["sparsity=0.8", "all 2 decoder blocks", "allowed: sparsity < 0.7500"]),
-        (["method=shortgpt", "sparsity=0.8", "target.blocks=[1,2]"], ["sparsity=0.8", "all 1 decoder blocks"]),
+        (["method=shortgpt", "sparsity=0.8", "target.blocks=[1,2]"], ["target.blocks leaves 1 block", "at least 2 blocks"]),
         (["method=shortgpt", "target.modules=mlp"], ["target.modules", "allowed: target.modules=all"]),
         (["method=wanda_sp", "target.modules=[q_proj]"], ["'q_proj'", "allowed: all, attention, mlp"]),
         (["method=flap", "method.metric=XX"], ["method.metric='XX'", "IFV, WIFV, WIFN"]),

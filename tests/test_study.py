@@ -23,7 +23,8 @@ from tests.test_resume import run_job
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 ONLINE_PRESETS = {"calibration_online"}
 # block removal at 20% needs at least 3 blocks to remove one (the tiny model has 2)
-PRESET_OVERRIDES = {"granularity": ["model.source.architecture.num_hidden_layers=5"]}
+PRESET_OVERRIDES = {"granularity": ["model.source.architecture.num_hidden_layers=5",  # shortgpt removes whole blocks
+                                    "model.source.architecture.max_position_embeddings=512"]}  # engine=structured: 512-token prefill
 
 
 def compose_with_hydra(*overrides: str):

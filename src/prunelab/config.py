@@ -20,26 +20,17 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prunelab import checks
 from prunelab.checks import ConfigError
+from prunelab.locations import CONF_DIR  # noqa: F401 - the config groups, re-exported for callers of compose
 
 T = TypeVar("T")
 
 
-def _conf_dir() -> Path:
-    """The project's config groups: the copy a built package carries (``setup.py`` puts the
-    top-level ``conf/`` there), else ``conf/`` of the checkout (source tree, editable install)."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "conf"
-    return packaged if packaged.is_dir() else here.parents[1] / "conf"
-
-
-CONF_DIR = _conf_dir()
 LABEL = "name"  # a component's display label, never a constructor argument
 # The root study knobs: plain numbers at the top of conf/config.yaml (so a sweep varies them as
 # `ria_alpha=0,0.5,1`) that a method config takes by interpolation (`alpha: ${ria_alpha}`). Declared

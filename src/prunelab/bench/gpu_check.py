@@ -40,7 +40,7 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype, seed: int =
     import yaml
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from prunelab.config import CONF_DIR
+    from prunelab.locations import CONF_DIR
 
     spec = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text())
     architecture = spec.get("source", {}).get("architecture")
