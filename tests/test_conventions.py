@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from prunelab import files, pipeline
+from prunelab.config import compose
 from tests.conftest import ROOT, TINY, compose_config
 
 TINY_WANDB = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "method=magnitude"]
@@ -74,3 +75,22 @@ def test_a_single_run_ends_by_printing_its_run_directory(tmp_path, extra, code):
     assert result.returncode == code, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1].startswith(f"Run directory: {tmp_path / 'run'}")
     assert stat.S_IMODE((tmp_path / "run" / "metrics.json").stat().st_mode) & 0o044 == 0o044
+
+
+def test_a_sweep_names_the_hub_sets_it_needs():
+    from prunelab.study.callbacks import hub_needs
+
+    online = compose("+experiment=calibration_online", "model=tiny_random", hydra_config=True)
+    assert hub_needs(online) == ["calib_data=c4", "calib_data=math", "eval.ppl_datasets=c4", "eval.ppl_datasets=math",
+                                 "eval.ppl_datasets=wikitext2"]
+    assert hub_needs(compose("+experiment=sparsity_curve", "model=tiny_random", hydra_config=True)) == []
+
+
+@pytest.mark.slow  # one Python start-up
+def test_a_preset_that_needs_the_hub_refuses_before_launching_any_job(tmp_path):
+    result = subprocess.run([sys.executable, "run.py", "+experiment=calibration_online", "model=tiny_random", "logger=none",
+                             f"hydra.sweep.dir={tmp_path}/sweep"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "needs the Hugging Face hub (calib_data=c4" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "sweep").exists()  # no job directory, no empty report

@@ -111,9 +111,23 @@ def usable_directory(path: Path, key: str) -> None:
         raise SystemExit(2) from None
 
 
+def hub_needs(config: DictConfig) -> list[str]:
+    """The online text sets a sweep names, in its base config or its grid (``calib_data=c4,math``):
+    what makes every job of it fail offline, known before any job runs."""
+    from prunelab.data import ONLINE_SETS
+
+    named = {f"calib_data={config.calib_data.get('dataset')}"} if "calib_data" in config else set()
+    named |= {f"eval.ppl_datasets={name}" for name in (config.get("eval") or {}).get("ppl_datasets") or []}
+    for key, values in ((config.hydra.get("sweeper") or {}).get("params") or {}).items():
+        if key in ("calib_data", "calib_data.dataset", "+calib_data"):
+            named |= {f"calib_data={value.strip()}" for value in str(values).split(",")}
+    return sorted(item for item in named if item.split("=", 1)[1] in ONLINE_SETS)
+
+
 class CheckOutputDirectory(Callback):
     """Before anything runs: the run's (``hydra.run.dir``) or sweep's (``hydra.sweep.dir``)
-    directory can be created and written, else one line and exit status 2."""
+    directory can be created and written, a sweep's ``model.name`` stays inside ``multirun/`` and
+    a sweep that needs the hub finds it; else one line and exit status 2."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         usable_directory(Path(config.hydra.run.dir), "hydra.run.dir")
@@ -127,6 +141,15 @@ class CheckOutputDirectory(Callback):
         except ConfigError as error:
             print(f"Error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
+        needs = hub_needs(config)
+        if needs:
+            from prunelab.models import hub_reachable
+
+            if not hub_reachable():
+                print(f"Error: this sweep needs the Hugging Face hub ({', '.join(needs)}), which is unreachable "
+                      "here; no job was launched. Offline presets: sparsity_curve, patterns, ria_alpha, owl_lambda, "
+                      "module_sensitivity, granularity, calibration_offline", file=sys.stderr)
+                raise SystemExit(2)
         usable_directory(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
 
