@@ -127,6 +127,9 @@ PLAN_REJECTS = [
     (["engine=cpu", "engine.tokens=[1000000000000]"], "engine.tokens=[1000000000000] multiplies 1000000000000 token "
                                                       "rows, beyond the model's context of 256"),
     (["engine=cpu", "engine.min_sample_ms=1e308"], "engine.min_sample_ms=1e+308 is outside [0, 10000]"),
+    (["engine=structured", "engine.decode_batches=[100000000]"], "engine.decode_batches[0]=100000000 is outside [1, 4096]"),
+    (["engine=structured", "engine.repeats=1000000000"], "engine.repeats=1000000000 is outside [1, 1000]"),
+    (["engine=structured", "engine.warmup=100000"], "engine.warmup=100000 is outside [0, 1000]"),
     (["model.source.architecture.num_hidden_layers=100000000"], "model=tiny_random has 13732.9 GiB of weights in float32 "
                                                                 "(100000000 blocks of hidden size 64), more than this machine's"),
     (["+model.source.architecture.hidden_act=bogus"], "the model config (model_type llama) does not build a model: KeyError"),

@@ -51,11 +51,11 @@ def positive_int(value: Any, key: str, what: str = "") -> int:
     return integer(value, key, low=1, what=what)
 
 
-def positive_ints(values: Any, key: str) -> tuple[int, ...]:
-    """A non-empty list of positive integers."""
+def positive_ints(values: Any, key: str, high: int | None = None, what: str = "") -> tuple[int, ...]:
+    """A non-empty list of positive integers (each at most ``high``)."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise ConfigError(f"{key}={values!r} must be a list of positive integers")
-    out = tuple(positive_int(v, f"{key}[{i}]") for i, v in enumerate(values))
+    out = tuple(integer(v, f"{key}[{i}]", low=1, high=high, what=what) for i, v in enumerate(values))
     if not out:
         raise ConfigError(f"{key} must list at least one value")
     return out

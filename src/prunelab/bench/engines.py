@@ -34,6 +34,8 @@ TRTLLM_INSTALL = "pip install -e .[tensorrt] (tensorrt-llm wheel: Linux x86-64 w
 CONVERT_SCRIPTS = ("models/core/llama/convert_checkpoint.py", "llama/convert_checkpoint.py")
 
 
+MAX_REPEATS = 1_000  # warmup / repeats: a median of more samples says nothing more, and the job never ends
+MAX_DECODE_BATCH = 4_096  # sequences decoded at once: beyond this the KV cache alone outgrows any one device
 MAX_SAMPLE_MS = 10_000.0  # min_sample_ms: a sample repeats the call until it lasts this long; beyond 10 s a benchmark never ends
 
 
@@ -104,10 +106,11 @@ class Engine(ABC):
     def __init__(self, prefill_tokens=(128, 512, 2048), decode_batches=(1, 8, 32), decode_context: int = 128,
                  warmup: int = 2, repeats: int = 5, roofline_gpu: str = "auto") -> None:
         self.prefill_tokens = checks.positive_ints(prefill_tokens, "prefill_tokens")
-        self.decode_batches = checks.positive_ints(decode_batches, "decode_batches")
+        self.decode_batches = checks.positive_ints(decode_batches, "decode_batches", high=MAX_DECODE_BATCH,
+                                                   what="sequences decoded at once")
         self.decode_context = checks.positive_int(decode_context, "decode_context")
-        self.warmup = checks.integer(warmup, "warmup", low=0)
-        self.repeats = checks.positive_int(repeats, "repeats")
+        self.warmup = checks.integer(warmup, "warmup", low=0, high=MAX_REPEATS, what="untimed calls before timing")
+        self.repeats = checks.integer(repeats, "repeats", low=1, high=MAX_REPEATS, what="timed samples (median)")
         self.roofline_gpu = str(roofline_gpu)
         if self.roofline_gpu != "auto":
             try:
