@@ -14,7 +14,7 @@ run: ## the default experiment: wanda 50% on the embedded SmolLM2-135M
 lint: ## ruff check (pyproject's [tool.ruff]); make test and make test-all run it first
 	$(PYTHON) -m ruff check .
 
-test: lint ## the fast tier: tiny random LLaMA and pure functions (~3 min on 2 cores)
+test: lint ## the fast tier: tiny random LLaMA and pure functions (~5.5 min on 2 cores)
 	$(PYTHON) -m pytest -q -m "not slow"
 
 test-all: lint ## every tier: + the embedded model and real multi-process sweeps (what CI runs)
