@@ -35,7 +35,7 @@ from prunelab.checks import ConfigError
 from prunelab.evaluate import PerplexitySpec, evaluate_perplexity
 from prunelab.models import DecoderAdapter
 from prunelab.outcome import OutcomeError, check_sparsity
-from prunelab.prune import MODULE_GROUPS, PruneReport, layer_sparsity
+from prunelab.prune import MODULE_GROUPS, PruneReport, layer_sparsity, overall_sparsity
 
 log = logging.getLogger(__name__)
 
@@ -411,12 +411,7 @@ def check_sparsity_kept(report: PruneReport, model: nn.Module) -> float:
     now = layer_sparsity(adapter)
     pruned = {name: plan for name, plan in report.layer_plan.items() if plan > 0}
     check_sparsity(dataclasses.replace(report, layer_sparsity=now, layer_plan=pruned))
-    zeros = total = 0
-    for block in adapter.blocks:
-        for layer in adapter.linear_layers(block).values():
-            zeros += int((layer.weight == 0).sum())
-            total += layer.weight.numel()
-    return zeros / total
+    return overall_sparsity(adapter)
 
 
 # -------------------------------------------------------------------------------------- metrics
