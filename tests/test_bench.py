@@ -350,3 +350,28 @@ def test_gemm_weights_come_from_two_four_layers_only(tiny_model):
     found = two_four_weights(tiny_model)
     assert set(found) == {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
     assert found["mlp.down_proj"] is DecoderAdapter(tiny_model).blocks[1].mlp.down_proj.weight
+
+
+def test_swapped_linear_sees_a_two_dimensional_input():
+    """A decode step's ``[batch, 1, in]`` input reaches a 2:4 weight as ``[tokens, in]`` (cuSPARSELt
+    tensors cannot be ``expand``ed by a batched matmul: the H200 run of the prepared check failed so)."""
+    import types
+
+    layer = torch.nn.Linear(8, 4)
+    seen = []
+    linear = torch.nn.functional.linear
+
+    def recording(x, weight, bias=None):
+        seen.append(tuple(x.shape))
+        return linear(x, weight, bias)
+
+    x = torch.randn(3, 1, 8)
+    expected = layer(x)
+    layer.forward = types.MethodType(engines._two_dimensional_linear, layer)
+    torch.nn.functional.linear = recording
+    try:
+        got = layer(x)
+    finally:
+        torch.nn.functional.linear = linear
+    assert seen == [(3, 8)] and got.shape == (3, 1, 4) and torch.equal(got, expected)
+

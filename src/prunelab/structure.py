@@ -103,8 +103,8 @@ class BlockGeometry:
 
 
 def _spans(units: torch.Tensor | list[int], width: int) -> torch.Tensor:
-    units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
-    if units.numel() == 0:
+    units = torch.as_tensor(units, dtype=torch.long).reshape(-1).cpu()  # unit indices live on the CPU; the
+    if units.numel() == 0:  # surgery moves them to each weight's device (scores may come from a GPU)
         return units
     return (units.unsqueeze(1) * width + torch.arange(width)).reshape(-1)
 
@@ -224,7 +224,7 @@ def compensation(weight: torch.Tensor, removed: torch.Tensor, mean: torch.Tensor
 
 def _keep(size: int, removed: torch.Tensor) -> torch.Tensor:
     keep = torch.ones(size, dtype=torch.bool)
-    keep[removed] = False
+    keep[removed.cpu()] = False
     return keep.nonzero().reshape(-1)
 
 

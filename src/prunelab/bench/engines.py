@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import types
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -289,11 +290,22 @@ def semi_structured_weights(model: nn.Module, backend: str = "cusparselt") -> It
                 originals.append((layer, layer.weight))
                 sparse = torch.sparse.to_sparse_semi_structured(layer.weight.data.contiguous())
                 layer.weight = nn.Parameter(sparse, requires_grad=False)
+                layer.forward = types.MethodType(_two_dimensional_linear, layer)
                 report.converted.append(full)
             yield report
         finally:
             for layer, weight in originals:
                 layer.weight = weight
+                layer.__dict__.pop("forward", None)
+
+
+def _two_dimensional_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``F.linear`` on a ``[tokens, in]`` view: a decode step's ``[batch, 1, in]`` input otherwise
+    reaches the sparse weight as a batched matmul that ``expand``s it, which cuSPARSELt tensors do
+    not support (seen on an H200, torch 2.11)."""
+    shape = x.shape
+    y = nn.functional.linear(x.reshape(-1, shape[-1]).contiguous(), layer.weight, layer.bias)
+    return y.reshape(*shape[:-1], y.shape[-1])
 
 
 def versions() -> dict:

@@ -25,6 +25,7 @@ import copy
 import json
 import logging
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--gemm-tokens", type=int, nargs="+", default=[1, 16, 128, 512, 2048])
     parser.add_argument("--skip-two-four", action="store_true")
+    parser.add_argument("--skip-structured", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("gpu_check_out"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -150,12 +152,22 @@ def main(argv: list[str] | None = None) -> dict:
                     "build_s": time.perf_counter() - start}
     print(f"# GPU check: {args.model} ({model.config.num_hidden_layers} blocks, hidden {model.config.hidden_size}), "
           f"{dtype}, {report['versions'].get('bench/device')}, torch {torch.__version__}", flush=True)
-    structured_part(model, args, args.out, report)
-    if not args.skip_two_four:
-        two_four_part(model, args, args.out, report)
+    parts = ([] if args.skip_structured else [("structured", structured_part)]) + \
+        ([] if args.skip_two_four else [("two_four", two_four_part)])
+    for name, part in parts:  # one part failing keeps the other's numbers; the exit status says it failed
+        try:
+            part(model, args, args.out, report)
+        except Exception as error:  # noqa: BLE001 - recorded, printed and turned into the exit status
+            report.setdefault("failed", {})[name] = traceback.format_exc()
+            print(f"\n## {name} FAILED: {type(error).__name__}: {error}", flush=True)
+            log.exception("%s part failed", name)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
     report["total_s"] = time.perf_counter() - start
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"\ntotal {report['total_s']:.0f} s; details in {args.out / 'gpu_check.json'}")
+    if report.get("failed"):
+        raise SystemExit(f"failed parts: {', '.join(report['failed'])} (tracebacks above and in gpu_check.json)")
     return report
 
 
