@@ -375,3 +375,27 @@ def test_swapped_linear_sees_a_two_dimensional_input():
         torch.nn.functional.linear = linear
     assert seen == [(3, 8)] and got.shape == (3, 1, 4) and torch.equal(got, expected)
 
+
+
+def test_graph_speedups_come_from_graph_times_and_skip_uncaptured_token_counts():
+    from prunelab.bench.gemm import GemmResult, block_speedups, metrics
+
+    rows = [GemmResult("q", 4, 64, 64, 16, dense_ms=1.0, sparse_ms=4.0, max_abs_diff=0.0, dense_graph_ms=1.0, sparse_graph_ms=0.5),
+            GemmResult("down", 1, 64, 64, 16, dense_ms=2.0, sparse_ms=4.0, max_abs_diff=0.0, dense_graph_ms=2.0, sparse_graph_ms=2.0),
+            GemmResult("q", 4, 64, 64, 512, dense_ms=1.0, sparse_ms=1.0, max_abs_diff=0.0)]  # not captured
+    assert block_speedups(rows) == {16: 6.0 / 20.0, 512: 1.0}  # eager: host set-up makes 2:4 slower
+    assert block_speedups(rows, graph=True) == {16: 6.0 / 4.0}
+    found = {k: v for k, v in metrics(rows, None, None).items() if k != "bench/gemm"}
+    assert found == {"bench/gemm_speedup_t16": 0.3, "bench/gemm_speedup_t512": 1.0, "bench/gemm_graph_speedup_t16": 1.5}
+    assert rows[2].graph_speedup is None and rows[0].row()["graph_speedup"] == 2.0
+
+
+def test_graph_prefill_comparison_and_cpu_refusal():
+    from prunelab.bench.timing import Timing, cuda_graph
+
+    dense, sparse = {128: Timing(10.0, (10.0,)), 512: Timing(30.0, (30.0,))}, {128: Timing(8.0, (8.0,))}
+    assert e2e.compare_graphed(dense, sparse) == {"bench/prefill_graph_ms_dense_128": 10.0,
+                                                  "bench/prefill_graph_ms_2to4_128": 8.0,
+                                                  "bench/prefill_graph_speedup_128": 1.25}
+    with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
+        cuda_graph(lambda: None, "cpu")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from prunelab import assets, models, structure
+from prunelab.checks import ConfigError
 from prunelab.methods.flap import FLAP, fluctuation_metric, standardize
 from prunelab.methods.mag_sp import MagnitudeSP
 from prunelab.methods.wanda_sp import WandaSP
@@ -311,3 +312,35 @@ def test_embedded_flap_shrinks_saves_smaller_and_reloads_with_the_same_perplexit
     pipeline.main(compose_config(*reload), output_dir=tmp_path / "reloaded", overrides=reload)
     reloaded = json.loads((tmp_path / "reloaded" / "metrics.json").read_text())["metrics"]
     assert reloaded["eval/ppl_wiki"] == pytest.approx(pruned["eval/ppl_wiki"], rel=1e-5)
+
+
+# --- GPU-friendly widths (method.channel_multiple) ---------------------------------------------
+def test_aligned_removal_keeps_a_multiple_nearest_to_the_method_choice():
+    # LLaMA-2-7B at 30%: 11,008 - 3,302 = 7,706 kept -> 7,680 (120 x 64); 5,504 is already a multiple of 64
+    assert structure.aligned_removal(3302, 11008, 64) == 11008 - 7680
+    assert structure.aligned_removal(5504, 11008, 64) == 5504
+    assert structure.aligned_removal(3302, 11008, 1) == 3302  # off: the method's own count
+    assert structure.aligned_removal(0, 100, 8) == 0  # nothing removed stays nothing removed
+    assert structure.aligned_removal(99, 100, 8) == 92  # never below one multiple
+    assert structure.aligned_removal(4, 100, 8) == 4  # 96 kept: ties and exact multiples keep more
+
+
+@pytest.mark.parametrize("overrides", [["method=mag_sp"], ["method=wanda_sp"], ["method=flap"],
+                                       ["method=flap", "method.structure=UL-UM"], ["method=mag_sp", "method.count_rule=authors"]])
+def test_channel_multiple_gives_every_block_a_width_of_that_multiple(tiny_model, overrides):
+    method = build_method("model=tiny_random", *overrides, "method.channel_multiple=16")
+    widths = {}
+    for multiple, candidate in ((1, build_method("model=tiny_random", *overrides)), (16, method)):
+        model = copy.deepcopy(tiny_model)
+        prune_model(model, candidate, 0.3, Unstructured(), ids(), torch.device("cpu"))
+        widths[multiple] = [block.mlp.up_proj.out_features for block in model.model.layers]
+    assert all(width % 16 == 0 for width in widths[16]), widths
+    assert widths[1] != widths[16] and all(abs(a - b) <= 8 for a, b in zip(widths[1], widths[16])), widths
+
+
+def test_channel_multiple_is_checked_before_pruning(tiny_model):
+    with pytest.raises(ConfigError, match=r"channel_multiple=0 is outside \[1, "):
+        build_method("model=tiny_random", "method=mag_sp", "method.channel_multiple=0")
+    method = build_method("model=tiny_random", "method=wanda_sp", "method.channel_multiple=256")
+    with pytest.raises(ConfigError, match=r"channel_multiple=256 is wider than the MLP of layers.0 \(128 channels\); allowed: 1 to 128"):
+        method.check_structure([BlockGeometry.from_block(b) for b in tiny_model.model.layers], 0.3, Scope((0, 1)))

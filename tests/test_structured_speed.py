@@ -135,6 +135,8 @@ def test_gpu_check_dry_runs_on_the_cpu_without_hydra_omegaconf_datasets_lm_eval_
     report_json = json.loads((out / "gpu_check.json").read_text())
     rows = report_json["structured"]["0.3"]["rows"]
     assert [r["key"] for r in rows] == ["prefill_16", "decode_b1"] and all(r["ideal"] > 1 for r in rows)
+    aligned = report_json["structured"]["0.3@64"]  # the same sparsity with GPU-friendly MLP widths
+    assert aligned["channel_multiple"] == 64 and all(w % 64 == 0 for w in aligned["mlp_widths"])
     assert report_json["two_four"]["bench/roofline_decode_bound"] > 1  # the prediction is there without a GPU
 
 

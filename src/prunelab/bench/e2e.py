@@ -17,6 +17,7 @@ import torch
 from prunelab.bench.timing import (
     Stopwatch,
     Timing,
+    cuda_graph,
     synchronize,
     time_call,
     time_interleaved,
@@ -34,6 +35,38 @@ def prefill_latency(model, tokens: int, batch: int, vocab: int, device: torch.de
     """Milliseconds of one forward over ``batch`` prompts of ``tokens`` tokens (no KV cache kept)."""
     ids = random_ids(batch, tokens, vocab, device)
     return time_call(lambda: model(input_ids=ids, use_cache=False), device, warmup, repeats)
+
+
+@torch.no_grad()
+def prefill_graph_latency(model, tokens: int, vocab: int, device: torch.device, warmup: int = 3,
+                          repeats: int = 10) -> Timing:
+    """:func:`prefill_latency` of one prompt as a CUDA-graph replay: the GPU's time for the forward
+    without the host-side work of eager PyTorch (which bounds a 7B eager forward at ~20 ms on an
+    H200 whatever its size). Raises where the forward cannot be captured."""
+    ids = random_ids(1, tokens, vocab, device)
+    replay = cuda_graph(lambda: model(input_ids=ids, use_cache=False), device, warmup)
+    return time_call(replay, device, warmup, repeats)
+
+
+def graphed_prefill(model, prefill_tokens: list[int], vocab: int, device: torch.device, warmup: int,
+                    repeats: int) -> tuple[dict[int, Timing], str | None]:
+    """Graph-replay prefill times by prompt length, and why capture failed (then the times are empty)."""
+    try:
+        return {n: prefill_graph_latency(model, n, vocab, device, warmup, repeats) for n in prefill_tokens}, None
+    except RuntimeError as error:
+        torch.cuda.synchronize(device)
+        return {}, f"{type(error).__name__}: {error}"[:300]
+
+
+def compare_graphed(dense: dict[int, Timing], sparse: dict[int, Timing], label: str = "2to4") -> dict:
+    """``bench/prefill_graph_*``: graph-replay prefill of both states and the speedups."""
+    found: dict = {}
+    for n, timing in dense.items():
+        if n in sparse:
+            found[f"bench/prefill_graph_ms_dense_{n}"] = timing.median_ms
+            found[f"bench/prefill_graph_ms_{label}_{n}"] = sparse[n].median_ms
+            found[f"bench/prefill_graph_speedup_{n}"] = timing.median_ms / sparse[n].median_ms
+    return found
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,17 @@ LLaMA-2-7B shapes (random fp16 weights), in one command that needs only PyTorch 
 transformers, PyYAML and tqdm (no Hydra, OmegaConf, datasets, lm-eval or W&B on this path).
 
 1. The model of ``conf/model/<model>.yaml`` (``llama2_7b_shapes``) is built on the device, seeded.
-2. Structured: for each sparsity a copy is shrunk by ``mag_sp`` (data-free; on random weights the
+2. Structured: for each sparsity (and each ``--channel-multiples`` rounding of the kept MLP widths)
+   a copy is shrunk by ``mag_sp`` (data-free; on random weights the
    choice of units does not change the shapes, and the speed follows the shapes), then dense and
    pruned are timed interleaved (:func:`prunelab.bench.structured.measure_pair`): prefill, decode,
    parameter bytes, peak memory, ideal ratios and efficiency.
 3. 2:4: the model is magnitude-pruned 2:4 and measured by the ``torch_sparse`` engine (per-layer
-   GEMMs, prefill and decode with ``SparseSemiStructuredTensor`` weights, logits checked against
-   the masked dense model), beside the roofline bound for the GPU found.
+   GEMMs, prefill and decode with ``SparseSemiStructuredTensor`` weights, eager and as CUDA-graph
+   replays, logits checked against the masked dense model), beside the roofline bound for the GPU found.
 
 It prints one table per part and writes ``gpu_check.json`` (and the CSVs) under ``--out``.
-Sized for one H100 within 8 minutes. ``--model tiny_random --device cpu`` is a dry run of the
+Sized for one H100/H200 within 8 minutes (first run and findings: docs/gpu.md). ``--model tiny_random --device cpu`` is a dry run of the
 same code on the CPU (the 2:4 kernels are skipped there, with the reason), which the tests run.
 
     PYTHONPATH=src python3 -m prunelab.bench.gpu_check --out "$OUT"
@@ -74,22 +75,33 @@ def structured_part(model, args, out: Path, report: dict) -> None:
 
     device = torch.device(args.device)
     for sparsity in args.sparsities:
-        start = time.perf_counter()
-        pruned = copy.deepcopy(model)
-        result = prune_model(pruned, MagnitudeSP(), sparsity, Unstructured(), None, device)
-        metrics: dict = {}
-        rows = structured.measure_pair({"dense": model, "pruned": pruned}, settings(args), device,
-                                       out / f"structured_{round(sparsity * 100)}", metrics)
-        report["structured"][f"{sparsity:g}"] = {"achieved_sparsity": result.achieved_sparsity, "rows": rows,
-                                                 "seconds": time.perf_counter() - start,
-                                                 **{k: v for k, v in metrics.items() if k.startswith("bench/")}}
-        print(f"\n## structured mag_sp {sparsity:.0%} (achieved {result.achieved_sparsity:.4f}) on {device}, "
-              f"params {metrics['bench/param_bytes_dense'] / 2**30:.2f} -> {metrics['bench/param_bytes_pruned'] / 2**30:.2f} GiB, "
-              f"peak {metrics['bench/peak_memory_mb_dense']:.0f} -> {metrics['bench/peak_memory_mb_pruned']:.0f} MiB\n")
-        print(format_table([{k: v for k, v in r.items() if k != "key"} for r in rows]), flush=True)
-        del pruned
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        seen_widths: set[tuple[int, ...]] = set()
+        for multiple in args.channel_multiples:
+            start = time.perf_counter()
+            pruned = copy.deepcopy(model)
+            result = prune_model(pruned, MagnitudeSP(channel_multiple=multiple), sparsity, Unstructured(), None, device)
+            widths = tuple(block.mlp.up_proj.out_features for block in pruned.model.layers)
+            if widths in seen_widths:  # already a multiple: the same model measured again says nothing new
+                print(f"\n## structured mag_sp {sparsity:.0%}, channel multiple {multiple}: same widths as before, not re-measured")
+                del pruned
+                continue
+            seen_widths.add(widths)
+            key = f"{sparsity:g}" if multiple == 1 else f"{sparsity:g}@{multiple}"
+            metrics: dict = {}
+            rows = structured.measure_pair({"dense": model, "pruned": pruned}, settings(args), device,
+                                           out / f"structured_{round(sparsity * 100)}_{multiple}", metrics)
+            report["structured"][key] = {"achieved_sparsity": result.achieved_sparsity, "rows": rows,
+                                         "channel_multiple": multiple, "mlp_widths": sorted(set(widths)),
+                                         "seconds": time.perf_counter() - start,
+                                         **{k: v for k, v in metrics.items() if k.startswith("bench/")}}
+            print(f"\n## structured mag_sp {sparsity:.0%} (achieved {result.achieved_sparsity:.4f}, MLP width "
+                  f"{'/'.join(str(w) for w in sorted(set(widths)))}, channel multiple {multiple}) on {device}, "
+                  f"params {metrics['bench/param_bytes_dense'] / 2**30:.2f} -> {metrics['bench/param_bytes_pruned'] / 2**30:.2f} GiB, "
+                  f"peak {metrics['bench/peak_memory_mb_dense']:.0f} -> {metrics['bench/peak_memory_mb_pruned']:.0f} MiB\n")
+            print(format_table([{k: v for k, v in r.items() if k != "key"} for r in rows]), flush=True)
+            del pruned
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 def two_four_part(model, args, out: Path, report: dict) -> None:
@@ -103,7 +115,7 @@ def two_four_part(model, args, out: Path, report: dict) -> None:
         for block in adapter_blocks:
             for layer in (m for m in block.modules() if isinstance(m, torch.nn.Linear)):
                 layer.weight.data *= NM(2, 4).mask(layer.weight.data.abs().float()).to(layer.weight.dtype)
-    engine = TorchSparseEngine(gemm_tokens=args.gemm_tokens, prefill_tokens=args.prefill + [2048],
+    engine = TorchSparseEngine(gemm_tokens=args.gemm_tokens, prefill_tokens=sorted(set(args.prefill) | {2048}),
                                decode_batches=args.batches, decode_context=args.context, decode_steps=args.steps,
                                warmup=args.warmup, repeats=args.repeats, fail_on_mismatch=False)
     shape = ModelShape.from_model(model)
@@ -117,7 +129,7 @@ def two_four_part(model, args, out: Path, report: dict) -> None:
     run(engine, model, shape, gpu, out / "two_four", metrics)
     report["two_four"] = metrics
     rows = [{"measurement": key.removeprefix("bench/"), "measured": metrics.get(key),
-             "roofline_bound": metrics.get(key.replace("_speedup", "_bound").replace("bench/", "bench/roofline_"))}
+             "roofline_bound": metrics.get(key.replace("_graph", "").replace("_speedup", "_bound").replace("bench/", "bench/roofline_"))}
             for key in sorted(metrics) if "_speedup" in key and not key.startswith("bench/roofline")]
     print(f"\n## 2:4 ({metrics.get('bench/device')}, cuSPARSELt {metrics.get('bench/cusparselt')}): logits match "
           f"{metrics.get('bench/logits_match')} (rel max diff {metrics.get('bench/logits_rel_max_diff', float('nan')):.2e})\n")
@@ -129,9 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="llama2_7b_shapes", help="a conf/model with source.architecture")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--dtype", default=None, help="float16 (default on cuda) or float32 (default on cpu)")
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.3, 0.5])
-    parser.add_argument("--prefill", type=int, nargs="+", default=[128, 512])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5])
+    parser.add_argument("--channel-multiples", type=int, nargs="+", default=[1, 64],
+                        help="each sparsity is measured with the kept MLP widths rounded to each multiple (1 = as chosen)")
+    parser.add_argument("--prefill", type=int, nargs="+", default=[128, 512, 2048, 4096],
+                        help="eager prefill up to 512 tokens is host-bound on an H100/H200 (docs/gpu.md)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)

@@ -48,7 +48,7 @@ class TorchSparseEngine(engines.SparseEngine):
                  gemm_tokens=(1, 16, 64, 256, 1024, 2048, 4096), prefill_tokens=(128, 512, 2048),
                  decode_batches=(1, 8, 32), decode_context: int = 128, decode_steps: int = 64, warmup: int = 5,
                  repeats: int = 20, min_sample_ms: float = 1.0, logits_tolerance: float = 0.05,
-                 fail_on_mismatch: bool = True, roofline_gpu: str = "auto") -> None:
+                 fail_on_mismatch: bool = True, roofline_gpu: str = "auto", cuda_graphs: bool = True) -> None:
         super().__init__(prefill_tokens, decode_batches, decode_context, warmup, repeats, roofline_gpu)
         self.backend = checks.choice(backend, "backend", engines.BACKENDS)
         self.dtype = checks.choice(dtype, "dtype", engines.SPARSE_DTYPES)
@@ -57,6 +57,7 @@ class TorchSparseEngine(engines.SparseEngine):
         self.min_sample_ms = engines.sample_ms(min_sample_ms)
         self.logits_tolerance = checks.number(logits_tolerance, "logits_tolerance", low=0)
         self.fail_on_mismatch = checks.boolean(fail_on_mismatch, "fail_on_mismatch")
+        self.cuda_graphs = checks.boolean(cuda_graphs, "cuda_graphs")
 
     def run(self, model, tokenizer, shape, gpu, bench_dir: Path, into: dict) -> None:
         run(self, model, shape, gpu, bench_dir, into)
@@ -72,6 +73,7 @@ def run(engine_cfg, model, shape: ModelShape, gpu: GPU | None, bench_dir: Path, 
     home_device, home_dtype = first.device, first.dtype
     vocab = int(model.config.vocab_size)
     warmup, repeats = int(engine_cfg.warmup), int(engine_cfg.repeats)
+    graphs = bool(getattr(engine_cfg, "cuda_graphs", True))
     metrics.update({**engines.versions(), "bench/backend": backend, "bench/dtype": str(engine_cfg.dtype)})
     model.to(device=device, dtype=dtype)
     try:
@@ -80,7 +82,7 @@ def run(engine_cfg, model, shape: ModelShape, gpu: GPU | None, bench_dir: Path, 
         if not shapes:
             raise engines.EngineError("no linear layer of the model is 2:4 sparse; prune with pattern=2:4 first")
         results = gemm.benchmark_gemm(weights, shapes, list(engine_cfg.gemm_tokens), device, dtype,
-                                      backend, warmup, repeats, float(engine_cfg.min_sample_ms))
+                                      backend, warmup, repeats, float(engine_cfg.min_sample_ms), graphs)
         gemm.write_csv(results, bench_dir / "gemm.csv")
         metrics.update(gemm.metrics(results, shape, gpu))
         log.info("GEMM dense vs 2:4 per block: %s", {t: round(s, 3) for t, s in gemm.block_speedups(results).items()})
@@ -89,6 +91,8 @@ def run(engine_cfg, model, shape: ModelShape, gpu: GPU | None, bench_dir: Path, 
                      decode_context=int(engine_cfg.decode_context), decode_steps=int(engine_cfg.decode_steps),
                      vocab=vocab, device=device, warmup=warmup, repeats=repeats)
         dense = e2e.measure(model, **sizes)
+        dense_graph, graph_error = e2e.graphed_prefill(model, sizes["prefill_tokens"], vocab, device, warmup, repeats) \
+            if graphs else ({}, None)
         reference = e2e.reference_logits(model, vocab, device)
         with engines.semi_structured_weights(model, backend) as swap:
             metrics.update(swap.metrics())
@@ -99,7 +103,13 @@ def run(engine_cfg, model, shape: ModelShape, gpu: GPU | None, bench_dir: Path, 
                      check["bench/logits_rel_max_diff"], check["bench/logits_top1_agreement"],
                      len(swap.converted), len(swap.skipped))
             sparse = e2e.measure(model, **sizes)
+            sparse_graph, sparse_error = e2e.graphed_prefill(model, sizes["prefill_tokens"], vocab, device, warmup, repeats) \
+                if graphs and dense_graph else ({}, None)
         metrics.update(e2e.compare(dense, sparse))
+        metrics.update(e2e.compare_graphed(dense_graph, sparse_graph))
+        if graph_error or sparse_error:  # said, never filled in: the eager numbers stand alone
+            metrics["bench/prefill_graph_error"] = graph_error or sparse_error
+            log.warning("prefill as a CUDA graph could not be captured: %s", metrics["bench/prefill_graph_error"])
     finally:
         model.to(device=home_device, dtype=home_dtype)
         torch.cuda.empty_cache()

@@ -173,6 +173,12 @@ COUNT_RULE = ("`method.count_rule=exact` (default) removes from every block the 
               "`int(s · groups)` groups and `int(s · channels)` channels, which removes less.")
 
 
+def channel_multiple_value(value) -> int:
+    """``method.channel_multiple``: kept MLP widths rounded to a multiple of this (1 = as the method chose)."""
+    return checks.integer(value, "channel_multiple", low=1, high=1 << 20,
+                          what="kept MLP channels per block rounded to a multiple of this (1 = off; 8 or 64 for GPU GEMM tiles)")
+
+
 class ChannelScoreMethod(StructuredMethod):
     """Uniform structured pruning by a score per input channel of the output projections.
 
@@ -184,20 +190,21 @@ class ChannelScoreMethod(StructuredMethod):
     and ``int(sparsity * channels)`` channels, as the authors' code; less than ``sparsity``).
     """
 
-    def __init__(self, count_rule: str = "exact") -> None:
+    def __init__(self, count_rule: str = "exact", channel_multiple: int = 1) -> None:
         super().__init__()
         self.count_rule = checks.choice(count_rule, "count_rule", COUNT_RULES)
+        self.channel_multiple = channel_multiple_value(channel_multiple)
 
     @abstractmethod
     def channel_scores(self, layer: nn.Linear, stats: LayerStats) -> torch.Tensor:
         """Importance of every input channel of ``layer`` (``[in]``, fp32); higher means keep."""
 
     def check_structure(self, geometries: list[BlockGeometry], sparsity: float, scope: Scope) -> None:
-        check_uniform(geometries, sparsity, scope, self.name, self.count_rule)
+        check_uniform(geometries, sparsity, scope, self.name, self.count_rule, self.channel_multiple)
 
     def removal(self, index: int, geometry: BlockGeometry, linears: dict[str, nn.Linear],
                 stats: dict[str, LayerStats], sparsity: float, scope: Scope) -> Removal:
-        groups, channels = uniform_counts(geometry, sparsity, scope, self.count_rule)
+        groups, channels = uniform_counts(geometry, sparsity, scope, self.count_rule, self.channel_multiple)
         removal = Removal()
         if groups:
             scores = self.channel_scores(linears[ATTENTION_OUTPUT], stats.get(ATTENTION_OUTPUT, LayerStats()))

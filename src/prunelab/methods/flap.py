@@ -41,7 +41,7 @@ from torch import nn
 
 from prunelab import checks, structure
 from prunelab.checks import ConfigError
-from prunelab.methods.base import StructuredMethod
+from prunelab.methods.base import StructuredMethod, channel_multiple_value
 from prunelab.stats import BlockIO, LayerStats, StatsNeeds
 from prunelab.structure import (
     ATTENTION_OUTPUT,
@@ -89,9 +89,10 @@ class FLAP(StructuredMethod):
     needs = StatsNeeds(dense_pass=True)
 
     def __init__(self, metric: str = "WIFV", structure: str = "AL-AM", bias: bool = True, remove_heads: int = 8,
-                 count_rule: str = "exact") -> None:
+                 count_rule: str = "exact", channel_multiple: int = 1) -> None:
         super().__init__()
         self.count_rule = checks.choice(count_rule, "count_rule", COUNT_RULES)
+        self.channel_multiple = channel_multiple_value(channel_multiple)
         self.metric = checks.choice(metric, "metric", METRICS)
         self.structure = checks.choice(structure, "structure", STRUCTURES)
         self.bias = checks.boolean(bias, "bias")
@@ -103,7 +104,7 @@ class FLAP(StructuredMethod):
     # -- checks before any weights load ---------------------------------------------------------
     def check_structure(self, geometries: list[BlockGeometry], sparsity: float, scope: Scope) -> None:
         if self.structure == "UL-UM":
-            structure.check_uniform(geometries, sparsity, scope, self.name, self.count_rule)
+            structure.check_uniform(geometries, sparsity, scope, self.name, self.count_rule, self.channel_multiple)
             return
         if self.structure in ("UL-MM", "AL-MM"):
             blocks = [geometries[i] for i in scope.blocks]
@@ -187,12 +188,14 @@ class FLAP(StructuredMethod):
         for index in scope.blocks:
             geometry, summary = geometries[index], summaries[index]
             if self.structure == "UL-UM":
-                groups, channels = structure.uniform_counts(geometry, sparsity, scope, self.count_rule)
+                groups, channels = structure.uniform_counts(geometry, sparsity, scope, self.count_rule,
+                                                            self.channel_multiple)
             else:
                 groups = self.remove_heads // len(scope.blocks)
                 rest = sparsity * scope.params(geometry) - groups * geometry.group_params
                 channels = structure.unit_count(rest, geometry.channel_params, geometry.intermediate - 1,
                                                 self.count_rule) if scope.mlp else 0
+                channels = structure.aligned_removal(channels, geometry.intermediate, self.channel_multiple)
             removed[index] = (structure.lowest(structure.group_scores(summary["attention"], geometry, "sum"), groups),
                               structure.lowest(summary["mlp"], channels))
         return removed
@@ -223,6 +226,12 @@ class FLAP(StructuredMethod):
         removed = {index: ([], []) for index in scope.blocks}
         for _, _, index, kind, unit in chosen:
             removed[index][0 if kind == "group" else 1].append(unit)
+        if self.channel_multiple > 1 and scope.mlp:  # each block's kept width to the nearest multiple:
+            for index, (_, channels) in removed.items():  # more or fewer of its own lowest-ranked channels
+                count = structure.aligned_removal(len(channels), geometries[index].intermediate, self.channel_multiple)
+                scores = standardize(summaries[index]["mlp"])
+                order = [c for c in torch.sort(scores, stable=True).indices.tolist() if c != int(torch.argmax(scores))]
+                channels[:] = order[:min(count, len(order))]
         return {index: (torch.tensor(sorted(g), dtype=torch.long), torch.tensor(sorted(c), dtype=torch.long))
                 for index, (g, c) in removed.items()}
 
