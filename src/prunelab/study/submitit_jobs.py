@@ -27,7 +27,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
 from prunelab.resume import note_unrecorded, read_record
-from prunelab.study.callbacks import _clock
+from prunelab.study.callbacks import _clock, _running_elsewhere
 
 log = logging.getLogger(__name__)
 POLL_S = {"local": 1.0, "slurm": 15.0}  # how often finished jobs are looked for (SLURM: sacct, cached by submitit)
@@ -101,21 +101,32 @@ class SubmititJobs:
 
     def _status(self, number: int, since: float) -> str:
         """The job's recorded status; ``found completed`` when its record predates this launch
-        (an earlier invocation of the sweep ran it: the job only found it)."""
+        (an earlier invocation of the sweep ran it: the job only found it), ``left to another
+        process`` when another invocation of the sweep holds the job's lock."""
         path = self.sweep_dir / str(number) / "metrics.json"
         record = read_record(path)
         if record is None:
             return "no record"
         if record.get("status") == "completed" and path.stat().st_mtime < since:
             return "found completed"
+        if record.get("status") == "running" and _running_elsewhere(path.parent):
+            return "left to another process that runs it"
         return str(record.get("status"))
 
     def _lost(self, number: int, overrides: list[str], job: Any, error: Exception) -> JobReturn:
         """A job whose process ended without a result: logged with its log file; when it left no
         record either, noted for the sweep's summary. Reported to Hydra as NaN (not an exception),
         so the sweep goes on."""
-        said = " ".join(str(error).splitlines()[:2]) or type(error).__name__  # the job, and its state
-        message = f"its process ended without a result (killed?): {type(error).__name__}: {said}; log: {job.paths.stdout}"
+        from submitit.core.utils import FailedJobError
+
+        text = str(error)
+        if isinstance(error, FailedJobError):  # an exception escaped the job (Hydra could not prepare it)
+            parts = text.split("-" * 22)  # submitit quotes the job's traceback between two such rules
+            trace = [line.strip() for line in (parts[1] if len(parts) >= 3 else text).splitlines() if line.strip()]
+            said = f"the job could not run: {trace[-1] if trace else type(error).__name__}"
+        else:  # no result at all: the process was killed or died
+            said = f"its process ended without a result (killed? out of memory?; submitit: {type(error).__name__})"
+        message = f"{said}; log: {job.paths.stdout}"
         log.error("job %d (%s): %s", number, " ".join(overrides), message)
         if read_record(self.sweep_dir / str(number) / "metrics.json") is None:
             note_unrecorded(self.sweep_dir / str(number), overrides, message)
