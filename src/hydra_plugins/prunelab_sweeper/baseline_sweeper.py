@@ -14,6 +14,7 @@ from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobStatus
 
 from prunelab.resume import note_unrecorded
+from prunelab.study.submitit_jobs import SubmititJobs, is_submitit
 from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs, no_job, pinned
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class BaselineSweeper(BasicSweeper):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         if isinstance(self.launcher, BasicLauncher):
             self.launcher = JobByJob(self.launcher, config.hydra.sweep.dir)
+        elif is_submitit(self.launcher):  # SLURM or local processes: a job that dies does not end the sweep
+            self.launcher = SubmititJobs(self.launcher, config.hydra.sweep.dir)
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
         batches = BasicSweeper.split_arguments(overrides, max_batch_size)
@@ -38,7 +41,11 @@ class BaselineSweeper(BasicSweeper):
         extra = baseline_jobs(jobs, is_dense=self._is_dense) if self.dense_baseline else []
         if extra:
             log.info("dense baseline: %d more job(s) (%s)", len(extra), "; ".join(" ".join(j) for j in extra))
-            batches.append([pinned(job, str(self.config.hydra.sweep.dir)) for job in extra])
+            dense = [pinned(job, str(self.config.hydra.sweep.dir)) for job in extra]
+            if max_batch_size is None or len(batches[-1]) + len(dense) <= max_batch_size:
+                batches[-1].extend(dense)  # submitted with the grid: a launcher running jobs at once runs it alongside
+            else:
+                batches.append(dense)
         os.environ[JOBS_VARIABLE] = str(len(jobs) + len(extra))
         return batches
 

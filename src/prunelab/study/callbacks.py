@@ -159,13 +159,13 @@ class SweepProgress(Callback):
     it also remembers the sweep for :func:`interrupted`."""
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
+        self.start = time.time()  # wall clock: a job run by submitit reads it in another process, maybe on another host
         self.durations: list[float] = []
         self.job_start = 0.0
         self.job_wall = 0.0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.start = time.perf_counter()
+        self.start = time.time()
         _active.update(sweep_dir=Path(config.hydra.sweep.dir), logger=config.get("logger"), group=config.get("group"))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -175,7 +175,7 @@ class SweepProgress(Callback):
         self.job_wall = time.time()
         done = int(config.hydra.job.num)
         total = os.environ.get("PRUNELAB_SWEEP_JOBS")
-        elapsed = time.perf_counter() - self.start
+        elapsed = time.time() - self.start
         eta = ""
         if total and self.durations:
             eta = f", ETA {_clock(sum(self.durations) / len(self.durations) * (int(total) - done))}"
