@@ -38,10 +38,12 @@ COSTS_VARIABLE = "PRUNELAB_SWEEP_COSTS"  # the sweeper's cost of every job, in j
 FIXED_WORK = 1_600.0
 CALIBRATION_PER_TOKEN = 1.4
 DENSE_PASS_PER_TOKEN = 0.7  # one forward of the windows without the recompute: half the walk
-# SparseGPT's column-by-column updates on top of the walk, per calibration walk of the embedded
-# model: measured as prune seconds against perplexity seconds (see sparsegpt_extra in the tests'
-# module docstring of tests/test_eta.py for the run).
-SPARSEGPT_EXTRA = 8_000.0
+# SparseGPT's column-by-column updates on top of the walk, for the embedded model: measured with
+# `python run.py method=sparsegpt calib_data.nsamples=2 'target.blocks=[0,3]' eval.max_windows=8
+# 'eval.ppl_datasets=[wiki]' logger=none` at load ~16: pruning 79.2 s for 3 blocks (x 30 blocks =
+# 792 s) while perplexity ran at 26 tokens/s in the same process: ~20,600 token-forwards. Other
+# models scale differently (in^2 x out per layer); their first SparseGPT job sets the rate.
+SPARSEGPT_EXTRA = 20_000.0
 # Zero-shot: token-forwards per scored example (all of its choices), from the README's quick
 # sparsity curve: ARC-Easy + PIQA, 40 examples each, added 152 s over 13 jobs (~11.7 s per job)
 # at ~820 perplexity tokens/s: ~9,600 token-forwards for 80 examples.
