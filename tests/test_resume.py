@@ -172,6 +172,7 @@ def test_the_dense_baseline_is_measured_once_and_reused_by_another_sweep(tmp_pat
     model_dir = tmp_path / "multirun" / "tiny_random"
     first = run_job(model_dir / "sparsity_curve" / "4", "method=dense")
     stored = list((model_dir / "baselines").glob("*.json"))
+    assert baselines.store_dir(model_dir / "module_sensitivity" / "wanda") == (model_dir / "baselines").resolve()
     assert len(stored) == 1 and json.loads(stored[0].read_text())["status"] == "completed"
     measured = json.loads((model_dir / "sparsity_curve" / "4" / "metrics.json").read_text())
 
