@@ -15,8 +15,11 @@ job gets a *work* estimate in token-forwards of the whole model, from its compos
 - zero-shot: examples per task x the tokens of its scored choices,
 - recovery: training tokens, forward and backward.
 
-The constants are relative costs measured on the embedded SmolLM2-135M (see each one). The
-seconds per unit of work are fitted on the finished jobs: per *kind* of job (method, recovery,
+The constants are relative costs measured on the embedded SmolLM2-135M (see each one); for
+another model they are scaled by its shapes (:class:`Shape`, from its config: the weights a token
+meets in the decoder blocks and in the output layer, which calibration never runs, and
+SparseGPT's ``out x in^2`` per layer). The unit of work is one token through the embedded model.
+The seconds per unit of work are fitted on the finished jobs: per *kind* of job (method, recovery,
 engine) once a job of that kind finished, else over all finished jobs (:func:`remaining_seconds`).
 """
 
@@ -54,6 +57,64 @@ TRAIN_PER_TOKEN = 3.0  # recovery: a training token costs a forward and a backwa
 
 
 @dataclass(frozen=True)
+class Shape:
+    """What a token costs in a model: the weights of its decoder blocks, of its output layer, and
+    SparseGPT's work ``sum(out x in^2)`` over the blocks' linear layers."""
+
+    blocks: float
+    head: float
+    obs: float
+
+    @classmethod
+    def of(cls, hf_config) -> Shape:
+        hidden, layers = hf_config.hidden_size, hf_config.num_hidden_layers
+        heads = hf_config.num_attention_heads
+        kv = getattr(hf_config, "num_key_value_heads", None) or heads
+        head_dim = getattr(hf_config, "head_dim", None) or hidden // heads
+        inter = hf_config.intermediate_size
+        linears = [(heads * head_dim, hidden), (kv * head_dim, hidden), (kv * head_dim, hidden),
+                   (hidden, heads * head_dim), (inter, hidden), (inter, hidden), (hidden, inter)]  # (out, in)
+        return cls(blocks=float(layers * sum(o * i for o, i in linears)), head=float(hf_config.vocab_size * hidden),
+                   obs=float(layers * sum(o * i * i for o, i in linears)))
+
+
+def _embedded() -> Shape:
+    """SmolLM2-135M, the model the constants were measured on (its architecture, as in its config.json)."""
+    from types import SimpleNamespace
+
+    return Shape.of(SimpleNamespace(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                    head_dim=64, intermediate_size=1536, vocab_size=49152))
+
+
+EMBEDDED = _embedded()
+_shapes: dict[str, Shape] = {}
+
+
+def model_shape(config) -> Shape:
+    """The shape of the job's model from its config (no weights; the embedded model's when the
+    model's config cannot be read here, e.g. a hub model offline); remembered per model."""
+    model = _get(config, "model")
+    key = json.dumps(_plain(model), sort_keys=True, default=str)
+    if key not in _shapes:
+        try:
+            from prunelab.config import build
+
+            _shapes[key] = Shape.of(build(model.source, "model.source").hf_config())
+        except Exception:  # noqa: BLE001 - the plan reports a model that cannot be had; the estimate just knows less
+            _shapes[key] = EMBEDDED
+    return _shapes[key]
+
+
+def _plain(node):
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
+    except Exception:  # noqa: BLE001
+        return str(node)
+
+
+@dataclass(frozen=True)
 class JobCost:
     """A job's kind (jobs of one kind share their seconds per unit of work) and its work."""
 
@@ -86,29 +147,32 @@ def job_cost(config) -> JobCost:
     recover = _get(config, "recover.name") if _get(config, "recover") else None
     engine = _get(config, "engine.name") if _get(config, "engine") else None
     kind = "|".join(str(p) for p in (method, recover or "", engine or ""))
+    shape = model_shape(config)
+    token = (shape.blocks + shape.head) / (EMBEDDED.blocks + EMBEDDED.head)  # a token through the model
+    walk = shape.blocks / EMBEDDED.blocks  # a token through the blocks only (calibration)
     work = FIXED_WORK
     needs = _needs(config)
     calibration_tokens = float(_get(config, "calib_data.nsamples", 0)) * float(_get(config, "calib_data.seqlen", 0) or
                                                                             _get(config, "model.seqlen", 0))
     if needs is not None and needs.per_block:
-        work += CALIBRATION_PER_TOKEN * calibration_tokens
+        work += CALIBRATION_PER_TOKEN * walk * calibration_tokens
         if needs.hessian:
-            work += SPARSEGPT_EXTRA
+            work += SPARSEGPT_EXTRA * shape.obs / EMBEDDED.obs
     if needs is not None and needs.dense_pass:
-        work += DENSE_PASS_PER_TOKEN * calibration_tokens
+        work += DENSE_PASS_PER_TOKEN * walk * calibration_tokens
     seqlen = float(_get(config, "eval.seqlen", 0) or _get(config, "model.seqlen", 0) or 0)
     windows = _get(config, "eval.max_windows")
     sets = list(_get(config, "eval.ppl_datasets", []) or [])
-    work += len(sets) * float(UNLIMITED_WINDOWS if windows is None else windows) * seqlen
+    work += token * len(sets) * float(UNLIMITED_WINDOWS if windows is None else windows) * seqlen
     tasks = list(_get(config, "eval.tasks", []) or [])
     per_task = dict(_get(config, "eval.limit_per_task", {}) or {})
     for task in tasks:
         limit = per_task.get(task, _get(config, "eval.limit"))
         examples = WHOLE_SPLIT if limit is None else (limit * WHOLE_SPLIT if 0 < float(limit) < 1 else float(limit))
-        work += ZEROSHOT_PER_EXAMPLE * examples
+        work += token * ZEROSHOT_PER_EXAMPLE * examples
     if recover:
-        work += TRAIN_PER_TOKEN * float(_get(config, "recover.steps", 0)) * float(_get(config, "recover.batch_size", 0)) \
-            * float(_get(config, "recover.seqlen", 0))
+        work += token * TRAIN_PER_TOKEN * float(_get(config, "recover.steps", 0)) \
+            * float(_get(config, "recover.batch_size", 0)) * float(_get(config, "recover.seqlen", 0))
     return JobCost(kind, work)
 
 
