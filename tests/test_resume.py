@@ -159,3 +159,48 @@ def test_a_presets_baseline_keeps_the_preset_drops_its_settings_and_counts_a_den
     assert baseline_jobs(granularity) == [["method=dense", "+experiment=granularity"]]
     assert pinned(["method=dense"], "multirun/m/method=a,b__x=[wiki]") == \
         ["method=dense", "hydra.sweep.dir='multirun/m/method=a,b__x=[wiki]'"]
+
+
+# ------------------------------------------------------------------ the dense baseline, measured once
+def test_the_dense_baseline_is_measured_once_and_reused_by_another_sweep(tmp_path):
+    """Two sweeps of one model with the same evaluation: the second sweep's dense job loads no
+    weights, reuses the stored record (same numbers) under its own config, and knobs a dense model
+    ignores (sparsity, calibration data, RIA's alpha) do not make another baseline; another
+    evaluation does."""
+    from prunelab import baselines
+
+    model_dir = tmp_path / "multirun" / "tiny_random"
+    first = run_job(model_dir / "sparsity_curve" / "4", "method=dense")
+    stored = list((model_dir / "baselines").glob("*.json"))
+    assert baselines.store_dir(model_dir / "module_sensitivity" / "wanda") == (model_dir / "baselines").resolve()
+    assert len(stored) == 1 and json.loads(stored[0].read_text())["status"] == "completed"
+    measured = json.loads((model_dir / "sparsity_curve" / "4" / "metrics.json").read_text())
+
+    again = run_job(model_dir / "ria_alpha" / "module" / "9", "method=dense", "sparsity=0.7", "calib_data=austen",
+                    "ria_alpha=0.25")
+    reused = json.loads((model_dir / "ria_alpha" / "module" / "9" / "metrics.json").read_text())
+    assert again == first and reused["status"] == "skipped" and reused["reused_from"] == str(stored[0])
+    assert reused["metrics"] == measured["metrics"]  # the numbers of the measured run, not a re-measurement
+    assert reused["config"]["sparsity"] == 0.7 and reused["overrides"][-1] == "ria_alpha=0.25"  # its own config
+    assert reused["fingerprint"] != measured["fingerprint"] and "baseline_key" not in reused
+    assert collect(model_dir / "ria_alpha" / "module").results["eval/ppl_wiki"].tolist() == \
+        [measured["metrics"]["eval/ppl_wiki"]]
+
+    other_eval = model_dir / "patterns" / "12"
+    run_job(other_eval, "method=dense", "eval.max_windows=1")  # another evaluation: measured, stored beside
+    assert json.loads((other_eval / "metrics.json").read_text())["status"] == "completed"
+    assert len(list((model_dir / "baselines").glob("*.json"))) == 2
+    run_job(model_dir / "sparsity_curve" / "4", "method=dense", "force=true")  # force measures it again
+    assert json.loads((model_dir / "sparsity_curve" / "4" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_broken_or_foreign_stored_baseline_is_measured_again(tmp_path):
+    sweep = tmp_path / "multirun" / "tiny_random" / "a"
+    run_job(sweep / "0", "method=dense")
+    stored = next((tmp_path / "multirun" / "tiny_random" / "baselines").glob("*.json"))
+    record = json.loads(stored.read_text())
+    stored.write_text(json.dumps({**record, "metrics": {**record["metrics"], "eval/ppl_wiki": "nan"}}))
+    other = tmp_path / "multirun" / "tiny_random" / "b" / "0"
+    run_job(other, "method=dense")
+    assert json.loads((other / "metrics.json").read_text())["status"] == "completed"  # not the NaN copy
+    assert json.loads(stored.read_text())["metrics"]["eval/ppl_wiki"] == record["metrics"]["eval/ppl_wiki"]

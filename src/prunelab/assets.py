@@ -233,7 +233,7 @@ def _problem(file: Path, record: dict, full: bool) -> str | None:
 @lru_cache(maxsize=1024)
 def _hash(file: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
     """A file's SHA-256, hashed once per process while its stat stays the same: any write
-    changes ctime, which no user can set (0.3 s warm / 1.0 s cold for the 538 MB model; README)."""
+    changes ctime, which no user can set (0.3 s warm / 1.0 s cold for the 538 MB model; docs/testing.md)."""
     return sha256_file(Path(file))
 
 

@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prunelab import caches, data, evidence, identity, models, naming, outcome, recover, resume
+from prunelab import baselines, caches, data, evidence, identity, models, naming, outcome, recover, resume
 from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
 from prunelab.config import build
@@ -244,11 +244,21 @@ def _sweep_job(cfg: DictConfig, output_dir: Path, overrides: list[str], sweep_di
             _left_to_another_process(output_dir, overrides, config_print, holder)
             return math.nan
         resume.clear_conflict(output_dir, config_print)
-        prior = None if cfg.get("force", False) else resume.resume(output_dir, sweep_dir, config_print, overrides, inputs)
+        force = bool(cfg.get("force", False))
+        prior = None if force else resume.resume(output_dir, sweep_dir, config_print, overrides, inputs)
         if prior is not None:
             return headline(prior["metrics"])
+        dense_key = baselines.baseline_key(_resolved(cfg), inputs) if baselines.is_dense(cfg) else None
+        if dense_key is not None and not force:  # the model's dense baseline, measured once for every sweep
+            mine = {"config": _resolved(cfg), "overrides": overrides, "fingerprint": config_print, "identity": inputs}
+            stored = baselines.reuse(output_dir, sweep_dir, dense_key, mine)
+            if stored is not None:
+                return headline(stored["metrics"])
         resume.set_aside_foreign(output_dir, config_print)
-        return _run(cfg, output_dir, overrides, multirun=True, sweep_dir=sweep_dir, inputs=inputs)
+        value = _run(cfg, output_dir, overrides, multirun=True, sweep_dir=sweep_dir, inputs=inputs)
+        if dense_key is not None:
+            baselines.publish(output_dir, sweep_dir, dense_key)
+        return value
 
 
 def _left_to_another_process(output_dir: Path, overrides: list[str], config_print: str, holder: dict) -> None:

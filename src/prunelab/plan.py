@@ -281,7 +281,7 @@ def _component(node: Any, key: str, kind: type) -> Any:
     built = build(node, key)
     if not isinstance(built, kind):
         raise ConfigError(f"{key}._target_={node.get('_target_')!r} is not a {kind.__module__}.{kind.__qualname__}; "
-                          "see README 'Architecture' for the interface it must implement")
+                          "see docs/ARCHITECTURE.md for the interface it must implement")
     return built
 
 

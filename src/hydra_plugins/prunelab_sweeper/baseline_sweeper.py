@@ -14,6 +14,7 @@ from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobStatus
 
 from prunelab.resume import note_unrecorded
+from prunelab.study import eta
 from prunelab.study.submitit_jobs import SubmititJobs, is_submitit
 from prunelab.study.sweeper import JOBS_VARIABLE, baseline_jobs, no_job, pinned
 
@@ -25,6 +26,7 @@ class BaselineSweeper(BasicSweeper):
                  dense_baseline: bool = True) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.dense_baseline = dense_baseline
+        self._composed: dict[tuple[str, ...], object] = {}
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -47,14 +49,25 @@ class BaselineSweeper(BasicSweeper):
             else:
                 batches.append(dense)
         os.environ[JOBS_VARIABLE] = str(len(jobs) + len(extra))
+        eta.publish([self._cost(job) for job in [*jobs, *extra]])  # what the progress line's ETA weighs
         return batches
+
+    def _compose(self, job: list[str]):
+        if tuple(job) not in self._composed:
+            self._composed[tuple(job)] = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+        return self._composed[tuple(job)]
 
     def _is_dense(self, job: list[str]) -> bool:
         """Whether ``job`` composes to the dense method (a preset setting may select it)."""
         from prunelab.methods.dense import Dense  # here, not at plugin discovery (it imports torch)
 
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
-        return config.method.get("_target_") == f"{Dense.__module__}.{Dense.__qualname__}"
+        return self._compose(job).method.get("_target_") == f"{Dense.__module__}.{Dense.__qualname__}"
+
+    def _cost(self, job: list[str]) -> eta.JobCost:
+        try:
+            return eta.job_cost(self._compose(job))
+        except Exception:  # noqa: BLE001 - a job that does not compose fails as itself; the ETA only knows less
+            return eta.JobCost("?", eta.FIXED_WORK)
 
 
 class JobByJob:

@@ -18,6 +18,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from prunelab.resume import conflicts, read_record, unrecorded
+from prunelab.study import eta
+from prunelab.study.sweeper import JOBS_VARIABLE
 
 log = logging.getLogger(__name__)
 SUMMARY_LINES = 15
@@ -154,19 +156,33 @@ class CheckOutputDirectory(Callback):
 
 
 class SweepProgress(Callback):
-    """One line per job: ``job k/N``, what it runs, the time so far and an ETA from the jobs that
-    actually ran (a job found completed is not one: it wrote no new record, or a ``skipped`` copy);
-    it also remembers the sweep for :func:`interrupted`."""
+    """One line per job: ``job k/N``, what it runs, the time so far, this job's estimate and the
+    ETA of the sweep; one line when it ends, with what it took against the estimate.
+
+    The estimates come from :mod:`prunelab.study.eta`: every job's work (token-forwards, from its
+    config, published by the sweeper) times the seconds per unit of work of the finished jobs of
+    its kind (method, recovery, engine), or of all finished jobs for a kind not seen yet. A job
+    found completed is not one that ran (it wrote no new record, or a ``skipped`` copy). Without
+    the sweeper's costs (another sweeper, e.g. Optuna) the ETA is the mean job time. It also
+    remembers the sweep for :func:`interrupted`.
+    """
 
     def __init__(self) -> None:
         self.start = time.time()  # wall clock: a job run by submitit reads it in another process, maybe on another host
         self.durations: list[float] = []
+        self.finished: list[tuple[eta.JobCost, float]] = []
         self.job_start = 0.0
         self.job_wall = 0.0
+        self.estimate: float | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.start = time.time()
         _active.update(sweep_dir=Path(config.hydra.sweep.dir), logger=config.get("logger"), group=config.get("group"))
+
+    @staticmethod
+    def _costs(total: str | None) -> list[eta.JobCost] | None:
+        costs = eta.published()
+        return costs if costs is not None and total is not None and len(costs) == int(total) else None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
@@ -174,17 +190,33 @@ class SweepProgress(Callback):
         self.job_start = time.perf_counter()
         self.job_wall = time.time()
         done = int(config.hydra.job.num)
-        total = os.environ.get("PRUNELAB_SWEEP_JOBS")
+        total = os.environ.get(JOBS_VARIABLE)
         elapsed = time.time() - self.start
-        eta = ""
-        if total and self.durations:
-            eta = f", ETA {_clock(sum(self.durations) / len(self.durations) * (int(total) - done))}"
+        costs = self._costs(total)
+        timing = ""
+        self.estimate = None
+        if costs is not None and done < len(costs):
+            self.estimate = eta.remaining_seconds(self.finished, costs[done:done + 1])
+            left = eta.remaining_seconds(self.finished, costs[done:])
+            if self.estimate is not None and left is not None:
+                timing = f"; this job ~{_clock(self.estimate)}, ETA {_clock(left)}"
+        elif total and self.durations:
+            timing = f", ETA {_clock(sum(self.durations) / len(self.durations) * (int(total) - done))}"
         log.info("job %d%s: %s (elapsed %s%s)", done + 1, f"/{total}" if total else "",
-                 " ".join(config.hydra.overrides.task), _clock(elapsed), eta)
+                 " ".join(config.hydra.overrides.task), _clock(elapsed), timing)
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
-        if self.job_start and _ran(Path(config.hydra.runtime.output_dir) / "metrics.json", since=self.job_wall):
-            self.durations.append(time.perf_counter() - self.job_start)
+        if not self.job_start or not _ran(Path(config.hydra.runtime.output_dir) / "metrics.json", since=self.job_wall):
+            return
+        taken = time.perf_counter() - self.job_start
+        self.durations.append(taken)
+        done = int(config.hydra.job.num)
+        total = os.environ.get(JOBS_VARIABLE)
+        costs = self._costs(total)
+        if costs is not None and done < len(costs):
+            self.finished.append((costs[done], taken))
+        estimated = f" (estimated {_clock(self.estimate)})" if self.estimate is not None else ""
+        log.info("job %d%s took %s%s", done + 1, f"/{total}" if total else "", _clock(taken), estimated)
 
 
 def _ran(record_path: Path, since: float) -> bool:
