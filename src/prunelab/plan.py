@@ -245,6 +245,10 @@ def _export(node: Any, quant: Quantization | None) -> str:
     if name == "compressed_tensors" and quant is None:
         raise ConfigError("export=compressed_tensors with quant=none: the format stores quantized weights (pack-quantized "
                           "W4A16/W8A16); allowed: quant=rtn or quant=gptq (save_model=true writes the unquantized model)")
+    if name == "compressed_tensors" and not quant.sym:
+        raise ConfigError("quant.sym=false with export=compressed_tensors: the format packs asymmetric zero points, which stock "
+                          "transformers does not load back (size mismatch of weight_zero_point; vllm-project/llm-compressor"
+                          "#1618); allowed: quant.sym=true")
     return name
 
 
