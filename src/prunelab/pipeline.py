@@ -88,10 +88,11 @@ def recover_stage(plan: RunPlan, model, tokenizer, report: PruneReport, output_d
     return metrics
 
 
-def quant_stage(plan: RunPlan, model, tokenizer, output_dir: Path, joint=None):
+def quant_stage(plan: RunPlan, model, tokenizer, output_dir: Path, joint=None, dense_params: int = 0):
     """Quantize the decoder's linear layers (``quant=rtn|gptq``; GPTQ calibrates on ``calib_data``
     block by block); per-layer errors to ``<run dir>/quant_errors.csv``. Returns the report (its
-    codes, scales and zeros feed the export) and its metrics."""
+    codes, scales and zeros feed the export) and its metrics; ``dense_params``: the parameters of the model as
+    loaded (the dense fp16 baseline of ``quant/compression_vs_fp16``; a structured method shrank it)."""
     from prunelab.quant.stage import ERRORS_CSV, quantize_model
 
     calibration = plan.calibration
@@ -100,7 +101,7 @@ def quant_stage(plan: RunPlan, model, tokenizer, output_dir: Path, joint=None):
     report = quantize_model(model, plan.quant, calibration_ids, plan.model.device,
                             batch_size=calibration.batch_size if calibration else 8, joint=joint)
     report.write_csv(output_dir / ERRORS_CSV)
-    metrics = report.metrics(model)
+    metrics = report.metrics(model, dense_params)
     log.info("quantized %d layers (%s%s): %.4g MB vs %.4g MB dense fp16; mean relative weight error %.4f; %.1f s",
              len(report.layers), plan.quant.describe(), ", jointly with pruning" if report.joint else "",
              metrics["quant/bytes"] / 1e6, metrics["quant/bytes_dense_fp16"] / 1e6, metrics["quant/rel_weight_error_mean"],
@@ -150,6 +151,7 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     model, tokenizer, load_metrics = load_stage(plan.model)
     metrics.update(load_metrics)
     outcome.check_finite_weights(model, "after loading")
+    dense_params = sum(p.numel() for p in model.parameters())  # the fp16 baseline of the quantize stage's bytes
     joint = None
     if plan.quant is not None:  # method=sparsegpt quant=gptq: pruned and quantized in one pass
         from prunelab.quant.stage import JointSparseGPTQ, joint_method, mask_sparsity
@@ -170,7 +172,7 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
         outcome.check_finite_weights(model, "after recovery")
     quant_report = None
     if plan.quant is not None:  # quant=none: nothing runs
-        quant_report, quant_metrics = quant_stage(plan, model, tokenizer, output_dir, joint)
+        quant_report, quant_metrics = quant_stage(plan, model, tokenizer, output_dir, joint, dense_params)
         metrics.update(quant_metrics)
         outcome.check_finite_weights(model, "after quantization")
         outcome.check_quantized(quant_report.errors)

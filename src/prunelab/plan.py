@@ -194,7 +194,7 @@ def make_plan(cfg: DictConfig) -> RunPlan:
                           f"offline sets: {', '.join(data.OFFLINE_SETS)}")
 
     quant = _component(cfg.quant, "quant", Quantization) if cfg.get("quant") is not None else None
-    export = _export(cfg.get("export"), quant)
+    export = _export(cfg.get("export"), quant, method)
     if quant is not None:
         _check_quant_method(quant, method, recovery)
 
@@ -238,7 +238,7 @@ def make_plan(cfg: DictConfig) -> RunPlan:
                    engine, logger, root.save_model, recovery, quant, export)
 
 
-def _export(node: Any, quant: Quantization | None) -> str:
+def _export(node: Any, quant: Quantization | None, method: PruningMethod) -> str:
     """``export.name``: one of :data:`prunelab.exports.EXPORTS` (or none), with what it needs."""
     name = node.get("name", "none") if isinstance(node, DictConfig) else "none"
     checks.choice(name, "export", ("none", *exports.EXPORTS))
@@ -249,6 +249,10 @@ def _export(node: Any, quant: Quantization | None) -> str:
         raise ConfigError("quant.sym=false with export=compressed_tensors: the format packs asymmetric zero points, which stock "
                           "transformers does not load back (size mismatch of weight_zero_point; vllm-project/llm-compressor"
                           "#1618); allowed: quant.sym=true")
+    if name == "compressed_tensors" and isinstance(method, StructuredMethod) and not method.removes_blocks:
+        raise ConfigError(f"export=compressed_tensors with method={method.name}: it shrinks every block to its own widths, "
+                          "which a LLaMA config (one intermediate_size, one head count) cannot describe, so stock "
+                          "transformers could not load the checkpoint; allowed: unstructured or N:M methods, or method=shortgpt")
     return name
 
 

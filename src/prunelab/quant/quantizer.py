@@ -87,6 +87,14 @@ class QuantizedWeight:
         bits = self.codes.numel() * self.bits + (0 if self.sym else groups * self.bits)
         return (bits + 7) // 8 + groups * scale_bytes
 
+    def bitmask_bytes(self, scale_bytes: int = 2) -> int:
+        """Bytes if the zeros were stored sparse (compressed-tensors' sparse-bitmask layout): one bit per
+        weight saying whether it is stored, ``bits`` per non-zero code, scales and zero points as packed."""
+        groups = self.scales.numel()
+        nonzero = int((self.weight != 0).sum())
+        bits = self.codes.numel() + nonzero * self.bits + (0 if self.sym else groups * self.bits)
+        return (bits + 7) // 8 + groups * scale_bytes
+
 
 def keep_pruned(quantized: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     """``quantized`` with the pruned positions forced back to 0 (SparseGPT's mask re-application)."""

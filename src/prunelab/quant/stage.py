@@ -57,11 +57,14 @@ class QuantReport:
     quant_s: float = 0.0
     joint: bool = False
 
-    def metrics(self, model: nn.Module) -> dict[str, Any]:
+    def metrics(self, model: nn.Module, dense_params: int = 0) -> dict[str, Any]:
+        """``dense_params``: parameters of the model before pruning (0: as it is now), the fp16 baseline."""
         quantized = sum(q.packed_bytes(DEPLOY_BYTES) for q in self.layers.values())
+        bitmask = sum(q.bitmask_bytes(DEPLOY_BYTES) for q in self.layers.values())
         linear_params = sum(q.codes.numel() for q in self.layers.values())
-        total_params = sum(p.numel() for p in model.parameters())
-        rest = (total_params - linear_params) * DEPLOY_BYTES
+        model_params = sum(p.numel() for p in model.parameters())
+        total_params = dense_params or model_params
+        rest = (model_params - linear_params) * DEPLOY_BYTES
         errors = list(self.errors.values())
         outputs = [e.rel_output_error for e in errors if e.rel_output_error is not None]
         weights = sum(e.out_features * e.in_features for e in errors)
@@ -71,6 +74,8 @@ class QuantReport:
             "quant/bytes": quantized + rest, "quant/bytes_quantized_layers": quantized, "quant/bytes_unquantized": rest,
             "quant/bytes_dense_fp16": total_params * DEPLOY_BYTES,
             "quant/compression_vs_fp16": total_params * DEPLOY_BYTES / (quantized + rest),
+            "quant/bytes_if_zeros_sparse": bitmask + rest,  # an estimate: one bitmask bit per weight + non-zero codes
+            "quant/compression_vs_fp16_if_zeros_sparse": total_params * DEPLOY_BYTES / (bitmask + rest),
             "quant/layers": len(self.layers),
             "quant/rel_weight_error_mean": sum(e.rel_weight_error for e in errors) / len(errors),
             "quant/rel_weight_error_max": max(e.rel_weight_error for e in errors),
