@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from prunelab.checks import ConfigError
+from prunelab.data import calibration_tokens
 from prunelab.outcome import OutcomeError, check_quantized
 from prunelab.patterns import NM
 from prunelab.plan import make_plan
@@ -228,7 +229,7 @@ def test_joint_sparsegpt_equals_the_authors_fasterprune_with_wbits(pattern):
     ours = obs_quantize(weight, hessian, 4, -1, True, sparsity=0.0 if nm else 0.5, nm=nm)
     theirs = _ref_fasterprune(weight, hessian, 4, True, sparsity=0.5, prunen=2 if nm else 0, prunem=4 if nm else 0)
     assert torch.equal(ours.weight, theirs)
-    assert torch.equal(ours.pruned, theirs == 0) or bool((theirs[ours.pruned] == 0).all())
+    assert bool((theirs[ours.pruned] == 0).all())  # the same mask (theirs also has zeros from rounding)
     assert float(ours.pruned.float().mean()) == 0.5
     assert bool((ours.weight[ours.pruned] == 0).all())
 
@@ -245,9 +246,11 @@ def test_gptq_on_a_pruned_layer_keeps_the_mask_and_equals_sparsegpt_with_that_ma
 
 def test_gptq_beats_rtn_on_the_layer_output():
     weight, hessian = _layer()
+
     def output_error(q):
         delta = q - weight
         return float(((delta @ hessian) * delta).sum())
+
     assert output_error(obs_quantize(weight, hessian, 4, 64, True).weight) < 0.7 * output_error(
         rtn_quantize(weight, 4, 64, True).weight)
 
@@ -255,9 +258,7 @@ def test_gptq_beats_rtn_on_the_layer_output():
 # ----------------------------------------------------------------------------- on the tiny model
 @pytest.mark.parametrize("overrides", [["quant=rtn"], ["quant=gptq"], ["quant=gptq", "method=magnitude", "quant.sym=false"]])
 def test_quantizing_a_pruned_model_keeps_every_pruned_zero(tiny_model, tokenizer, overrides):
-    cfg = compose_config(*TINY, "quant.group_size=32", *overrides) if overrides else None
-    plan = make_plan(cfg)
-    from prunelab.data import calibration_tokens
+    plan = make_plan(compose_config(*TINY, "quant.group_size=32", *overrides))
     ids = calibration_tokens(plan.calibration.spec, tokenizer)
     prune_model(tiny_model, plan.method, 0.5, plan.pattern, ids, torch.device("cpu"))
     before = {name: p.detach().clone() for name, p in tiny_model.named_parameters() if "proj" in name}
