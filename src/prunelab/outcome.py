@@ -64,3 +64,15 @@ def check_finite_metrics(metrics: dict[str, Any]) -> None:
            if isinstance(value, float) and not isinstance(value, bool) and not math.isfinite(value)]
     if bad:
         raise OutcomeError(f"metrics are not finite: {', '.join(f'{k}={metrics[k]}' for k in bad[:8])}")
+
+
+def check_quantized(errors: dict) -> None:
+    """Quantization kept every pruned zero: each layer's ``pruned_lost`` (positions that were 0 before
+    the quantize stage, or that a joint pass pruned, and are not 0 after it) is 0
+    (``errors``: :attr:`prunelab.quant.stage.QuantReport.errors`). Rounding may add zeros (a small
+    surviving weight on a 4-bit grid); it may never take one away."""
+    lost = {name: e.pruned_lost for name, e in errors.items() if e.pruned_lost}
+    if lost:
+        shown = "; ".join(f"{name}: {count}" for name, count in list(lost.items())[:5])
+        raise OutcomeError(f"quantization lost pruned zeros in {len(lost)} layer(s) (non-zero count): {shown}"
+                           f"{' ...' if len(lost) > 5 else ''}")

@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prunelab import baselines, caches, data, evidence, identity, models, naming, outcome, recover, resume
+from prunelab import baselines, caches, data, evidence, exports, identity, models, naming, outcome, recover, resume
 from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
 from prunelab.config import build
@@ -54,10 +54,11 @@ def calibration_stage(plan: CalibrationPlan, tokenizer) -> torch.Tensor:
     return caches.calibration_tokens(plan.spec, tokenizer) if plan.cache else data.calibration_tokens(plan.spec, tokenizer)
 
 
-def prune_stage(plan: RunPlan, model, tokenizer) -> PruneReport:
+def prune_stage(plan: RunPlan, model, tokenizer, method=None) -> PruneReport:
+    """``method``: what prunes instead of ``plan.method`` (SparseGPT that also quantizes, :mod:`prunelab.quant.stage`)."""
     calibration = plan.calibration
     calibration_ids = calibration_stage(calibration, tokenizer) if calibration is not None else None
-    return prune_model(model, plan.method, plan.sparsity, plan.pattern, calibration_ids, plan.model.device,
+    return prune_model(model, method or plan.method, plan.sparsity, plan.pattern, calibration_ids, plan.model.device,
                        plan.target, batch_size=calibration.batch_size if calibration else 8,
                        label=plan.method_label, cache=calibration.cache if calibration else False)
 
@@ -84,6 +85,35 @@ def recover_stage(plan: RunPlan, model, tokenizer, report: PruneReport, output_d
     metrics = plan.recovery.recover(model, tokenizer, report, plan.evaluation.perplexity, plan.model.device,
                                     output_dir / "recover", logger=plan.logger)
     metrics["time/recover_s"] = time.perf_counter() - start
+    return metrics
+
+
+def quant_stage(plan: RunPlan, model, tokenizer, output_dir: Path, joint=None, dense_params: int = 0):
+    """Quantize the decoder's linear layers (``quant=rtn|gptq``; GPTQ calibrates on ``calib_data``
+    block by block); per-layer errors to ``<run dir>/quant_errors.csv``. Returns the report (its
+    codes, scales and zeros feed the export) and its metrics; ``dense_params``: the parameters of the model as
+    loaded (the dense fp16 baseline of ``quant/compression_vs_fp16``; a structured method shrank it)."""
+    from prunelab.quant.stage import ERRORS_CSV, quantize_model
+
+    calibration = plan.calibration
+    needs = plan.quant.needs_hessian and calibration is not None
+    calibration_ids = calibration_stage(calibration, tokenizer) if needs else None
+    report = quantize_model(model, plan.quant, calibration_ids, plan.model.device,
+                            batch_size=calibration.batch_size if calibration else 8, joint=joint)
+    report.write_csv(output_dir / ERRORS_CSV)
+    metrics = report.metrics(model, dense_params)
+    log.info("quantized %d layers (%s%s): %.4g MB vs %.4g MB dense fp16; mean relative weight error %.4f; %.1f s",
+             len(report.layers), plan.quant.describe(), ", jointly with pruning" if report.joint else "",
+             metrics["quant/bytes"] / 1e6, metrics["quant/bytes_dense_fp16"] / 1e6, metrics["quant/rel_weight_error_mean"],
+             report.quant_s + report.calibration_s)
+    return report, metrics
+
+
+def export_stage(plan: RunPlan, model, tokenizer, quant_report, output_dir: Path) -> dict[str, Any]:
+    """``export=<name>``: the deployable checkpoint in ``<run dir>/export/<name>`` (:mod:`prunelab.exports`)."""
+    start = time.perf_counter()
+    metrics = exports.writer(plan.export)(model, tokenizer, quant_report, output_dir / "export" / plan.export, plan)
+    metrics["time/export_s"] = time.perf_counter() - start
     return metrics
 
 
@@ -121,7 +151,16 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     model, tokenizer, load_metrics = load_stage(plan.model)
     metrics.update(load_metrics)
     outcome.check_finite_weights(model, "after loading")
-    report = prune_stage(plan, model, tokenizer)
+    dense_params = sum(p.numel() for p in model.parameters())  # the fp16 baseline of the quantize stage's bytes
+    joint = None
+    if plan.quant is not None:  # method=sparsegpt quant=gptq: pruned and quantized in one pass
+        from prunelab.quant.stage import JointSparseGPTQ, joint_method, mask_sparsity
+
+        joint = joint_method(plan.method, plan.quant, recovering=plan.recovery is not None)
+        joint = joint if isinstance(joint, JointSparseGPTQ) else None
+    report = prune_stage(plan, model, tokenizer, method=joint)
+    if joint is not None:
+        mask_sparsity(report, joint, models.DecoderAdapter(model))
     metrics.update(report.metrics())
     log.info("pruned with %s (%s): achieved sparsity %.4f (target %.4f); calibration %.1f s, pruning %.1f s",
              report.method, report.pattern, report.achieved_sparsity, report.target_sparsity,
@@ -131,12 +170,20 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     if plan.recovery is not None:  # recover=none: nothing runs
         metrics.update(recover_stage(plan, model, tokenizer, report, output_dir))
         outcome.check_finite_weights(model, "after recovery")
+    quant_report = None
+    if plan.quant is not None:  # quant=none: nothing runs
+        quant_report, quant_metrics = quant_stage(plan, model, tokenizer, output_dir, joint, dense_params)
+        metrics.update(quant_metrics)
+        outcome.check_finite_weights(model, "after quantization")
+        outcome.check_quantized(quant_report.errors)
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device, output_dir))
     if plan.recovery is not None:
         metrics.update(recover.summarize(metrics))
     outcome.check_finite_metrics(metrics)
     if plan.save_model:
         metrics.update(save_stage(model, tokenizer, output_dir, saved_note(plan)))
+    if plan.export != "none":
+        metrics.update(export_stage(plan, model, tokenizer, quant_report, output_dir))
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
         from prunelab.bench.stage import bench_stage
 

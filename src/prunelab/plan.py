@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunelab import checks, data, models, zeroshot
+from prunelab import checks, data, exports, models, zeroshot
 from prunelab.bench.engines import Engine
 from prunelab.config import POSITIVE, STUDY_KNOBS, between, build, finite_numbers, is_component, label, missing_keys, read
 from prunelab.evaluate import PerplexitySpec
@@ -26,6 +26,7 @@ from prunelab.loggers import Logger
 from prunelab.methods.base import PruningMethod, StructuredMethod
 from prunelab.patterns import Pattern, check_sparsity, parse_pattern
 from prunelab.prune import PruneTarget
+from prunelab.quant import Quantization
 from prunelab.recover import Recovery
 from prunelab.structure import BlockGeometry
 
@@ -48,6 +49,8 @@ class RootSettings:
     target: Any
     engine: Any = None
     recover: Any = None  # absent with recover=none
+    quant: Any = None  # absent with quant=none
+    export: Any = None
     local: Any = None  # conf/local/default.yaml, machine-specific and optional
     sparsity: float = field(default=0.5, metadata=between(0, 1, high_open=True, what="the fraction of weights removed"))
     pattern: Any = "unstructured"
@@ -139,6 +142,8 @@ class RunPlan:
     logger: Logger
     save_model: bool
     recovery: Recovery | None = None  # recover=lora: fine-tuning between prune and evaluate
+    quant: Quantization | None = None  # quant=rtn|gptq: after prune (and recover), before evaluate
+    export: str = "none"  # export=<name> after save (prunelab.exports)
 
     def summary(self) -> dict[str, Any]:
         """The plan in a few scalars, recorded in metrics.json and printed at the start."""
@@ -155,6 +160,8 @@ class RunPlan:
             "engine": getattr(self.engine, "name", type(self.engine).__name__) if self.engine is not None else None,
             "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
             **({"recover": _recovery_summary(self.recovery)} if self.recovery is not None else {}),
+            **({"quant": self.quant.describe()} if self.quant is not None else {}),
+            **({"export": self.export} if self.export != "none" else {}),
         }
 
 
@@ -186,12 +193,18 @@ def make_plan(cfg: DictConfig) -> RunPlan:
         raise ConfigError(f"recover.dataset={recovery.dataset} needs the Hugging Face hub, which is unreachable here; "
                           f"offline sets: {', '.join(data.OFFLINE_SETS)}")
 
+    quant = _component(cfg.quant, "quant", Quantization) if cfg.get("quant") is not None else None
+    export = _export(cfg.get("export"), quant, method)
+    if quant is not None:
+        _check_quant_method(quant, method, recovery)
+
     calib = read(CalibSettings, cfg.calib_data, "calib_data")
     calibration = None
-    if method.needs.any:
+    if method.needs.any or (quant is not None and quant.needs_hessian):
         if calib.dataset in data.ONLINE_SETS and not models.hub_reachable():
+            needs = f"method={label(cfg.method, method)}" if method.needs.any else f"quant={quant.name}"
             raise ConfigError(
-                f"calib_data={calib.dataset} needs the Hugging Face hub, which is unreachable here; "
+                f"calib_data={calib.dataset} needs the Hugging Face hub, which is unreachable here ({needs} calibrates on it); "
                 f"offline calibration sets: {', '.join(data.OFFLINE_SETS)}"
             )
         calibration = CalibrationPlan(data.CalibrationSpec(calib.dataset, calib.nsamples, calib.seqlen, calib.seed),
@@ -219,8 +232,59 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     _check_against_model(skeleton, target, pattern, method, sparsity)
     if recovery is not None:
         recovery.check_model(models.DecoderAdapter(skeleton), model.context)
+    if quant is not None:
+        _check_quant_widths(models.DecoderAdapter(skeleton), quant)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
-                   engine, logger, root.save_model, recovery)
+                   engine, logger, root.save_model, recovery, quant, export)
+
+
+def _export(node: Any, quant: Quantization | None, method: PruningMethod) -> str:
+    """``export.name``: one of :data:`prunelab.exports.EXPORTS` (or none), with what it needs."""
+    name = node.get("name", "none") if isinstance(node, DictConfig) else "none"
+    checks.choice(name, "export", ("none", *exports.EXPORTS))
+    if name == "compressed_tensors" and quant is None:
+        raise ConfigError("export=compressed_tensors with quant=none: the format stores quantized weights (pack-quantized "
+                          "W4A16/W8A16); allowed: quant=rtn or quant=gptq (save_model=true writes the unquantized model)")
+    if name == "compressed_tensors" and not quant.sym:
+        raise ConfigError("quant.sym=false with export=compressed_tensors: the format packs asymmetric zero points, which stock "
+                          "transformers does not load back (size mismatch of weight_zero_point; vllm-project/llm-compressor"
+                          "#1618); allowed: quant.sym=true")
+    if name == "compressed_tensors" and isinstance(method, StructuredMethod) and not method.removes_blocks:
+        raise ConfigError(f"export=compressed_tensors with method={method.name}: it shrinks every block to its own widths, "
+                          "which a LLaMA config (one intermediate_size, one head count) cannot describe, so stock "
+                          "transformers could not load the checkpoint; allowed: unstructured or N:M methods, or method=shortgpt")
+    return name
+
+
+def _check_quant_method(quant: Quantization, method: PruningMethod, recovery: Recovery | None) -> None:
+    """What a quantizer cannot follow: a group size on layers whose widths the pruning decides, and
+    a joint SparseGPT pass with a damping other than the method's."""
+    if isinstance(method, StructuredMethod) and not method.removes_blocks and quant.group_size != -1:
+        raise ConfigError(f"quant.group_size={quant.group_size} with method={method.name}: it shrinks layers to widths chosen "
+                          "while pruning, which a group size may not divide; allowed: quant.group_size=-1 (per output "
+                          "channel) with structured methods that shrink layers (method=shortgpt keeps the widths)")
+    from prunelab.quant.stage import joint_method  # noqa: PLC0415 - the method classes import the plan's helpers
+
+    joint = joint_method(method, quant, recovering=recovery is not None)
+    if joint is not method and getattr(quant, "percdamp", None) != method.percdamp:
+        raise ConfigError(f"quant.percdamp={quant.percdamp:g} with method=sparsegpt (method.percdamp={method.percdamp:g}): "
+                          "method=sparsegpt quant=gptq prunes and quantizes in one OBS pass with one damping; allowed: "
+                          f"quant.percdamp={method.percdamp:g}")
+
+
+def _check_quant_widths(adapter: models.DecoderAdapter, quant: Quantization) -> None:
+    """Every decoder linear layer's input width is a multiple of the group size."""
+    widths: dict[int, str] = {}
+    for index, block in enumerate(adapter.blocks):
+        for name, layer in adapter.linear_layers(block).items():
+            widths.setdefault(layer.in_features, f"layers.{index}.{name}")
+    for width, where in widths.items():
+        problem = quant.width_problem(width)
+        if problem:
+            common = sorted(d for d in range(1, min(widths) + 1) if all(w % d == 0 for w in widths) and d >= 16)
+            raise ConfigError(f"quant.group_size={quant.group_size} does not divide the input width of {where} ({problem}); "
+                              f"allowed: -1 (per output channel) or a divisor of every input width "
+                              f"({', '.join(map(str, sorted(widths)))}): {', '.join(map(str, common)) or 'none from 16 up'}")
 
 
 def _recovery_summary(recovery: Recovery) -> str:
