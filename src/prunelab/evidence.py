@@ -53,7 +53,7 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
-        self.peak_rss = 0
+        self.peak_rss = self.start_rss = 0
         self._stop = threading.Event()
         self._process = psutil.Process()
 
@@ -63,7 +63,7 @@ class PeakMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemory":
-        self.peak_rss = self._process.memory_info().rss
+        self.peak_rss = self.start_rss = self._process.memory_info().rss  # start: interpreter, torch, transformers
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -76,7 +76,7 @@ class PeakMemory:
         self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
 
     def metrics(self) -> dict[str, float]:
-        found = {"memory/peak_rss_mb": self.peak_rss / 2**20}
+        found = {"memory/peak_rss_mb": self.peak_rss / 2**20, "memory/start_rss_mb": self.start_rss / 2**20}
         if torch.cuda.is_available():
             found["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
         return found

@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prunelab import caches, data, evidence, identity, models, naming, outcome, recover, resume
+from prunelab import caches, data, evidence, identity, models, naming, offload, outcome, recover, resume
 from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
 from prunelab.config import build
@@ -43,10 +43,16 @@ from prunelab.zeroshot import evaluate_zeroshot
 log = logging.getLogger(__name__)
 
 
-def load_stage(plan: ModelPlan):
+def load_stage(plan: ModelPlan, output_dir: Path | None = None):
+    """The model on the CPU, or with ``model.device_map`` placed by accelerate (offloaded weights in
+    a fresh folder under ``model.offload_folder``, default ``output_dir``, removed when the run ends)."""
     start = time.perf_counter()
-    model, tokenizer = plan.source.load(plan.dtype)
-    return model, tokenizer, {"time/load_s": time.perf_counter() - start}
+    if plan.dispatch is None:
+        model, tokenizer = plan.source.load(plan.dtype)
+        return model, tokenizer, {"time/load_s": time.perf_counter() - start}
+    model, tokenizer = plan.source.load_dispatched(plan.dtype, plan.dispatch, offload.offload_folder(plan.dispatch, output_dir))
+    placed = {f"model/weights_{device}_mb": size / 2**20 for device, size in offload.placement(model).items()}
+    return model, tokenizer, {"time/load_s": time.perf_counter() - start, **placed}
 
 
 def calibration_stage(plan: CalibrationPlan, tokenizer) -> torch.Tensor:
@@ -118,7 +124,14 @@ def headline(metrics: dict[str, Any]) -> float:
 
 def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> None:
     """All stages of one run; fills ``metrics`` as it goes so a failure keeps what was measured."""
-    model, tokenizer, load_metrics = load_stage(plan.model)
+    model, tokenizer, load_metrics = load_stage(plan.model, output_dir)
+    try:
+        _run_stages(plan, model, tokenizer, output_dir, metrics, load_metrics)
+    finally:
+        offload.release(model)  # a dispatched model's offload store goes with the run
+
+
+def _run_stages(plan: RunPlan, model, tokenizer, output_dir: Path, metrics: dict[str, Any], load_metrics: dict) -> None:
     metrics.update(load_metrics)
     outcome.check_finite_weights(model, "after loading")
     report = prune_stage(plan, model, tokenizer)

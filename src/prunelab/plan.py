@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunelab import checks, data, models, zeroshot
+from prunelab import checks, data, models, offload, zeroshot
 from prunelab.bench.engines import Engine
 from prunelab.config import POSITIVE, STUDY_KNOBS, between, build, finite_numbers, is_component, label, missing_keys, read
 from prunelab.evaluate import PerplexitySpec
@@ -65,6 +66,9 @@ class ModelSettings:
     seqlen: int = field(metadata=POSITIVE)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "auto"
+    device_map: Any = None  # null, auto or {module: device}: accelerate's big-model dispatch (prunelab.offload)
+    max_memory: Any = None  # {device: size}: the budget of device_map=auto and of the memory plan
+    offload_folder: str | None = None
     path: str | None = None
     source: Any = None
 
@@ -108,6 +112,8 @@ class ModelPlan:
     dtype: torch.dtype
     device: torch.device
     context: int  # tokens; 0 when the config does not say
+    dispatch: offload.DispatchSpec | None = None  # model.device_map set: loaded and evaluated through accelerate
+    max_memory: dict | None = None  # model.max_memory in bytes per device (cpu, GPU index)
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class RunPlan:
             "zeroshot_tasks": list(self.evaluation.zeroshot.tasks),
             "engine": getattr(self.engine, "name", type(self.engine).__name__) if self.engine is not None else None,
             "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
+            **({"device_map": self.model.dispatch.summary()} if self.model.dispatch is not None else {}),
             **({"recover": _recovery_summary(self.recovery)} if self.recovery is not None else {}),
         }
 
@@ -204,7 +211,9 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     source = _component(cfg.model.source, "model.source", models.ModelSource)
     dtype, device = models.resolve_dtype(settings.dtype), models.resolve_device(settings.device)
     hf_config = source.hf_config()
-    model = ModelPlan(settings.name, source, dtype, device, models.context_length(hf_config))
+    max_memory = _max_memory(settings.max_memory)
+    dispatch = _dispatch(settings, max_memory, hf_config, root, method, engine, recovery)
+    model = ModelPlan(settings.name, source, dtype, device, models.context_length(hf_config), dispatch, max_memory)
     for key, seqlen in (("calib_data.seqlen", calib.seqlen), ("eval.seqlen", evaluation.perplexity.seqlen)):
         if model.context and seqlen > model.context:
             raise ConfigError(f"{key}={seqlen} exceeds the model's context of {model.context} tokens")
@@ -213,7 +222,8 @@ def make_plan(cfg: DictConfig) -> RunPlan:
         raise ConfigError(problem)
     if calibration is not None:
         _check_calibration_memory(calib, hf_config, dtype, device)
-    _check_model_memory(settings.name, hf_config, dtype)
+    if dispatch is None:  # a dispatched model never holds all its weights in host memory
+        _check_model_memory(settings.name, hf_config, dtype)
     where = f" at {source.location()}" if isinstance(source, models.LocalSource) else ""
     skeleton = models.skeleton(hf_config, where)
     _check_against_model(skeleton, target, pattern, method, sparsity)
@@ -221,6 +231,84 @@ def make_plan(cfg: DictConfig) -> RunPlan:
         recovery.check_model(models.DecoderAdapter(skeleton), model.context)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
                    engine, logger, root.save_model, recovery)
+
+
+MEMORY_SIZES = "a size such as 200MiB, 20GiB or a number of bytes"
+
+
+def _max_memory(value: Any) -> dict | None:
+    """``model.max_memory`` as ``{device: bytes}``: keys ``cpu`` or a visible GPU's index (``0``,
+    ``cuda:0``), values sizes (``200MiB``, ``20GiB``, bytes)."""
+    from accelerate.utils import convert_file_size_to_int
+
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"model.max_memory={value!r} is not a map of device to size; allowed: e.g. {{cpu: 2GiB}} "
+                          "or {0: 20GiB, cpu: 60GiB}")
+    budget: dict = {}
+    for key, size in value.items():
+        device = str(key).removeprefix("cuda:")
+        if device.isdigit():
+            if int(device) >= torch.cuda.device_count():
+                raise ConfigError(f"model.max_memory key {key!r} names GPU {device}, but {torch.cuda.device_count()} "
+                                  "GPU(s) are visible; allowed: cpu" + (f" or 0 .. {torch.cuda.device_count() - 1}"
+                                                                        if torch.cuda.device_count() else ""))
+            device = int(device)
+        elif device != "cpu":
+            raise ConfigError(f"model.max_memory key {key!r} is not a device; allowed: cpu or a GPU index (0, 1, ...)")
+        try:
+            budget[device] = int(size) if isinstance(size, int) else convert_file_size_to_int(str(size))
+        except ValueError:
+            budget[device] = -1
+        if isinstance(size, bool) or budget[device] <= 0:
+            raise ConfigError(f"model.max_memory.{key}={size!r} is not a size; allowed: {MEMORY_SIZES}")
+    return budget
+
+
+def _dispatch(settings: ModelSettings, max_memory: dict | None, hf_config, root: RootSettings, method: PruningMethod,
+              engine: Engine | None, recovery: Recovery | None) -> offload.DispatchSpec | None:
+    """``model.device_map``: checked, and the combinations that cannot run on a dispatched model refused."""
+    device_map = settings.device_map
+    if device_map is None:
+        if settings.offload_folder is not None:
+            raise ConfigError(f"model.offload_folder={settings.offload_folder!r} without model.device_map: nothing is "
+                              "offloaded; allowed: model.offload_folder=null, or set model.device_map=auto")
+        return None
+    shown = f"model.device_map={device_map if isinstance(device_map, str) else 'explicit map'}"
+    if isinstance(device_map, dict):
+        allowed_gpus = range(torch.cuda.device_count())
+        for module, device in device_map.items():
+            text = str(device).removeprefix("cuda:")
+            if not (device in ("cpu", "disk") or (text.isdigit() and int(text) in allowed_gpus)):
+                raise ConfigError(f"model.device_map.{module}={device!r} is not a device here; allowed: cpu, disk"
+                                  + (f", 0 .. {len(allowed_gpus) - 1}" if len(allowed_gpus) else " (no GPU is visible)"))
+        device_map = {str(k): (int(str(v).removeprefix("cuda:")) if str(v).removeprefix("cuda:").isdigit() else v)
+                      for k, v in device_map.items()}
+        offload.check_device_map(models.skeleton(hf_config), device_map)
+    elif device_map != "auto":
+        raise ConfigError(f"model.device_map={device_map!r} is not valid; allowed: null (the whole model on model.device), "
+                          "auto (accelerate places it within model.max_memory, the rest on disk) or a map "
+                          "{module: cpu|disk|<gpu index>}")
+    refused = [("save_model=true", root.save_model, "the pruned weights live partly in the offload store; save from a "
+                "run without model.device_map"),
+               (f"engine={getattr(engine, 'name', '')}", engine is not None, "the engines cast and swap whole weight "
+                "matrices in memory"),
+               (f"recover={getattr(recovery, 'name', '')}", recovery is not None, "fine-tuning needs every weight "
+                "resident for its backward pass"),
+               (f"method={getattr(method, 'name', '')} (structured)", isinstance(method, StructuredMethod),
+                "structured methods change the shapes of the offloaded weights"),
+               ("a checkpoint with per-layer shapes", bool(getattr(hf_config, "prunelab_layers", None)),
+                "its layers do not match the config's shapes")]
+    for what, found, why in refused:
+        if found:
+            raise ConfigError(f"{shown} cannot run with {what}: {why}; allowed: model.device_map=null for this run")
+    folder = settings.offload_folder
+    if folder is not None:
+        path = Path(str(folder)).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"model.offload_folder={folder!r} exists and is not a directory; allowed: a directory")
+    return offload.DispatchSpec(device_map, max_memory, Path(str(folder)).expanduser() if folder is not None else None)
 
 
 def _recovery_summary(recovery: Recovery) -> str:
