@@ -287,6 +287,12 @@ class RandomSource(ModelSource):
             torch.set_default_dtype(previous)
         return _ready(model, tokenizer)
 
+    def tokenizer_size(self) -> int:
+        """Entries of the borrowed tokenizer (the embedding table grows to it)."""
+        from transformers import AutoTokenizer
+
+        return len(AutoTokenizer.from_pretrained(self.location()))
+
     def load_dispatched(self, dtype: torch.dtype, spec, folder: Path):
         """The random model is built in memory (its weights come from the seed), then placed by ``spec``."""
         from prunelab import offload

@@ -357,6 +357,9 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             record["plan"] = plan.summary()
             evidence.write_json(metrics_path, record)  # a job that dies later still says what it planned
             log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
+            if plan.memory is not None and plan.memory.needs:
+                log.info("%s", plan.memory.report())
+                metrics.update(plan.memory.metrics())  # the estimate, next to the measured memory/peak_rss_mb
             recovered = f"+{plan.recovery.name}" if plan.recovery else ""
             name, group = naming.tracker_names(
                 cfg.get("run_name"), cfg.get("group"),

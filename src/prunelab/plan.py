@@ -11,6 +11,7 @@ key, the value and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunelab import checks, data, models, offload, zeroshot
+from prunelab import checks, data, memory_plan, models, offload, zeroshot
 from prunelab.bench.engines import Engine
 from prunelab.config import POSITIVE, STUDY_KNOBS, between, build, finite_numbers, is_component, label, missing_keys, read
 from prunelab.evaluate import PerplexitySpec
@@ -145,6 +146,7 @@ class RunPlan:
     logger: Logger
     save_model: bool
     recovery: Recovery | None = None  # recover=lora: fine-tuning between prune and evaluate
+    memory: MemoryPlan | None = None  # estimated peak per stage and device (prunelab.memory_plan)
 
     def summary(self) -> dict[str, Any]:
         """The plan in a few scalars, recorded in metrics.json and printed at the start."""
@@ -224,13 +226,109 @@ def make_plan(cfg: DictConfig) -> RunPlan:
         _check_calibration_memory(calib, hf_config, dtype, device)
     if dispatch is None:  # a dispatched model never holds all its weights in host memory
         _check_model_memory(settings.name, hf_config, dtype)
+    memory = memory_budget(source, dtype, device, method, calibration, evaluation, dispatch, max_memory)
+    if dispatch is not None and memory.weights_budget is not None:
+        dispatch = dataclasses.replace(dispatch, max_memory=memory.weights_budget)
+        model = dataclasses.replace(model, dispatch=dispatch)
     where = f" at {source.location()}" if isinstance(source, models.LocalSource) else ""
     skeleton = models.skeleton(hf_config, where)
     _check_against_model(skeleton, target, pattern, method, sparsity)
     if recovery is not None:
         recovery.check_model(models.DecoderAdapter(skeleton), model.context)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
-                   engine, logger, root.save_model, recovery)
+                   engine, logger, root.save_model, recovery, memory)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The estimated peak of every stage on every device, the budgets it was checked against, this
+    process's resident memory when it was made, and (``device_map=auto``) the weights' budget."""
+
+    needs: tuple[memory_plan.Need, ...]
+    budgets: dict
+    baseline: int
+    weights_budget: dict | None = None
+
+    def report(self) -> str:
+        text = memory_plan.table(list(self.needs), self.budgets, self.baseline)
+        if self.weights_budget:
+            text += "\n  device_map=auto places weights within " + ", ".join(
+                f"{k}: {memory_plan.mib(v)}" for k, v in self.weights_budget.items()) + " (the budget less the working set)"
+        return text
+
+    def metrics(self) -> dict[str, float]:
+        return {f"plan/memory_{need.stage.replace('+', '_')}_{need.device}_mb": need.total / 2**20 for need in self.needs}
+
+
+def memory_budget(source, dtype: torch.dtype, device: torch.device, method: PruningMethod,
+                  calibration: CalibrationPlan | None, evaluation: EvalPlan, dispatch: offload.DispatchSpec | None,
+                  max_memory: dict | None) -> MemoryPlan:
+    """Estimate every stage's peak from the config (:mod:`prunelab.memory_plan`) and refuse one that
+    exceeds its device's budget (``model.max_memory``, else the device's memory)."""
+    import psutil
+
+    config = source.hf_config()
+    if isinstance(source, models.RandomSource):  # its embedding table grows to the borrowed tokenizer
+        config.vocab_size = max(config.vocab_size, source.tokenizer_size())
+    sizes = memory_plan.Sizes.from_config(config)
+    baseline = psutil.Process().memory_info().rss
+    if sizes is None:
+        return MemoryPlan((), {}, baseline)
+    needs_stats = method.needs if method.prunes or method.needs.any else None
+    spec = calibration.spec if calibration is not None else None
+    work = memory_plan.Workload(
+        dtype, str(device), (spec.nsamples, spec.seqlen, calibration.batch_size) if spec is not None else None,
+        bool(needs_stats and needs_stats.hessian), bool(needs_stats and (needs_stats.norms or needs_stats.dense_pass)),
+        method.prunes, (evaluation.perplexity.seqlen, _eval_batch(evaluation.perplexity)) if evaluation.perplexity.datasets else None,
+        mapped=not isinstance(source, models.RandomSource))
+    budgets = {key: device_memory(torch.device("cpu" if key == "cpu" else f"cuda:{key}"))
+               for key in {"cpu", memory_plan.budget_key(str(device))}}
+    budgets = {k: v for k, v in budgets.items() if v}
+    budgets.update(max_memory or {})
+    block_bytes = sizes.block_params() * torch.finfo(dtype).bits // 8
+    weights_budget = None
+    resident = None
+    if dispatch is not None:
+        if dispatch.device_map == "auto" and max_memory:
+            working = {}
+            for need in memory_plan.working_sets(sizes, work):
+                key = memory_plan.budget_key(need.device)
+                working[key] = max(working.get(key, 0), need.total + block_bytes)
+            weights_budget = {}
+            for key, budget in max_memory.items():
+                left = budget - working.get(key, 0)
+                if left <= 0:
+                    raise ConfigError(f"model.max_memory.{key}={memory_plan.mib(budget)} is less than the run's working set "
+                                      f"on that device without any weight ({memory_plan.mib(working[key])}: one block, "
+                                      "calibration activations, one evaluation batch); allowed: more than that, or fewer "
+                                      "calib_data.nsamples / a smaller eval.batch_size")
+                weights_budget[key] = left
+            dispatch = dataclasses.replace(dispatch, max_memory=weights_budget)
+        skeleton = offload.skeleton_of(config, dtype)
+        device_map = offload.plan_device_map(skeleton, dispatch, dtype)
+        resident = {}
+        for name, parameter in skeleton.named_parameters():
+            where = offload.device_of(name, device_map)
+            where = "cpu" if where == "cpu" else "disk" if where == "disk" else f"cuda:{str(where).removeprefix('cuda:')}"
+            resident[where] = resident.get(where, 0) + parameter.numel() * parameter.element_size()
+    needs = memory_plan.plan(sizes, work, resident, block_bytes)
+    result = MemoryPlan(tuple(needs), budgets, baseline, weights_budget)
+    for need in needs:
+        key = memory_plan.budget_key(need.device)
+        budget = budgets.get(key)
+        if budget and need.total > budget:
+            given = f"model.max_memory.{key}=" if max_memory and key in max_memory else f"the memory of {need.device}, "
+            hint = ("model.device_map=auto with model.max_memory (weights beyond the budget go to disk), "
+                    if dispatch is None else "") + "fewer calib_data.nsamples or a smaller eval.batch_size"
+            raise ConfigError(f"memory plan: {need.stage} needs about {memory_plan.mib(need.total)} on {need.device} "
+                              f"({need.describe()}), more than {given}{memory_plan.mib(budget)}; allowed: a plan within "
+                              f"it: {hint}")
+    return result
+
+
+def _eval_batch(spec: PerplexitySpec) -> int:
+    """Windows per forward: ``eval.batch_size``, or fewer when ``eval.max_windows`` caps them."""
+    return min(spec.batch_size, spec.max_windows) if spec.max_windows else spec.batch_size
 
 
 MEMORY_SIZES = "a size such as 200MiB, 20GiB or a number of bytes"
