@@ -16,15 +16,16 @@ from prunelab.config import build
 from prunelab.models import DecoderAdapter
 from prunelab.plan import make_plan
 from prunelab.prune import overall_sparsity
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, requires_embedded
+from tests.test_zeroshot import requires_bundled_data
 
 ALL_ON_DISK = "model.device_map={model: disk, lm_head: disk}"
 MIXED = ("model.device_map={model.embed_tokens: cpu, lm_head: cpu, model.rotary_emb: cpu, model.layers.0: cpu, "
          "model.layers.1: disk, model.norm: disk}")
 
 
-def run(tmp_path: Path, *overrides: str) -> dict:
-    cfg = compose_config(*TINY, *overrides)
+def run(tmp_path: Path, *overrides: str, base: tuple[str, ...] = tuple(TINY)) -> dict:
+    cfg = compose_config(*base, *overrides)
     pipeline.main(cfg, output_dir=tmp_path, overrides=list(overrides))
     return json.loads((tmp_path / "metrics.json").read_text())
 
@@ -89,3 +90,34 @@ def test_combinations_that_cannot_run_offloaded_are_refused_before_loading(overr
 def test_bad_placement_settings_name_the_key_and_what_is_allowed(overrides, message):
     with pytest.raises(ConfigError, match=message):
         make_plan(compose_config(*TINY, *overrides))
+
+
+@requires_embedded
+def test_embedded_model_offloaded_to_disk_stays_under_its_own_size_and_measures_the_same(tmp_path):
+    """SmolLM2-135M (513 MiB of fp32 weights) pruned and evaluated within model.max_memory={cpu: 200MiB}:
+    the run's resident memory grows by less than the model's bytes, and perplexity is bitwise the same."""
+    settings = ("method=magnitude", "eval.max_windows=2", "eval.batch_size=1", "eval.ppl_datasets=[wiki]", "logger=none")
+    in_memory = run(tmp_path / "memory", base=settings)
+    offloaded = run(tmp_path / "offload", "model.device_map=auto", "model.max_memory={cpu: 200MiB}", base=settings)
+    assert offloaded["status"] == "completed", offloaded.get("error")
+    assert offloaded["metrics"]["eval/ppl_wiki"] == in_memory["metrics"]["eval/ppl_wiki"]
+    model_bytes = sum(offloaded["metrics"][key] for key in offloaded["metrics"] if key.startswith("model/weights_"))
+    grown = offloaded["metrics"]["memory/peak_rss_mb"] - offloaded["metrics"]["memory/start_rss_mb"]
+    assert model_bytes > 500 and grown < model_bytes / 2, (grown, model_bytes)
+
+
+@requires_bundled_data
+def test_zeroshot_scores_the_dispatched_model_as_it_scores_the_model_in_memory(tmp_path):
+    """lm-eval gets the dispatched model as it is (never moved to one device): every answer's
+    log-likelihood equals the one of the model in memory."""
+    settings = ("eval=zeroshot_only", "eval.tasks=[piqa]", "eval.limit=4", "method=magnitude")
+    in_memory = run(tmp_path / "memory", *settings)
+    offloaded = run(tmp_path / "offload", *settings, ALL_ON_DISK)
+    assert offloaded["status"] == "completed", offloaded.get("error")
+
+    def answers(directory: Path) -> list:
+        lines = (directory / "lm_eval" / "samples_piqa.jsonl").read_text().splitlines()
+        return [json.loads(line)["filtered_resps"] for line in lines]
+
+    assert answers(tmp_path / "offload") == answers(tmp_path / "memory") != []
+    assert offloaded["metrics"]["zeroshot/piqa/acc"] == in_memory["metrics"]["zeroshot/piqa/acc"]

@@ -122,16 +122,20 @@ def headline(metrics: dict[str, Any]) -> float:
     return math.nan
 
 
-def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> None:
-    """All stages of one run; fills ``metrics`` as it goes so a failure keeps what was measured."""
+def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any], memory: evidence.PeakMemory | None = None) -> None:
+    """All stages of one run; fills ``metrics`` as it goes so a failure keeps what was measured
+    (``memory``: the run's memory sampler, marked after each stage the memory plan estimates)."""
+    mark = memory.mark if memory is not None else (lambda stage: None)
     model, tokenizer, load_metrics = load_stage(plan.model, output_dir)
+    mark("load")
     try:
-        _run_stages(plan, model, tokenizer, output_dir, metrics, load_metrics)
+        _run_stages(plan, model, tokenizer, output_dir, metrics, load_metrics, mark)
     finally:
         offload.release(model)  # a dispatched model's offload store goes with the run
 
 
-def _run_stages(plan: RunPlan, model, tokenizer, output_dir: Path, metrics: dict[str, Any], load_metrics: dict) -> None:
+def _run_stages(plan: RunPlan, model, tokenizer, output_dir: Path, metrics: dict[str, Any], load_metrics: dict,
+                mark) -> None:
     metrics.update(load_metrics)
     outcome.check_finite_weights(model, "after loading")
     report = prune_stage(plan, model, tokenizer)
@@ -140,11 +144,13 @@ def _run_stages(plan: RunPlan, model, tokenizer, output_dir: Path, metrics: dict
              report.method, report.pattern, report.achieved_sparsity, report.target_sparsity,
              report.calibration_s, report.prune_s)
     outcome.check_finite_weights(model, "after pruning")
+    mark("calibrate_prune")
     outcome.check_sparsity(report)
     if plan.recovery is not None:  # recover=none: nothing runs
         metrics.update(recover_stage(plan, model, tokenizer, report, output_dir))
         outcome.check_finite_weights(model, "after recovery")
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device, output_dir))
+    mark("evaluate")
     if plan.recovery is not None:
         metrics.update(recover.summarize(metrics))
     outcome.check_finite_metrics(metrics)
@@ -368,7 +374,7 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             plan.logger.start(output_dir, resolved, name=name, group=group)
             logger = plan.logger
             with evidence.PeakMemory() as memory:
-                run_experiment(plan, output_dir, metrics)
+                run_experiment(plan, output_dir, metrics, memory)
             metrics.update(memory.metrics())
             record["status"] = "completed"
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: recorded, then the sweep stops
