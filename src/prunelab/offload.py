@@ -178,10 +178,33 @@ def load(config, tensors: Iterator[tuple[str, torch.Tensor]], dtype: torch.dtype
     check_device_map(skeleton, device_map)
     model = dispatch(skeleton, tensors, device_map, dtype, folder)
     model.prunelab_offload_folder = folder
+    for module in (*model.model.layers, model.lm_head):  # offloaded weights come and go in every forward
+        module.register_forward_hook(lambda *_: trim())
+    trim()
     totals = placement(model)
     log.info("device_map=%s: weights %s; offload store %s", spec.summary(),
              ", ".join(f"{device} {size / 2**20:.0f} MiB" for device, size in totals.items()), folder)
     return model
+
+
+def _libc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def trim() -> None:
+    """Give freed heap memory back to the system (glibc keeps the buffers of weights loaded from the
+    store and dropped again in its arenas: measured, a forward of the offloaded SmolLM2 grew the
+    resident memory by 160 MiB that ``malloc_trim`` returned). Only dispatched models call it."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def offload_folder(spec: DispatchSpec, run_dir: Path | None) -> Path:
@@ -325,4 +348,5 @@ class Holder:
             hook.offload = True
         for folder, index in folders.items():
             save_offload_index(index, folder)
+        trim()
         return block
