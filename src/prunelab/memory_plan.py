@@ -153,8 +153,7 @@ def plan(sizes: Sizes, work: Workload, resident: dict[str, int] | None, block_by
             needs.append(need)
         return needs
     largest_tensor = max(sizes.vocab * sizes.hidden, max(o * i for o, i in sizes.linears().values())) * b
-    needs.append(Need("load", "cpu", {"weights placed on cpu": resident.get("cpu", 0), "tensor being read": largest_tensor,
-                                      "its pages written to the offload store": largest_tensor if "disk" in resident else 0}))
+    needs.append(Need("load", "cpu", {"weights placed on cpu": resident.get("cpu", 0), "tensor being read": largest_tensor}))
     offloaded = any(device in ("disk", "cpu") and device != work.work_device for device in resident) or "disk" in resident
     for need in working_sets(sizes, work):
         held = block_bytes if need.stage == "calibrate+prune" and offloaded else (

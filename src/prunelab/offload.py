@@ -69,6 +69,19 @@ def checkpoint_tensors(location: str) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, tensor.reshape(info["shape"])
 
 
+def store(value: torch.Tensor, name: str, folder: str | Path, index: dict) -> None:
+    """Write ``value`` into accelerate's offload store as ``offload_weight`` does (``<name>.dat``, raw,
+    bfloat16 as int16; ``index`` updated), with a plain write: no memory map, so the written pages
+    never count as this process's resident memory."""
+    dtype = None
+    if value.dtype == torch.bfloat16:
+        value, dtype = value.view(torch.int16), "bfloat16"
+    array = value.detach().to("cpu").contiguous().numpy()
+    index[name] = {"dtype": dtype or str(array.dtype), "shape": list(array.shape)}
+    with open(Path(folder) / f"{name}.dat", "wb") as handle:
+        array.tofile(handle)
+
+
 def device_of(name: str, device_map: dict[str, Any]) -> Any:
     """The device ``device_map`` gives the parameter or module ``name`` (longest matching prefix)."""
     best, found = -1, None
@@ -137,7 +150,7 @@ def dispatch(skeleton: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], d
              dtype: torch.dtype, folder: Path) -> nn.Module:
     """Stream ``tensors`` into ``skeleton`` (``disk`` ones into ``folder``) and attach accelerate's hooks."""
     from accelerate import dispatch_model
-    from accelerate.utils import offload_weight, save_offload_index, set_module_tensor_to_device
+    from accelerate.utils import save_offload_index, set_module_tensor_to_device
 
     folder.mkdir(parents=True, exist_ok=True)
     aliases: dict[int, list[str]] = {}
@@ -153,7 +166,7 @@ def dispatch(skeleton: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], d
         for alias in names[name]:
             device = device_of(alias, device_map)
             if device == "disk":
-                offload_weight(value, alias, str(folder), index)
+                store(value, alias, folder, index)
             elif placed is None:
                 set_module_tensor_to_device(skeleton, alias, _torch_device(device), value=value)
                 placed = alias
@@ -325,7 +338,7 @@ class Holder:
     def give(self, block: nn.Module, write_back: bool = True) -> nn.Module:
         if not self.dispatched:
             return block.to(self.home)
-        from accelerate.utils import offload_weight, save_offload_index, set_module_tensor_to_device
+        from accelerate.utils import save_offload_index, set_module_tensor_to_device
 
         folders: dict[str, dict] = {}
         for module, where, names in self._held.pop(id(block)):
@@ -333,8 +346,8 @@ class Holder:
                 for name in names:
                     set_module_tensor_to_device(module, name, where)
                 continue
-            hook, store = where, where.weights_map
-            loader, prefix = getattr(store, "dataset", store), getattr(store, "prefix", "")
+            hook, weights = where, where.weights_map
+            loader, prefix = getattr(weights, "dataset", weights), getattr(weights, "prefix", "")
             for name in names:
                 if write_back:
                     value = getattr(module, name).detach().to("cpu")
@@ -342,7 +355,7 @@ class Holder:
                     if key in getattr(loader, "state_dict", {}):
                         loader.state_dict[key] = value
                     else:
-                        offload_weight(value, key, loader.save_folder, index=loader.index)
+                        store(value, key, loader.save_folder, loader.index)
                         folders[loader.save_folder] = loader.index
                 set_module_tensor_to_device(module, name, "meta")
             hook.offload = True
