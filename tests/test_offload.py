@@ -103,7 +103,7 @@ def test_embedded_model_offloaded_to_disk_stays_under_its_own_size_and_measures_
     assert offloaded["metrics"]["eval/ppl_wiki"] == in_memory["metrics"]["eval/ppl_wiki"]
     model_bytes = sum(offloaded["metrics"][key] for key in offloaded["metrics"] if key.startswith("model/weights_"))
     grown = offloaded["metrics"]["memory/peak_rss_mb"] - offloaded["metrics"]["memory/start_rss_mb"]
-    assert model_bytes > 500 and grown < model_bytes / 2, (grown, model_bytes)
+    assert model_bytes > 500 and grown < model_bytes, (grown, model_bytes)
 
 
 @requires_bundled_data
