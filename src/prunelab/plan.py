@@ -222,10 +222,11 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     problem = engine.context_problem(model.context) if engine is not None and model.context else None
     if problem:
         raise ConfigError(problem)
-    if calibration is not None:
-        _check_calibration_memory(calib, hf_config, dtype, device)
     if dispatch is None:  # a dispatched model never holds all its weights in host memory
         _check_model_memory(settings.name, hf_config, dtype)
+    if calibration is not None:
+        reserve = calibration_reserve(source, dtype, device, method, calibration) if dispatch is None else 0
+        _check_calibration_memory(calib, hf_config, dtype, device, reserve)
     memory = memory_budget(source, dtype, device, method, calibration, evaluation, dispatch, max_memory)
     if dispatch is not None and memory.weights_budget is not None:
         dispatch = dataclasses.replace(dispatch, max_memory=memory.weights_budget)
@@ -260,6 +261,37 @@ class MemoryPlan:
         return {f"plan/memory_{need.stage.replace('+', '_')}_{need.device}_mb": need.total / 2**20 for need in self.needs}
 
 
+def _workload(source, dtype: torch.dtype, device: torch.device, method: PruningMethod,
+              calibration: CalibrationPlan | None, evaluation: EvalPlan, nsamples: int | None = None):
+    """The model's config (a random model's vocabulary grown to its tokenizer), its sizes and the
+    run's :class:`memory_plan.Workload` (``nsamples``: instead of the calibration's)."""
+    config = source.hf_config()
+    if isinstance(source, models.RandomSource):  # its embedding table grows to the borrowed tokenizer
+        config.vocab_size = max(config.vocab_size, source.tokenizer_size())
+    needs_stats = method.needs if method.prunes or method.needs.any else None
+    spec = calibration.spec if calibration is not None else None
+    work = memory_plan.Workload(
+        dtype, str(device), (nsamples or spec.nsamples, spec.seqlen, calibration.batch_size) if spec is not None else None,
+        bool(needs_stats and needs_stats.hessian), bool(needs_stats and (needs_stats.norms or needs_stats.dense_pass)),
+        method.prunes, (evaluation.perplexity.seqlen, _eval_batch(evaluation.perplexity)) if evaluation.perplexity.datasets else None,
+        mapped=not isinstance(source, models.RandomSource))
+    return config, memory_plan.Sizes.from_config(config), work
+
+
+def calibration_reserve(source, dtype: torch.dtype, device: torch.device, method: PruningMethod,
+                        calibration: CalibrationPlan) -> int:
+    """What calibrate+prune needs on the work device besides the block activations (weights, one
+    mini-batch, statistics, pruning), so that the ``calib_data.nsamples`` bound leaves room for it."""
+    batch = calibration.batch_size
+    _, sizes, work = _workload(source, dtype, device, method, calibration, EvalPlan(PerplexitySpec((), 2, None, 1), None),
+                               nsamples=batch)
+    if sizes is None:
+        return 0
+    stage = [n for n in memory_plan.plan(sizes, work, None, sizes.block_params() * torch.finfo(dtype).bits // 8)
+             if n.stage == "calibrate+prune" and n.device == str(device)]
+    return stage[0].total - stage[0].parts.get("block inputs+outputs", 0) if stage else 0
+
+
 def memory_budget(source, dtype: torch.dtype, device: torch.device, method: PruningMethod,
                   calibration: CalibrationPlan | None, evaluation: EvalPlan, dispatch: offload.DispatchSpec | None,
                   max_memory: dict | None) -> MemoryPlan:
@@ -267,20 +299,10 @@ def memory_budget(source, dtype: torch.dtype, device: torch.device, method: Prun
     exceeds its device's budget (``model.max_memory``, else the device's memory)."""
     import psutil
 
-    config = source.hf_config()
-    if isinstance(source, models.RandomSource):  # its embedding table grows to the borrowed tokenizer
-        config.vocab_size = max(config.vocab_size, source.tokenizer_size())
-    sizes = memory_plan.Sizes.from_config(config)
     baseline = psutil.Process().memory_info().rss
+    config, sizes, work = _workload(source, dtype, device, method, calibration, evaluation)
     if sizes is None:
         return MemoryPlan((), {}, baseline)
-    needs_stats = method.needs if method.prunes or method.needs.any else None
-    spec = calibration.spec if calibration is not None else None
-    work = memory_plan.Workload(
-        dtype, str(device), (spec.nsamples, spec.seqlen, calibration.batch_size) if spec is not None else None,
-        bool(needs_stats and needs_stats.hessian), bool(needs_stats and (needs_stats.norms or needs_stats.dense_pass)),
-        method.prunes, (evaluation.perplexity.seqlen, _eval_batch(evaluation.perplexity)) if evaluation.perplexity.datasets else None,
-        mapped=not isinstance(source, models.RandomSource))
     budgets = {key: device_memory(torch.device("cpu" if key == "cpu" else f"cuda:{key}"))
                for key in {"cpu", memory_plan.budget_key(str(device))}}
     budgets = {k: v for k, v in budgets.items() if v}
@@ -415,21 +437,23 @@ def _recovery_summary(recovery: Recovery) -> str:
     return f"{type(recovery).__name__}({shown})"
 
 
-def _check_calibration_memory(calib: CalibSettings, hf_config, dtype: torch.dtype, device: torch.device) -> None:
+def _check_calibration_memory(calib: CalibSettings, hf_config, dtype: torch.dtype, device: torch.device,
+                              reserve: int = 0) -> None:
     """The sequential walk holds a block's inputs and outputs for every calibration token on the
-    work device: ``2 x nsamples x seqlen x hidden`` values. A count whose activations alone exceed
-    that device's memory cannot run; it is rejected here instead of failing (or swapping) later."""
+    work device: ``2 x nsamples x seqlen x hidden`` values, beside ``reserve`` bytes for the rest of
+    calibrate+prune (the memory plan's). A count that cannot fit that device's memory is rejected
+    here instead of failing (or swapping) later."""
     hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
     if not hidden:
         return
     per_sample = 2 * calib.seqlen * hidden * torch.finfo(dtype).bits // 8
     memory = device_memory(device)
-    if memory and calib.nsamples * per_sample > memory:
+    if memory and calib.nsamples * per_sample + reserve > memory:
         raise ConfigError(
             f"calib_data.nsamples={calib.nsamples} would hold {calib.nsamples * per_sample / 2**30:.1f} GiB of block "
             f"activations (2 x {calib.nsamples} x {calib.seqlen} tokens x {hidden} x {torch.finfo(dtype).bits // 8} "
-            f"bytes) on {device.type}, more than its {memory / 2**30:.1f} GiB; allowed: calib_data.nsamples <= "
-            f"{memory // per_sample}")
+            f"bytes) on {device.type}, beside {reserve / 2**30:.1f} GiB for the rest of calibrate+prune, more than its "
+            f"{memory / 2**30:.1f} GiB; allowed: calib_data.nsamples <= {max(memory - reserve, 0) // per_sample}")
 
 
 def _check_model_memory(name: str, hf_config, dtype: torch.dtype) -> None:
