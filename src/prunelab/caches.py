@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab import assets, data
+from prunelab import assets, data, offload
 from prunelab.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def content_key(hidden: Iterable[torch.Tensor], blocks: Iterable[nn.Module], ext
     for states in hidden:
         digest.update(_tensor_bytes(states))
     for block in blocks:
-        for name, tensor in block.state_dict().items():
+        for name, tensor in offload.state_items(block):  # offloaded tensors read from their store
             digest.update(name.encode())
             digest.update(_tensor_bytes(tensor))
     return digest.hexdigest()

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab.models import DecoderAdapter
+from prunelab.offload import Holder
 from prunelab.stats import BlockIO, LayerStats, StatsNeeds
 
 
@@ -88,10 +89,8 @@ def _sync(device: torch.device) -> None:
 def capture_block_inputs(adapter: DecoderAdapter, input_ids: torch.Tensor, device: torch.device, batch_size: int) -> CalibrationContext:
     """Run the model up to its first block for every mini-batch of ``input_ids``."""
     start = time.perf_counter()
-    entry = adapter.entry_modules()
-    home = next(adapter.model.parameters()).device
-    for module in entry:
-        module.to(device)
+    holder = Holder(adapter.model, device)
+    entry = [holder.take(module) for module in adapter.entry_modules()]
     sink: list = []
     original = adapter.blocks[0]
     adapter.blocks[0] = _Catcher(original, sink)
@@ -104,7 +103,7 @@ def capture_block_inputs(adapter: DecoderAdapter, input_ids: torch.Tensor, devic
     finally:
         adapter.blocks[0] = original
         for module in entry:
-            module.to(home)
+            holder.give(module, write_back=False)
     hidden = [h for h, _, _ in sink]
     call_args = [(args, kwargs) for _, args, kwargs in sink]
     context = CalibrationContext(adapter, device, hidden, call_args)
@@ -137,10 +136,10 @@ def sequential(context: CalibrationContext, needs: StatsNeeds, on_block: BlockCa
     pruning): the walk continues with ``context.adapter.blocks[index]``.
     """
     hidden = list(context.hidden)
-    home = next(context.adapter.model.parameters()).device
     device = context.device
+    holder = Holder(context.adapter.model, device)  # one block on the device at a time (offloaded ones too)
     for index in tqdm(range(context.num_blocks), desc=description, unit="block", leave=False):
-        block = context.adapter.blocks[index].to(device)
+        block = holder.take(context.adapter.blocks[index])
         linears = context.adapter.linear_layers(block)
         stats = {name: LayerStats() for name in linears}
         handles = []
@@ -171,7 +170,7 @@ def sequential(context: CalibrationContext, needs: StatsNeeds, on_block: BlockCa
             _sync(device)
             context.timings["calibration_s"] += time.perf_counter() - start
         hidden = outputs
-        context.adapter.blocks[index] = block.to(home)
+        context.adapter.blocks[index] = holder.give(block, write_back=changed)
 
 
 BlockSummary = Callable[[dict[str, nn.Linear], dict[str, LayerStats], BlockIO], Any]

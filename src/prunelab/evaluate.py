@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prunelab.data import evaluation_stream
+from prunelab.offload import is_dispatched
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,10 @@ def perplexity(model, windows: torch.Tensor, device: torch.device, batch_size: i
 
 
 def evaluate_perplexity(model, tokenizer, spec: PerplexitySpec, device: torch.device) -> list[PerplexityResult]:
-    """Perplexity of ``model`` (moved to ``device``) on the evaluation part of each dataset."""
-    model.to(device)
+    """Perplexity of ``model`` (moved to ``device``; a dispatched model stays where its device map
+    put it, accelerate's hooks bring each part to its execution device) on each dataset."""
+    if not is_dispatched(model):
+        model.to(device)
     results = []
     for name in spec.datasets:
         start = time.perf_counter()

@@ -53,17 +53,19 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
-        self.peak_rss = 0
+        self.peak_rss = self.start_rss = self._stage_peak = 0
+        self.stage_peaks: dict[str, int] = {}
         self._stop = threading.Event()
         self._process = psutil.Process()
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
+            rss = self._process.memory_info().rss
+            self.peak_rss, self._stage_peak = max(self.peak_rss, rss), max(self._stage_peak, rss)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemory":
-        self.peak_rss = self._process.memory_info().rss
+        self.peak_rss = self.start_rss = self._stage_peak = self._process.memory_info().rss  # start: interpreter, torch, ...
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -75,8 +77,16 @@ class PeakMemory:
         self._thread.join()
         self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
 
+    def mark(self, stage: str) -> None:
+        """Record the peak since the previous mark (or the start) as ``stage``'s, and start a new one."""
+        now = self._process.memory_info().rss
+        self._stage_peak = max(self._stage_peak, now)
+        self.stage_peaks[stage] = self._stage_peak
+        self._stage_peak = now
+
     def metrics(self) -> dict[str, float]:
-        found = {"memory/peak_rss_mb": self.peak_rss / 2**20}
+        found = {"memory/peak_rss_mb": self.peak_rss / 2**20, "memory/start_rss_mb": self.start_rss / 2**20,
+                 **{f"memory/peak_rss_{stage}_mb": peak / 2**20 for stage, peak in self.stage_peaks.items()}}
         if torch.cuda.is_available():
             found["memory/peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
         return found

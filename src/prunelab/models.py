@@ -140,6 +140,28 @@ class ModelSource(ABC):
                                  "(a truncated or corrupt checkpoint?)") from error
         return _ready(model, tokenizer)
 
+    def checkpoint_directory(self) -> str:
+        """The local directory holding the ``*.safetensors`` files (what :meth:`load_dispatched` streams)."""
+        return self.location()
+
+    def load_dispatched(self, dtype: torch.dtype, spec, folder: Path):
+        """``(model, tokenizer)`` placed by ``spec`` (:class:`prunelab.offload.DispatchSpec`) through
+        accelerate's hooks, the weights streamed one tensor at a time (``disk`` ones into ``folder``)."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        from prunelab import offload
+
+        location = self.checkpoint_directory()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_location())
+            model = offload.load(AutoConfig.from_pretrained(location), offload.checkpoint_tensors(location), dtype, spec, folder)
+        except (ModelLoadError, ModelConfigError):
+            raise
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelLoadError(f"cannot load the model from {location} with model.device_map: {type(error).__name__}: "
+                                 f"{error}") from error
+        return _ready(model, tokenizer)
+
 
 class EmbeddedSource(ModelSource):
     """The offline SmolLM2-135M that ``make setup`` prepares in the asset cache."""
@@ -189,6 +211,11 @@ class HubSource(ModelSource):
 
         config = try_to_load_from_cache(self.path, "config.json")
         return identity.directory_identity(Path(config).parent) if isinstance(config, str) else f"hub:{self.path}"
+
+    def checkpoint_directory(self) -> str:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(self.location(), allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
 
     def location(self) -> str:
         if not hub_reachable() and not _hub_cached(self.path):
@@ -259,6 +286,24 @@ class RandomSource(ModelSource):
         finally:
             torch.set_default_dtype(previous)
         return _ready(model, tokenizer)
+
+    def tokenizer_size(self) -> int:
+        """Entries of the borrowed tokenizer (the embedding table grows to it)."""
+        from transformers import AutoTokenizer
+
+        return len(AutoTokenizer.from_pretrained(self.location()))
+
+    def load_dispatched(self, dtype: torch.dtype, spec, folder: Path):
+        """The random model is built in memory (its weights come from the seed), then placed by ``spec``."""
+        from prunelab import offload
+
+        model, tokenizer = self.load(dtype)
+        state = model.state_dict()
+        config = model.config
+        del model
+        dispatched = offload.load(config, iter(list(state.items())), dtype, spec, folder)
+        del state
+        return _ready(dispatched, tokenizer)
 
 
 def _first_line(error: BaseException) -> str:

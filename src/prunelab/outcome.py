@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab import offload
+
 UPPER_SLACK = 0.01  # extra zeros tolerated above the plan (e.g. SparseGPT zeroes dead input channels)
 
 
@@ -25,7 +27,7 @@ class OutcomeError(RuntimeError):
 def check_finite_weights(model: nn.Module, when: str) -> None:
     """Every parameter of ``model`` is finite (``when``: "after loading", "after pruning")."""
     bad = []
-    for name, parameter in model.named_parameters():
+    for name, parameter in offload.named_parameters(model):  # offloaded ones read from their store
         finite = torch.isfinite(parameter.detach())
         if not bool(finite.all()):
             bad.append(f"{name} ({int((~finite).sum())} of {finite.numel()})")

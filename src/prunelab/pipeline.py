@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prunelab import baselines, caches, data, evidence, exports, identity, models, naming, outcome, recover, resume
+from prunelab import baselines, caches, data, evidence, exports, identity, models, naming, offload, outcome, recover, resume
 from prunelab.assets import AssetMissingError
 from prunelab.checks import ConfigError
 from prunelab.config import build
@@ -43,10 +43,16 @@ from prunelab.zeroshot import evaluate_zeroshot
 log = logging.getLogger(__name__)
 
 
-def load_stage(plan: ModelPlan):
+def load_stage(plan: ModelPlan, output_dir: Path | None = None):
+    """The model on the CPU, or with ``model.device_map`` placed by accelerate (offloaded weights in
+    a fresh folder under ``model.offload_folder``, default ``output_dir``, removed when the run ends)."""
     start = time.perf_counter()
-    model, tokenizer = plan.source.load(plan.dtype)
-    return model, tokenizer, {"time/load_s": time.perf_counter() - start}
+    if plan.dispatch is None:
+        model, tokenizer = plan.source.load(plan.dtype)
+        return model, tokenizer, {"time/load_s": time.perf_counter() - start}
+    model, tokenizer = plan.source.load_dispatched(plan.dtype, plan.dispatch, offload.offload_folder(plan.dispatch, output_dir))
+    placed = {f"model/weights_{device}_mb": size / 2**20 for device, size in offload.placement(model).items()}
+    return model, tokenizer, {"time/load_s": time.perf_counter() - start, **placed}
 
 
 def calibration_stage(plan: CalibrationPlan, tokenizer) -> torch.Tensor:
@@ -146,9 +152,20 @@ def headline(metrics: dict[str, Any]) -> float:
     return math.nan
 
 
-def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> None:
-    """All stages of one run; fills ``metrics`` as it goes so a failure keeps what was measured."""
-    model, tokenizer, load_metrics = load_stage(plan.model)
+def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any], memory: evidence.PeakMemory | None = None) -> None:
+    """All stages of one run; fills ``metrics`` as it goes so a failure keeps what was measured
+    (``memory``: the run's memory sampler, marked after each stage the memory plan estimates)."""
+    mark = memory.mark if memory is not None else (lambda stage: None)
+    model, tokenizer, load_metrics = load_stage(plan.model, output_dir)
+    mark("load")
+    try:
+        _run_stages(plan, model, tokenizer, output_dir, metrics, load_metrics, mark)
+    finally:
+        offload.release(model)  # a dispatched model's offload store goes with the run
+
+
+def _run_stages(plan: RunPlan, model, tokenizer, output_dir: Path, metrics: dict[str, Any], load_metrics: dict,
+                mark) -> None:
     metrics.update(load_metrics)
     outcome.check_finite_weights(model, "after loading")
     dense_params = sum(p.numel() for p in model.parameters())  # the fp16 baseline of the quantize stage's bytes
@@ -166,6 +183,7 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
              report.method, report.pattern, report.achieved_sparsity, report.target_sparsity,
              report.calibration_s, report.prune_s)
     outcome.check_finite_weights(model, "after pruning")
+    mark("calibrate_prune")
     outcome.check_sparsity(report)
     if plan.recovery is not None:  # recover=none: nothing runs
         metrics.update(recover_stage(plan, model, tokenizer, report, output_dir))
@@ -177,6 +195,7 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
         outcome.check_finite_weights(model, "after quantization")
         outcome.check_quantized(quant_report.errors)
     metrics.update(eval_stage(plan.evaluation, model, tokenizer, plan.model.device, output_dir))
+    mark("evaluate")
     if plan.recovery is not None:
         metrics.update(recover.summarize(metrics))
     outcome.check_finite_metrics(metrics)
@@ -401,6 +420,9 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             record["plan"] = plan.summary()
             evidence.write_json(metrics_path, record)  # a job that dies later still says what it planned
             log.info("plan: %s", ", ".join(f"{k}={v}" for k, v in record["plan"].items() if v not in (None, [])))
+            if plan.memory is not None and plan.memory.needs:
+                log.info("%s", plan.memory.report())
+                metrics.update(plan.memory.metrics())  # the estimate, next to the measured memory/peak_rss_mb
             recovered = f"+{plan.recovery.name}" if plan.recovery else ""
             name, group = naming.tracker_names(
                 cfg.get("run_name"), cfg.get("group"),
@@ -409,7 +431,7 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             plan.logger.start(output_dir, resolved, name=name, group=group)
             logger = plan.logger
             with evidence.PeakMemory() as memory:
-                run_experiment(plan, output_dir, metrics)
+                run_experiment(plan, output_dir, metrics, memory)
             metrics.update(memory.metrics())
             record["status"] = "completed"
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: recorded, then the sweep stops

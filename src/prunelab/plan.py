@@ -11,14 +11,16 @@ key, the value and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunelab import checks, data, exports, models, zeroshot
+from prunelab import checks, data, exports, memory_plan, models, offload, zeroshot
 from prunelab.bench.engines import Engine
 from prunelab.config import POSITIVE, STUDY_KNOBS, between, build, finite_numbers, is_component, label, missing_keys, read
 from prunelab.evaluate import PerplexitySpec
@@ -68,6 +70,9 @@ class ModelSettings:
     seqlen: int = field(metadata=POSITIVE)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "auto"
+    device_map: Any = None  # null, auto or {module: device}: accelerate's big-model dispatch (prunelab.offload)
+    max_memory: Any = None  # {device: size}: the budget of device_map=auto and of the memory plan
+    offload_folder: str | None = None
     path: str | None = None
     source: Any = None
 
@@ -111,6 +116,8 @@ class ModelPlan:
     dtype: torch.dtype
     device: torch.device
     context: int  # tokens; 0 when the config does not say
+    dispatch: offload.DispatchSpec | None = None  # model.device_map set: loaded and evaluated through accelerate
+    max_memory: dict | None = None  # model.max_memory in bytes per device (cpu, GPU index)
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,7 @@ class RunPlan:
     recovery: Recovery | None = None  # recover=lora: fine-tuning between prune and evaluate
     quant: Quantization | None = None  # quant=rtn|gptq: after prune (and recover), before evaluate
     export: str = "none"  # export=<name> after save (prunelab.exports)
+    memory: MemoryPlan | None = None  # estimated peak per stage and device (prunelab.memory_plan)
 
     def summary(self) -> dict[str, Any]:
         """The plan in a few scalars, recorded in metrics.json and printed at the start."""
@@ -159,6 +167,7 @@ class RunPlan:
             "zeroshot_tasks": list(self.evaluation.zeroshot.tasks),
             "engine": getattr(self.engine, "name", type(self.engine).__name__) if self.engine is not None else None,
             "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
+            **({"device_map": self.model.dispatch.summary()} if self.model.dispatch is not None else {}),
             **({"recover": _recovery_summary(self.recovery)} if self.recovery is not None else {}),
             **({"quant": self.quant.describe()} if self.quant is not None else {}),
             **({"export": self.export} if self.export != "none" else {}),
@@ -217,16 +226,24 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     source = _component(cfg.model.source, "model.source", models.ModelSource)
     dtype, device = models.resolve_dtype(settings.dtype), models.resolve_device(settings.device)
     hf_config = source.hf_config()
-    model = ModelPlan(settings.name, source, dtype, device, models.context_length(hf_config))
+    max_memory = _max_memory(settings.max_memory)
+    dispatch = _dispatch(settings, max_memory, hf_config, root, method, engine, recovery, quant, export)
+    model = ModelPlan(settings.name, source, dtype, device, models.context_length(hf_config), dispatch, max_memory)
     for key, seqlen in (("calib_data.seqlen", calib.seqlen), ("eval.seqlen", evaluation.perplexity.seqlen)):
         if model.context and seqlen > model.context:
             raise ConfigError(f"{key}={seqlen} exceeds the model's context of {model.context} tokens")
     problem = engine.context_problem(model.context) if engine is not None and model.context else None
     if problem:
         raise ConfigError(problem)
+    if dispatch is None:  # a dispatched model never holds all its weights in host memory
+        _check_model_memory(settings.name, hf_config, dtype)
     if calibration is not None:
-        _check_calibration_memory(calib, hf_config, dtype, device)
-    _check_model_memory(settings.name, hf_config, dtype)
+        reserve = calibration_reserve(source, dtype, device, method, calibration) if dispatch is None else 0
+        _check_calibration_memory(calib, hf_config, dtype, device, reserve)
+    memory = memory_budget(source, dtype, device, method, calibration, evaluation, dispatch, max_memory)
+    if dispatch is not None and memory.weights_budget is not None:
+        dispatch = dataclasses.replace(dispatch, max_memory=memory.weights_budget)
+        model = dataclasses.replace(model, dispatch=dispatch)
     where = f" at {source.location()}" if isinstance(source, models.LocalSource) else ""
     skeleton = models.skeleton(hf_config, where)
     _check_against_model(skeleton, target, pattern, method, sparsity)
@@ -235,7 +252,7 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     if quant is not None:
         _check_quant_widths(models.DecoderAdapter(skeleton), quant)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
-                   engine, logger, root.save_model, recovery, quant, export)
+                   engine, logger, root.save_model, recovery, quant, export, memory)
 
 
 def _export(node: Any, quant: Quantization | None, method: PruningMethod) -> str:
@@ -287,27 +304,223 @@ def _check_quant_widths(adapter: models.DecoderAdapter, quant: Quantization) -> 
                               f"({', '.join(map(str, sorted(widths)))}): {', '.join(map(str, common)) or 'none from 16 up'}")
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The estimated peak of every stage on every device, the budgets it was checked against, this
+    process's resident memory when it was made, and (``device_map=auto``) the weights' budget."""
+
+    needs: tuple[memory_plan.Need, ...]
+    budgets: dict
+    baseline: int
+    weights_budget: dict | None = None
+
+    def report(self) -> str:
+        text = memory_plan.table(list(self.needs), self.budgets, self.baseline)
+        if self.weights_budget:
+            text += "\n  device_map=auto places weights within " + ", ".join(
+                f"{k}: {memory_plan.mib(v)}" for k, v in self.weights_budget.items()) + " (the budget less the working set)"
+        return text
+
+    def metrics(self) -> dict[str, float]:
+        return {f"plan/memory_{need.stage.replace('+', '_')}_{need.device}_mb": need.total / 2**20 for need in self.needs}
+
+
+def _workload(source, dtype: torch.dtype, device: torch.device, method: PruningMethod,
+              calibration: CalibrationPlan | None, evaluation: EvalPlan, nsamples: int | None = None):
+    """The model's config (a random model's vocabulary grown to its tokenizer), its sizes and the
+    run's :class:`memory_plan.Workload` (``nsamples``: instead of the calibration's)."""
+    config = source.hf_config()
+    if isinstance(source, models.RandomSource):  # its embedding table grows to the borrowed tokenizer
+        config.vocab_size = max(config.vocab_size, source.tokenizer_size())
+    needs_stats = method.needs if method.prunes or method.needs.any else None
+    spec = calibration.spec if calibration is not None else None
+    work = memory_plan.Workload(
+        dtype, str(device), (nsamples or spec.nsamples, spec.seqlen, calibration.batch_size) if spec is not None else None,
+        bool(needs_stats and needs_stats.hessian), bool(needs_stats and (needs_stats.norms or needs_stats.dense_pass)),
+        method.prunes, (evaluation.perplexity.seqlen, _eval_batch(evaluation.perplexity)) if evaluation.perplexity.datasets else None,
+        mapped=not isinstance(source, models.RandomSource))
+    return config, memory_plan.Sizes.from_config(config), work
+
+
+def calibration_reserve(source, dtype: torch.dtype, device: torch.device, method: PruningMethod,
+                        calibration: CalibrationPlan) -> int:
+    """What calibrate+prune needs on the work device besides the block activations (weights, one
+    mini-batch, statistics, pruning), so that the ``calib_data.nsamples`` bound leaves room for it."""
+    batch = calibration.batch_size
+    _, sizes, work = _workload(source, dtype, device, method, calibration, EvalPlan(PerplexitySpec((), 2, None, 1), None),
+                               nsamples=batch)
+    if sizes is None:
+        return 0
+    stage = [n for n in memory_plan.plan(sizes, work, None, sizes.block_params() * torch.finfo(dtype).bits // 8)
+             if n.stage == "calibrate+prune" and n.device == str(device)]
+    return stage[0].total - stage[0].parts.get("block inputs+outputs", 0) if stage else 0
+
+
+def memory_budget(source, dtype: torch.dtype, device: torch.device, method: PruningMethod,
+                  calibration: CalibrationPlan | None, evaluation: EvalPlan, dispatch: offload.DispatchSpec | None,
+                  max_memory: dict | None) -> MemoryPlan:
+    """Estimate every stage's peak from the config (:mod:`prunelab.memory_plan`) and refuse one that
+    exceeds its device's budget (``model.max_memory``, else the device's memory)."""
+    import psutil
+
+    baseline = psutil.Process().memory_info().rss
+    config, sizes, work = _workload(source, dtype, device, method, calibration, evaluation)
+    if sizes is None:
+        return MemoryPlan((), {}, baseline)
+    budgets = {key: device_memory(torch.device("cpu" if key == "cpu" else f"cuda:{key}"))
+               for key in {"cpu", memory_plan.budget_key(str(device))}}
+    budgets = {k: v for k, v in budgets.items() if v}
+    budgets.update(max_memory or {})
+    block_bytes = sizes.block_params() * torch.finfo(dtype).bits // 8
+    weights_budget = None
+    resident = None
+    if dispatch is not None:
+        if dispatch.device_map == "auto" and max_memory:
+            working = {}
+            for need in memory_plan.working_sets(sizes, work):
+                key = memory_plan.budget_key(need.device)
+                working[key] = max(working.get(key, 0), need.total + block_bytes)
+            weights_budget = {}
+            for key, budget in max_memory.items():
+                left = budget - working.get(key, 0)
+                if left <= 0:
+                    raise ConfigError(f"model.max_memory.{key}={memory_plan.mib(budget)} is less than the run's working set "
+                                      f"on that device without any weight ({memory_plan.mib(working[key])}: one block, "
+                                      "calibration activations, one evaluation batch); allowed: more than that, or fewer "
+                                      "calib_data.nsamples / a smaller eval.batch_size")
+                weights_budget[key] = left
+            dispatch = dataclasses.replace(dispatch, max_memory=weights_budget)
+        skeleton = offload.skeleton_of(config, dtype)
+        device_map = offload.plan_device_map(skeleton, dispatch, dtype)
+        resident = {}
+        for name, parameter in skeleton.named_parameters():
+            where = offload.device_of(name, device_map)
+            where = "cpu" if where == "cpu" else "disk" if where == "disk" else f"cuda:{str(where).removeprefix('cuda:')}"
+            resident[where] = resident.get(where, 0) + parameter.numel() * parameter.element_size()
+    needs = memory_plan.plan(sizes, work, resident, block_bytes)
+    result = MemoryPlan(tuple(needs), budgets, baseline, weights_budget)
+    for need in needs:
+        key = memory_plan.budget_key(need.device)
+        budget = budgets.get(key)
+        if budget and need.total > budget:
+            given = f"model.max_memory.{key}=" if max_memory and key in max_memory else f"the memory of {need.device}, "
+            hint = ("model.device_map=auto with model.max_memory (weights beyond the budget go to disk), "
+                    if dispatch is None else "") + "fewer calib_data.nsamples or a smaller eval.batch_size"
+            raise ConfigError(f"memory plan: {need.stage} needs about {memory_plan.mib(need.total)} on {need.device} "
+                              f"({need.describe()}), more than {given}{memory_plan.mib(budget)}; allowed: a plan within "
+                              f"it: {hint}")
+    return result
+
+
+def _eval_batch(spec: PerplexitySpec) -> int:
+    """Windows per forward: ``eval.batch_size``, or fewer when ``eval.max_windows`` caps them."""
+    return min(spec.batch_size, spec.max_windows) if spec.max_windows else spec.batch_size
+
+
+MEMORY_SIZES = "a size such as 200MiB, 20GiB or a number of bytes"
+
+
+def _max_memory(value: Any) -> dict | None:
+    """``model.max_memory`` as ``{device: bytes}``: keys ``cpu`` or a visible GPU's index (``0``,
+    ``cuda:0``), values sizes (``200MiB``, ``20GiB``, bytes)."""
+    from accelerate.utils import convert_file_size_to_int
+
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"model.max_memory={value!r} is not a map of device to size; allowed: e.g. {{cpu: 2GiB}} "
+                          "or {0: 20GiB, cpu: 60GiB}")
+    budget: dict = {}
+    for key, size in value.items():
+        device = str(key).removeprefix("cuda:")
+        if device.isdigit():
+            if int(device) >= torch.cuda.device_count():
+                raise ConfigError(f"model.max_memory key {key!r} names GPU {device}, but {torch.cuda.device_count()} "
+                                  "GPU(s) are visible; allowed: cpu" + (f" or 0 .. {torch.cuda.device_count() - 1}"
+                                                                        if torch.cuda.device_count() else ""))
+            device = int(device)
+        elif device != "cpu":
+            raise ConfigError(f"model.max_memory key {key!r} is not a device; allowed: cpu or a GPU index (0, 1, ...)")
+        try:
+            budget[device] = int(size) if isinstance(size, int) else convert_file_size_to_int(str(size))
+        except ValueError:
+            budget[device] = -1
+        if isinstance(size, bool) or budget[device] <= 0:
+            raise ConfigError(f"model.max_memory.{key}={size!r} is not a size; allowed: {MEMORY_SIZES}")
+    return budget
+
+
+def _dispatch(settings: ModelSettings, max_memory: dict | None, hf_config, root: RootSettings, method: PruningMethod,
+              engine: Engine | None, recovery: Recovery | None, quant=None, export: str = "none") -> offload.DispatchSpec | None:
+    """``model.device_map``: checked, and the combinations that cannot run on a dispatched model refused."""
+    device_map = settings.device_map
+    if device_map is None:
+        if settings.offload_folder is not None:
+            raise ConfigError(f"model.offload_folder={settings.offload_folder!r} without model.device_map: nothing is "
+                              "offloaded; allowed: model.offload_folder=null, or set model.device_map=auto")
+        return None
+    shown = f"model.device_map={device_map if isinstance(device_map, str) else 'explicit map'}"
+    if isinstance(device_map, dict):
+        allowed_gpus = range(torch.cuda.device_count())
+        for module, device in device_map.items():
+            text = str(device).removeprefix("cuda:")
+            if not (device in ("cpu", "disk") or (text.isdigit() and int(text) in allowed_gpus)):
+                raise ConfigError(f"model.device_map.{module}={device!r} is not a device here; allowed: cpu, disk"
+                                  + (f", 0 .. {len(allowed_gpus) - 1}" if len(allowed_gpus) else " (no GPU is visible)"))
+        device_map = {str(k): (int(str(v).removeprefix("cuda:")) if str(v).removeprefix("cuda:").isdigit() else v)
+                      for k, v in device_map.items()}
+        offload.check_device_map(models.skeleton(hf_config), device_map)
+    elif device_map != "auto":
+        raise ConfigError(f"model.device_map={device_map!r} is not valid; allowed: null (the whole model on model.device), "
+                          "auto (accelerate places it within model.max_memory, the rest on disk) or a map "
+                          "{module: cpu|disk|<gpu index>}")
+    refused = [("save_model=true", root.save_model, "the pruned weights live partly in the offload store; save from a "
+                "run without model.device_map"),
+               (f"engine={getattr(engine, 'name', '')}", engine is not None, "the engines cast and swap whole weight "
+                "matrices in memory"),
+               (f"recover={getattr(recovery, 'name', '')}", recovery is not None, "fine-tuning needs every weight "
+                "resident for its backward pass"),
+               (f"method={getattr(method, 'name', '')} (structured)", isinstance(method, StructuredMethod),
+                "structured methods change the shapes of the offloaded weights"),
+               ("a checkpoint with per-layer shapes", bool(getattr(hf_config, "prunelab_layers", None)),
+                "its layers do not match the config's shapes"),
+               (f"quant={getattr(quant, 'name', '')}", quant is not None, "the quantize stage rewrites whole weight "
+                "matrices in memory and is not written for an offload store"),
+               (f"export={export}", export != "none", "exports read every weight from memory")]
+    for what, found, why in refused:
+        if found:
+            raise ConfigError(f"{shown} cannot run with {what}: {why}; allowed: model.device_map=null for this run")
+    folder = settings.offload_folder
+    if folder is not None:
+        path = Path(str(folder)).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"model.offload_folder={folder!r} exists and is not a directory; allowed: a directory")
+    return offload.DispatchSpec(device_map, max_memory, Path(str(folder)).expanduser() if folder is not None else None)
+
+
 def _recovery_summary(recovery: Recovery) -> str:
     knobs = recovery.settings()
     shown = ", ".join(f"{k}={knobs[k]}" for k in ("rank", "steps", "lr", "dataset") if k in knobs)
     return f"{type(recovery).__name__}({shown})"
 
 
-def _check_calibration_memory(calib: CalibSettings, hf_config, dtype: torch.dtype, device: torch.device) -> None:
+def _check_calibration_memory(calib: CalibSettings, hf_config, dtype: torch.dtype, device: torch.device,
+                              reserve: int = 0) -> None:
     """The sequential walk holds a block's inputs and outputs for every calibration token on the
-    work device: ``2 x nsamples x seqlen x hidden`` values. A count whose activations alone exceed
-    that device's memory cannot run; it is rejected here instead of failing (or swapping) later."""
+    work device: ``2 x nsamples x seqlen x hidden`` values, beside ``reserve`` bytes for the rest of
+    calibrate+prune (the memory plan's). A count that cannot fit that device's memory is rejected
+    here instead of failing (or swapping) later."""
     hidden = int(getattr(hf_config, "hidden_size", 0) or 0)
     if not hidden:
         return
     per_sample = 2 * calib.seqlen * hidden * torch.finfo(dtype).bits // 8
     memory = device_memory(device)
-    if memory and calib.nsamples * per_sample > memory:
+    if memory and calib.nsamples * per_sample + reserve > memory:
         raise ConfigError(
             f"calib_data.nsamples={calib.nsamples} would hold {calib.nsamples * per_sample / 2**30:.1f} GiB of block "
             f"activations (2 x {calib.nsamples} x {calib.seqlen} tokens x {hidden} x {torch.finfo(dtype).bits // 8} "
-            f"bytes) on {device.type}, more than its {memory / 2**30:.1f} GiB; allowed: calib_data.nsamples <= "
-            f"{memory // per_sample}")
+            f"bytes) on {device.type}, beside {reserve / 2**30:.1f} GiB for the rest of calibrate+prune, more than its "
+            f"{memory / 2**30:.1f} GiB; allowed: calib_data.nsamples <= {max(memory - reserve, 0) // per_sample}")
 
 
 def _check_model_memory(name: str, hf_config, dtype: torch.dtype) -> None:

@@ -27,6 +27,7 @@ from prunelab.calibration import (
 from prunelab.checks import ConfigError
 from prunelab.methods.base import PruningMethod, StructuredMethod
 from prunelab.models import DecoderAdapter
+from prunelab.offload import Holder, is_dispatched, weight_of
 from prunelab.outcome import OutcomeError
 from prunelab.patterns import Pattern
 from prunelab.stats import BlockIO, LayerStats
@@ -139,17 +140,20 @@ def _walk(context: CalibrationContext, needs, on_block, label: str) -> None:
         sequential(context, needs, on_block, description=f"calibrate+prune ({label})")
         return
     adapter = context.adapter  # magnitude and dense need no activations: prune every block directly
+    holder = Holder(adapter.model, context.device) if is_dispatched(adapter.model) else None  # offloaded blocks: one at a time
     for index in tqdm(range(adapter.num_blocks), desc=f"prune ({label})", unit="block", leave=False):
         start = time.perf_counter()
-        block = adapter.blocks[index]
-        on_block(index, block, adapter.linear_layers(block), {}, None)
+        block = adapter.blocks[index] if holder is None else holder.take(adapter.blocks[index])
+        changed = on_block(index, block, adapter.linear_layers(block), {}, None)
+        if holder is not None:
+            holder.give(block, write_back=changed)
         context.timings["prune_s"] += time.perf_counter() - start
 
 
 def layer_sparsity(adapter: DecoderAdapter) -> dict[str, float]:
     """Fraction of exact zeros in every linear layer of every block."""
     return {
-        f"layers.{index}.{name}": float((layer.weight == 0).float().mean())
+        f"layers.{index}.{name}": float((weight_of(layer) == 0).float().mean())
         for index, block in enumerate(adapter.blocks)
         for name, layer in adapter.linear_layers(block).items()
     }
@@ -159,7 +163,7 @@ def overall_sparsity(adapter: DecoderAdapter) -> float:
     zeros = total = 0
     for block in adapter.blocks:
         for layer in adapter.linear_layers(block).values():
-            zeros += int((layer.weight == 0).sum())
+            zeros += int((weight_of(layer) == 0).sum())
             total += layer.weight.numel()
     return zeros / total
 

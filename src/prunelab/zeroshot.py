@@ -38,6 +38,7 @@ import torch
 from prunelab import assets, models
 from prunelab.checks import ConfigError
 from prunelab.files import atomic_write
+from prunelab.offload import is_dispatched
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +280,13 @@ def evaluate_zeroshot(model, tokenizer, spec: ZeroShotSpec, device: torch.device
     from lm_eval.models.huggingface import HFLM
 
     start = time.perf_counter()
-    model.to(device)
+    dispatched = is_dispatched(model)
+    if not dispatched:
+        model.to(device)
     model.eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size, device=str(device))
+    if dispatched:  # lm-eval takes the device of the first weight (meta when offloaded); inputs go to the work
+        lm._device = device  # device and accelerate's hooks move them on, so the model is never moved
     manager = task_manager(spec.offline, task_dir, spec.tasks)
     metrics: dict[str, float] = {}
     outputs: dict[str, dict[str, Any]] = {}
