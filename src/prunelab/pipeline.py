@@ -95,6 +95,30 @@ def save_stage(model, tokenizer, run_dir: Path, note: dict[str, Any] | None = No
     return models.save_into_run(model, tokenizer, run_dir, note)
 
 
+def gguf_export_stage(plan: RunPlan, model, tokenizer, output_dir: Path, metrics: dict[str, Any]) -> None:
+    """GGUF files in ``<run dir>/export/gguf`` and llama.cpp's perplexity on the run's own evaluation
+    windows (the same token ids), beside the in-pipeline perplexities already in ``metrics``."""
+    from prunelab import gguf_export
+    from prunelab.data import evaluation_stream
+    from prunelab.evaluate import windows_of
+
+    spec = plan.evaluation.perplexity
+    windows = {name: windows_of(evaluation_stream(name, tokenizer), spec.seqlen, spec.max_windows)
+               for name in spec.datasets} if plan.export.perplexity else {}
+    ours = {name: metrics[f"eval/ppl_{name}"] for name in windows}
+    gguf_export.export(plan.export, model, tokenizer, windows, ours, output_dir / "export" / "gguf", metrics)
+
+
+EXPORT_STAGES = {"gguf": gguf_export_stage}  # export.name -> stage; export=none has none
+
+
+def export_stage(plan: RunPlan, model, tokenizer, output_dir: Path, metrics: dict[str, Any]) -> None:
+    """The deployable files of ``export=<name>`` (after evaluation: they are checked against it)."""
+    if plan.export is not None:
+        EXPORT_STAGES[plan.export.name](plan, model, tokenizer, output_dir, metrics)
+        outcome.check_finite_metrics(metrics)
+
+
 def saved_note(plan: RunPlan) -> dict[str, Any]:
     """What a saved model records about the run that measured it, so that ``model=local
     model.path=<dir>`` evaluates it the same way (``model.dtype``/``model.seqlen=auto``)."""
@@ -137,6 +161,7 @@ def run_experiment(plan: RunPlan, output_dir: Path, metrics: dict[str, Any]) -> 
     outcome.check_finite_metrics(metrics)
     if plan.save_model:
         metrics.update(save_stage(model, tokenizer, output_dir, saved_note(plan)))
+    export_stage(plan, model, tokenizer, output_dir, metrics)
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
         from prunelab.bench.stage import bench_stage
 

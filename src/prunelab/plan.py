@@ -47,6 +47,7 @@ class RootSettings:
     logger: Any
     target: Any
     engine: Any = None
+    export: Any = None  # conf/export/<name>.yaml; read by _export
     recover: Any = None  # absent with recover=none
     local: Any = None  # conf/local/default.yaml, machine-specific and optional
     sparsity: float = field(default=0.5, metadata=between(0, 1, high_open=True, what="the fraction of weights removed"))
@@ -139,6 +140,7 @@ class RunPlan:
     logger: Logger
     save_model: bool
     recovery: Recovery | None = None  # recover=lora: fine-tuning between prune and evaluate
+    export: Any = None  # export=gguf: gguf_export.GGUFExport; None for export=none
 
     def summary(self) -> dict[str, Any]:
         """The plan in a few scalars, recorded in metrics.json and printed at the start."""
@@ -153,6 +155,7 @@ class RunPlan:
             "perplexity": list(self.evaluation.perplexity.datasets),
             "zeroshot_tasks": list(self.evaluation.zeroshot.tasks),
             "engine": getattr(self.engine, "name", type(self.engine).__name__) if self.engine is not None else None,
+            **({"export": self.export.name} if self.export is not None else {}),
             "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
             **({"recover": _recovery_summary(self.recovery)} if self.recovery is not None else {}),
         }
@@ -219,8 +222,38 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     _check_against_model(skeleton, target, pattern, method, sparsity)
     if recovery is not None:
         recovery.check_model(models.DecoderAdapter(skeleton), model.context)
+    export = _export(cfg.get("export"), hf_config, source, evaluation)
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
-                   engine, logger, root.save_model, recovery)
+                   engine, logger, root.save_model, recovery, export)
+
+
+EXPORTS = ("none", "gguf")
+
+
+def _export(node: Any, hf_config, source: models.ModelSource, evaluation: EvalPlan) -> Any:
+    """``export=<name>``: its settings, checked against the model's config and tokenizer (no weights)."""
+    name = node.get("name") if isinstance(node, DictConfig) else None
+    if node is None or name == "none":
+        return None
+    if name != "gguf":
+        raise ConfigError(f"export.name={name!r} is not an export; allowed: {', '.join(EXPORTS)}")
+    from prunelab import gguf_export
+
+    settings = gguf_export.read_settings(node)
+    try:
+        tokenizer_dir = source.tokenizer_location()
+    except ConfigError:
+        tokenizer_dir = None
+    gguf_export.check_model(hf_config, tokenizer_dir)
+    needs_llama_cpp = settings.perplexity or any(t in gguf_export.QUANT_TYPES for t in settings.types)
+    problem = gguf_export.llama_cpp_problem() if needs_llama_cpp else None
+    if problem:
+        raise ConfigError(f"export=gguf with types={list(settings.types)} needs llama.cpp: {problem}; "
+                          "allowed without it: export.types=[F16] export.perplexity=false")
+    if settings.perplexity and not evaluation.perplexity.datasets:
+        raise ConfigError("export.perplexity=true compares llama.cpp's perplexity with ours, but eval.ppl_datasets=[]; "
+                          "allowed: a perplexity set in eval.ppl_datasets, or export.perplexity=false")
+    return settings
 
 
 def _recovery_summary(recovery: Recovery) -> str:

@@ -1,0 +1,184 @@
+"""``engine=llamacpp``: the dense and the pruned model as GGUF files of one type, timed in llama.cpp.
+
+Both models are written as GGUF (:mod:`prunelab.gguf_export`; the dense one reloaded from the run's
+model source) and quantized by llama.cpp to ``engine.quant``, then loaded in this process through
+llama-cpp-python with the same threads and timed interleaved (dense, pruned, dense, ...), medians of
+repeats after warm-up: prefill tokens/s per prompt length (one ``llama_decode`` of the prompt, logits
+of its last token), decode tokens/s at batch 1 after a ``decode_context``-token prompt filled the KV
+cache. Also the file bytes and the resident memory each model adds (weights read, not mapped, plus
+its context). Beside each ratio: the ideal ratio ``engine=structured`` computes from the two shapes
+(FLOPs for prefill, bytes moved for decode; :func:`prunelab.bench.roofline.structured_ideal`) and
+``efficiency = measured / ideal``.
+
+llama.cpp has no sparse kernels: the zeros of an unstructured or N:M model are stored and multiplied
+like any weight, so its ideal and its measured ratio are about 1. Only a smaller shape (structured
+pruning, fewer blocks) is faster.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from prunelab import checks, gguf_export
+from prunelab.bench import engines
+from prunelab.bench.roofline import ModelShape, Phase, format_table, structured_ideal
+from prunelab.bench.timing import Stopwatch, time_interleaved
+
+log = logging.getLogger(__name__)
+
+QUANTS = (*gguf_export.FLOAT_TYPES, *gguf_export.QUANT_TYPES)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class LlamaCppEngine(engines.Engine):
+    """``engine=llamacpp``: see the module docstring."""
+
+    name = "llamacpp"
+    runs_model = True
+    needs_dense = True
+
+    def __init__(self, quant: str = "Q4_K_M", prefill_tokens=(128, 512), decode_context: int = 128,
+                 decode_steps: int = 32, warmup: int = 1, repeats: int = 5, threads: int = 1, clock: str = "cpu",
+                 roofline_gpu: str = "H100") -> None:
+        super().__init__(prefill_tokens, (1,), decode_context, warmup, repeats, roofline_gpu)
+        self.quant = checks.choice(quant, "quant", QUANTS)
+        self.decode_steps = checks.positive_int(decode_steps, "decode_steps")
+        self.threads = checks.positive_int(threads, "threads")
+        self.clock = checks.choice(clock, "clock", ("cpu", "wall"))
+
+    def check(self, pattern, method) -> None:
+        problem = gguf_export.llama_cpp_problem()
+        if problem:
+            raise engines.EngineError(f"engine=llamacpp cannot run here: {problem}; allowed here: engine=structured "
+                                      "(the same comparison in PyTorch) or engine=null")
+
+    def predict(self, shape, gpu, bench_dir: Path) -> dict:
+        return {}  # the ideal ratios come with the measurement (they need the dense shape too)
+
+    @property
+    def context(self) -> int:
+        return max(*self.prefill_tokens, self.decode_context + self.decode_steps)
+
+    def run(self, model, tokenizer, shape, gpu, bench_dir: Path, into: dict,
+            dense: Callable[[], torch.nn.Module] | None = None) -> None:
+        if dense is None:
+            raise engines.EngineError("engine=llamacpp needs the unpruned model (the benchmark stage passes it)")
+        files_dir = Path(bench_dir) / "gguf"
+        reference = dense()
+        shapes = {"dense": ModelShape.from_model(reference), "pruned": ModelShape.from_model(model)}
+        files = {"dense": self._write(reference, tokenizer, files_dir / "dense"),
+                 "pruned": self._write(model, tokenizer, files_dir / "pruned")}
+        del reference
+        vocab = int(model.get_input_embeddings().weight.shape[0])
+        measure_files(files, shapes, vocab, self, Path(bench_dir), into)
+
+    def _write(self, model, tokenizer, directory: Path) -> Path:
+        float_type = self.quant if self.quant in gguf_export.FLOAT_TYPES else "F16"
+        source = directory / f"model-{float_type}.gguf"
+        gguf_export.write_gguf(model, tokenizer, source, float_type)
+        if self.quant == float_type:
+            return source
+        target = directory / f"model-{self.quant}.gguf"
+        gguf_export.quantize(source, target, self.quant, max(2, self.threads))
+        source.unlink()
+        return target
+
+
+def measure_files(files: dict[str, Path], shapes: dict[str, ModelShape], vocab: int, settings: LlamaCppEngine,
+                  bench_dir: Path, into: dict) -> list[dict]:
+    """Time the GGUF files ``files['dense']`` and ``files['pruned']`` in llama.cpp, interleaved; fill
+    ``into`` with ``bench/...`` metrics, write ``bench_dir/llamacpp.csv``; return the rows."""
+    import llama_cpp
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (settings.context,), generator=generator).tolist()
+    into.update({"bench/llamacpp_version": getattr(llama_cpp, "__version__", "?"), "bench/quant": settings.quant,
+                 "bench/threads": settings.threads, "bench/clock": settings.clock, "bench/measured_on": "cpu (llama.cpp)",
+                 "bench/load_avg_1m": os.getloadavg()[0]})
+    models, resident = {}, {}
+    try:
+        for name, path in files.items():
+            before = _rss_bytes()
+            models[name] = gguf_export.load(path, settings.context, settings.threads, logits_all=False, mmap=False)
+            models[name].reset()
+            models[name].eval(ids[: max(settings.prefill_tokens)])
+            resident[name] = _rss_bytes() - before
+        prefill = {}
+        for n in settings.prefill_tokens:
+            prompt = ids[:n]
+            calls = {name: (lambda llm=llm: (llm.reset(), llm.eval(prompt))) for name, llm in models.items()}
+            prefill[n] = time_interleaved(calls, "cpu", settings.warmup, settings.repeats, clock=settings.clock)
+        decode = _decode(models, ids, settings)
+    finally:
+        for llm in models.values():
+            llm.close()
+    into["bench/load_avg_1m_after"] = os.getloadavg()[0]
+    rows = []
+    for n in settings.prefill_tokens:
+        ideal = structured_ideal(shapes["dense"], shapes["pruned"], Phase.prefill(n), 2)
+        dense_tps, pruned_tps = (n / (prefill[n][k].median_ms / 1e3) for k in ("dense", "pruned"))
+        speedup = pruned_tps / dense_tps
+        rows.append({"key": f"prefill_{n}", "measurement": f"prefill {n} tok (tok/s)", "dense": dense_tps,
+                     "pruned": pruned_tps, "speedup": speedup, **ideal, "efficiency": speedup / ideal["ideal"]})
+    ideal = structured_ideal(shapes["dense"], shapes["pruned"], Phase.decode(1, settings.decode_context), 2)
+    speedup = decode["pruned"] / decode["dense"]
+    rows.append({"key": "decode_b1", "measurement": f"decode b1 after {settings.decode_context} (tok/s)",
+                 "dense": decode["dense"], "pruned": decode["pruned"], "speedup": speedup, **ideal,
+                 "efficiency": speedup / ideal["ideal"]})
+    for row in rows:
+        phase, what = row["key"].split("_", 1)
+        into[f"bench/{row['key']}_tok_s_dense"] = row["dense"]
+        into[f"bench/{row['key']}_tok_s_pruned"] = row["pruned"]
+        for metric in ("speedup", "ideal", "efficiency"):
+            into[f"bench/{phase}_{metric}_{what}"] = row[metric]
+    sizes = {name: path.stat().st_size for name, path in files.items()}
+    into.update({"bench/file_bytes_dense": sizes["dense"], "bench/file_bytes_pruned": sizes["pruned"],
+                 "bench/file_bytes_ratio": sizes["dense"] / sizes["pruned"],
+                 "bench/resident_mb_dense": resident["dense"] / 2**20, "bench/resident_mb_pruned": resident["pruned"] / 2**20,
+                 "bench/repeats": settings.repeats, "bench/warmup": settings.warmup,
+                 "bench/tensor_types_dense": gguf_export.describe_types(gguf_export.tensor_types(files["dense"])),
+                 "bench/tensor_types_pruned": gguf_export.describe_types(gguf_export.tensor_types(files["pruned"]))})
+    bad = [k for k, v in into.items() if k.startswith(("bench/prefill_", "bench/decode_")) and not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise engines.EngineError(f"the llama.cpp benchmark produced non-finite or non-positive numbers: {bad[:5]}")
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    with (bench_dir / "llamacpp.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    log.info("dense vs pruned in llama.cpp, %s, %d thread(s), %s clock, medians of %d interleaved repeats; files %.1f -> "
+             "%.1f MB, resident %.1f -> %.1f MB (llama.cpp has no sparse kernels: zeros cost like weights):\n%s",
+             settings.quant, settings.threads, settings.clock, settings.repeats, sizes["dense"] / 2**20,
+             sizes["pruned"] / 2**20, resident["dense"] / 2**20, resident["pruned"] / 2**20,
+             format_table([{k: v for k, v in r.items() if k != "key"} for r in rows]))
+    return rows
+
+
+def _decode(models: dict, ids: list[int], settings: LlamaCppEngine) -> dict[str, float]:
+    """Tokens/s of ``decode_steps`` single-token steps after a ``decode_context``-token prompt (not timed)."""
+    watch = Stopwatch("cpu", settings.clock)
+    context, steps = ids[: settings.decode_context], ids[settings.decode_context: settings.decode_context + settings.decode_steps]
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    for repeat in range(settings.warmup + settings.repeats):
+        for name, llm in models.items():
+            llm.reset()
+            llm.eval(context)
+            watch.start()
+            for token in steps:
+                llm.eval([token])
+            elapsed = watch.stop()
+            if repeat >= settings.warmup:
+                samples[name].append(elapsed)
+    return {name: settings.decode_steps / (statistics.median(values) / 1e3) for name, values in samples.items()}
