@@ -51,7 +51,7 @@ def test_writer_uses_llama_cpp_names_rope_order_and_tied_embeddings(tmp_path, ti
     fields, tensors = _fields(path)
     assert fields["llama.block_count"] == 2 and fields["llama.feed_forward_length"] == 128
     assert (fields["llama.attention.head_count"], fields["llama.attention.head_count_kv"]) == (4, 2)
-    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt2"
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
     assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
     q = tiny_model.model.layers[1].self_attn.q_proj.weight.detach()
     written = torch.from_numpy(tensors["blk.1.attn_q.weight"].data.copy()).reshape(q.shape)

@@ -135,7 +135,7 @@ def tokenizer_kind(backend: dict, key: str = "export") -> str:
                           f"{model.get('type')!r} with pre-tokenizers {[p.get('type') for p in parts]}; allowed: BPE + ByteLevel")
     if any(p.get("type") == "Digits" and p.get("individual_digits") for p in parts):
         return "smollm"  # digits one by one, then GPT-2's regex (SmolLM, llama.cpp's LLAMA_VOCAB_PRE_TYPE_SMOLLM)
-    return "gpt2"
+    return "gpt-2"  # llama.cpp's name for GPT-2's regex (LLAMA_VOCAB_PRE_TYPE_GPT2)
 
 
 def _pre_tokenizers(node: dict | None) -> list[dict]:
