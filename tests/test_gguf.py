@@ -71,13 +71,17 @@ def test_per_block_widths_are_written_as_arrays_of_the_deci_layout(tmp_path, tin
 
 
 @needs_llama_cpp
-@pytest.mark.parametrize("shape", ["dense", "per-block widths", "one block removed"])
+@pytest.mark.parametrize("shape", ["dense", "per-block widths", "widths padded to 32", "one block removed"])
 def test_llama_cpp_gives_our_logits(tmp_path, tiny_model, tokenizer, shape):
-    model = {"dense": lambda m: m, "per-block widths": _shrunk,
+    model = {"dense": lambda m: m, "per-block widths": _shrunk, "widths padded to 32": _shrunk,
              "one block removed": lambda m: (structure.remove_blocks(m, [0]), m)[1]}[shape](tiny_model)
     path = tmp_path / "m.gguf"
-    gguf_export.write_gguf(model, tokenizer, path, "F32")
-    assert _fields(path)[0][f"{'deci' if shape == 'per-block widths' else 'llama'}.block_count"] == len(model.model.layers)
+    gguf_export.write_gguf(model, tokenizer, path, "F32", ffn_multiple=32 if "padded" in shape else 0)
+    arch = "llama" if shape in ("dense", "one block removed") else "deci"
+    fields = _fields(path)[0]
+    assert fields[f"{arch}.block_count"] == len(model.model.layers)
+    if "padded" in shape:
+        assert fields["deci.feed_forward_length"] == [128, 96]  # 91 channels + 5 zero channels
     llm = gguf_export.load(path, 64, threads=2)
     try:
         theirs = gguf_export.logits(llm, IDS.tolist())

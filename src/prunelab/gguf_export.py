@@ -59,6 +59,7 @@ class GGUFExport:
     threads: int = 2  # llama.cpp threads for quantizing and perplexity
     ppl_tolerance: float = field(default=F16_TOLERANCE, metadata={"between": (0, 1)})
     perplexity: bool = True  # llama.cpp's perplexity on the run's evaluation windows, per type
+    ffn_multiple: int = 0  # >0: every MLP width padded with zero channels up to a multiple (exact; see pad_ffn)
 
     def __post_init__(self) -> None:
         if not self.types:
@@ -71,6 +72,11 @@ class GGUFExport:
         checks.number(self.ppl_tolerance, "export.ppl_tolerance", low=0, high=1, low_open=True,
                       what="largest relative perplexity difference of a float GGUF to ours")
         checks.boolean(self.perplexity, "export.perplexity")
+        check_ffn_multiple(self.ffn_multiple, "export.ffn_multiple")
+
+
+def check_ffn_multiple(value: Any, key: str) -> int:
+    return checks.integer(value, key, low=0, high=4096, what="MLP widths padded up to a multiple of it; 0 = as they are")
 
 
 def read_settings(node: Any) -> GGUFExport:
@@ -154,13 +160,28 @@ class LayerWidths:
     intermediate: int
 
 
-def layer_widths(model) -> list[LayerWidths]:
+def padded(width: int, multiple: int) -> int:
+    return -(-width // multiple) * multiple if multiple else width
+
+
+def layer_widths(model, ffn_multiple: int = 0) -> list[LayerWidths]:
     widths = []
     for block in model.model.layers:
         head_dim = int(block.self_attn.head_dim)
-        widths.append(LayerWidths(block.self_attn.q_proj.out_features // head_dim,
-                                  block.self_attn.k_proj.out_features // head_dim, block.mlp.gate_proj.out_features))
+        widths.append(LayerWidths(block.self_attn.q_proj.out_features // head_dim, block.self_attn.k_proj.out_features // head_dim,
+                                  padded(block.mlp.gate_proj.out_features, ffn_multiple)))
     return widths
+
+
+def pad_ffn(weight: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """``weight`` with zeros appended along ``dim`` up to ``width``: zero rows of gate/up give
+    ``silu(0) * 0 = 0`` in the added channels, zero columns of down read nothing from them, so the
+    block computes the same function; llama.cpp's quantizer then finds widths its blocks divide
+    (a width 32 does not divide is stored in F16 even in a Q4_K_M file)."""
+    missing = width - weight.shape[dim]
+    if missing <= 0:
+        return weight
+    return F.pad(weight, (0, missing) if dim == 1 else (0, 0, 0, missing))
 
 
 def rope_permute(weight: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -175,12 +196,14 @@ def _array(tensor: torch.Tensor, dtype: str) -> np.ndarray:
     return tensor.numpy().astype(np.float16 if dtype == "F16" else np.float32)
 
 
-def write_gguf(model, tokenizer, path: Path, dtype: str = "F16", name: str = "prunelab") -> dict[str, Any]:
-    """Write ``model`` (a LLaMA in memory, pruned or shrunk) as a ``dtype`` (F16/F32) GGUF file."""
+def write_gguf(model, tokenizer, path: Path, dtype: str = "F16", name: str = "prunelab",
+               ffn_multiple: int = 0) -> dict[str, Any]:
+    """Write ``model`` (a LLaMA in memory, pruned or shrunk) as a ``dtype`` (F16/F32) GGUF file;
+    ``ffn_multiple``: MLP widths padded with zero channels up to a multiple of it (:func:`pad_ffn`)."""
     import gguf
 
     config = model.config
-    widths = layer_widths(model)
+    widths = layer_widths(model, ffn_multiple)
     layers = model.model.layers
     head_dim = int(layers[0].self_attn.head_dim)
     uniform = all(w == widths[0] for w in widths)
@@ -234,9 +257,10 @@ def write_gguf(model, tokenizer, path: Path, dtype: str = "F16", name: str = "pr
         if attention.o_proj.bias is not None:
             vector(f"{prefix}.attn_output.bias", attention.o_proj.bias)
         vector(f"{prefix}.ffn_norm.weight", block.post_attention_layernorm.weight)
-        matrix(f"{prefix}.ffn_gate.weight", mlp.gate_proj.weight)
-        matrix(f"{prefix}.ffn_up.weight", mlp.up_proj.weight)
-        matrix(f"{prefix}.ffn_down.weight", mlp.down_proj.weight)
+        width = widths[index].intermediate
+        matrix(f"{prefix}.ffn_gate.weight", pad_ffn(mlp.gate_proj.weight, width, 0))
+        matrix(f"{prefix}.ffn_up.weight", pad_ffn(mlp.up_proj.weight, width, 0))
+        matrix(f"{prefix}.ffn_down.weight", pad_ffn(mlp.down_proj.weight, width, 1))
         if mlp.down_proj.bias is not None:
             vector(f"{prefix}.ffn_down.bias", mlp.down_proj.bias)
     writer.write_header_to_file()
@@ -365,7 +389,7 @@ def export(settings: GGUFExport, model, tokenizer, windows: dict[str, torch.Tens
     source_type = "F32" if "F32" in floats else "F16"  # what the quantizer reads
     for type_name in dict.fromkeys([*floats, *([source_type] if len(floats) < len(settings.types) else [])]):
         files[type_name] = out_dir / f"model-{type_name}.gguf"
-        layout = write_gguf(model, tokenizer, files[type_name], type_name)
+        layout = write_gguf(model, tokenizer, files[type_name], type_name, ffn_multiple=settings.ffn_multiple)
         into["gguf/arch"] = layout["arch"]
         into["gguf/blocks"] = layout["blocks"]
     for type_name in settings.types:

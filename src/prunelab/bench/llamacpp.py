@@ -51,12 +51,13 @@ class LlamaCppEngine(engines.Engine):
 
     def __init__(self, quant: str = "Q4_K_M", prefill_tokens=(128, 512), decode_context: int = 128,
                  decode_steps: int = 32, warmup: int = 1, repeats: int = 5, threads: int = 1, clock: str = "cpu",
-                 roofline_gpu: str = "H100") -> None:
+                 ffn_multiple: int = 0, roofline_gpu: str = "H100") -> None:
         super().__init__(prefill_tokens, (1,), decode_context, warmup, repeats, roofline_gpu)
         self.quant = checks.choice(quant, "quant", QUANTS)
         self.decode_steps = checks.positive_int(decode_steps, "decode_steps")
         self.threads = checks.positive_int(threads, "threads")
         self.clock = checks.choice(clock, "clock", ("cpu", "wall"))
+        self.ffn_multiple = gguf_export.check_ffn_multiple(ffn_multiple, "ffn_multiple")
 
     def check(self, pattern, method) -> None:
         problem = gguf_export.llama_cpp_problem()
@@ -87,7 +88,7 @@ class LlamaCppEngine(engines.Engine):
     def _write(self, model, tokenizer, directory: Path) -> Path:
         float_type = self.quant if self.quant in gguf_export.FLOAT_TYPES else "F16"
         source = directory / f"model-{float_type}.gguf"
-        gguf_export.write_gguf(model, tokenizer, source, float_type)
+        gguf_export.write_gguf(model, tokenizer, source, float_type, ffn_multiple=self.ffn_multiple)
         if self.quant == float_type:
             return source
         target = directory / f"model-{self.quant}.gguf"
