@@ -2,13 +2,14 @@
 
 Both models are written as GGUF (:mod:`prunelab.gguf_export`; the dense one reloaded from the run's
 model source) and quantized by llama.cpp to ``engine.quant``, then loaded in this process through
-llama-cpp-python with the same threads and timed interleaved (dense, pruned, dense, ...), medians of
-repeats after warm-up: prefill tokens/s per prompt length (one ``llama_decode`` of the prompt, logits
-of its last token), decode tokens/s at batch 1 after a ``decode_context``-token prompt filled the KV
-cache. Also the file bytes and the resident memory each model adds (weights read, not mapped, plus
-its context). Beside each ratio: the ideal ratio ``engine=structured`` computes from the two shapes
-(FLOPs for prefill, bytes moved for decode; :func:`prunelab.bench.roofline.structured_ideal`) and
-``efficiency = measured / ideal``.
+llama-cpp-python with the same threads and timed interleaved, medians of repeats after warm-up (the
+order alternates: dense first in even repeats, pruned first in odd ones; by default the CPU time of
+the thread that runs llama.cpp's graph): prefill tokens/s per prompt length (one ``llama_decode`` of
+the prompt, logits of its last token), decode tokens/s at batch 1 after a ``decode_context``-token
+prompt filled the KV cache. Also the file bytes and the resident memory each model adds (weights
+read, not mapped, plus its context). Beside each ratio: the ideal ratio ``engine=structured``
+computes from the two shapes (FLOPs for prefill, bytes moved for decode;
+:func:`prunelab.bench.roofline.structured_ideal`) and ``efficiency = measured / ideal``.
 
 llama.cpp has no sparse kernels: the zeros of an unstructured or N:M model are stored and multiplied
 like any weight, so its ideal and its measured ratio are about 1. Only a smaller shape (structured
@@ -22,6 +23,7 @@ import logging
 import math
 import os
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,11 +32,14 @@ import torch
 from prunelab import checks, gguf_export
 from prunelab.bench import engines
 from prunelab.bench.roofline import ModelShape, Phase, format_table, structured_ideal
-from prunelab.bench.timing import Stopwatch, time_interleaved
+from prunelab.bench.timing import Timing
 
 log = logging.getLogger(__name__)
 
 QUANTS = (*gguf_export.FLOAT_TYPES, *gguf_export.QUANT_TYPES)
+# thread: CPU time of the calling thread, which runs llama.cpp's whole graph when threads=1 (nothing else
+# the process runs, torch's idle worker threads included, is counted); cpu: of the process; wall: elapsed
+CLOCKS = {"thread": time.thread_time, "cpu": time.process_time, "wall": time.perf_counter}
 
 
 def _rss_bytes() -> int:
@@ -50,13 +55,16 @@ class LlamaCppEngine(engines.Engine):
     needs_dense = True
 
     def __init__(self, quant: str = "Q4_K_M", prefill_tokens=(128, 512), decode_context: int = 128,
-                 decode_steps: int = 32, warmup: int = 1, repeats: int = 5, threads: int = 1, clock: str = "cpu",
+                 decode_steps: int = 32, warmup: int = 1, repeats: int = 5, threads: int = 1, clock: str = "thread",
                  ffn_multiple: int = 0, roofline_gpu: str = "H100") -> None:
         super().__init__(prefill_tokens, (1,), decode_context, warmup, repeats, roofline_gpu)
         self.quant = checks.choice(quant, "quant", QUANTS)
         self.decode_steps = checks.positive_int(decode_steps, "decode_steps")
         self.threads = checks.positive_int(threads, "threads")
-        self.clock = checks.choice(clock, "clock", ("cpu", "wall"))
+        self.clock = checks.choice(clock, "clock", tuple(CLOCKS))
+        if self.clock == "thread" and self.threads != 1:
+            raise engines.EngineError(f"clock=thread times the calling thread, which runs the whole graph only with threads=1 "
+                                      f"(got threads={self.threads}); allowed: threads=1, or clock=cpu|wall")
         self.ffn_multiple = gguf_export.check_ffn_multiple(ffn_multiple, "ffn_multiple")
 
     def check(self, pattern, method) -> None:
@@ -116,11 +124,7 @@ def measure_files(files: dict[str, Path], shapes: dict[str, ModelShape], vocab: 
             models[name].reset()
             models[name].eval(ids[: max(settings.prefill_tokens)])
             resident[name] = _rss_bytes() - before
-        prefill = {}
-        for n in settings.prefill_tokens:
-            prompt = ids[:n]
-            calls = {name: (lambda llm=llm: (llm.reset(), llm.eval(prompt))) for name, llm in models.items()}
-            prefill[n] = time_interleaved(calls, "cpu", settings.warmup, settings.repeats, clock=settings.clock)
+        prefill = {n: _prefill(models, ids[:n], settings) for n in settings.prefill_tokens}
         decode = _decode(models, ids, settings)
     finally:
         for llm in models.values():
@@ -167,19 +171,41 @@ def measure_files(files: dict[str, Path], shapes: dict[str, ModelShape], vocab: 
     return rows
 
 
+def _alternating(names: list[str], repeat: int) -> list[str]:
+    """dense, pruned in even repeats and pruned, dense in odd ones: an order effect cancels in the medians."""
+    return names if repeat % 2 == 0 else names[::-1]
+
+
+def _prefill(models: dict, prompt: list[int], settings: LlamaCppEngine) -> dict[str, Timing]:
+    """Milliseconds of one prefill of ``prompt`` (KV cache cleared first), per model, interleaved."""
+    clock = CLOCKS[settings.clock]
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    for repeat in range(settings.warmup + settings.repeats):
+        for name in _alternating(list(models), repeat):
+            llm = models[name]
+            llm.reset()
+            start = clock()
+            llm.eval(prompt)
+            elapsed = (clock() - start) * 1e3
+            if repeat >= settings.warmup:
+                samples[name].append(elapsed)
+    return {name: Timing(statistics.median(values), tuple(values)) for name, values in samples.items()}
+
+
 def _decode(models: dict, ids: list[int], settings: LlamaCppEngine) -> dict[str, float]:
     """Tokens/s of ``decode_steps`` single-token steps after a ``decode_context``-token prompt (not timed)."""
-    watch = Stopwatch("cpu", settings.clock)
+    clock = CLOCKS[settings.clock]
     context, steps = ids[: settings.decode_context], ids[settings.decode_context: settings.decode_context + settings.decode_steps]
     samples: dict[str, list[float]] = {name: [] for name in models}
     for repeat in range(settings.warmup + settings.repeats):
-        for name, llm in models.items():
+        for name in _alternating(list(models), repeat):
+            llm = models[name]
             llm.reset()
             llm.eval(context)
-            watch.start()
+            start = clock()
             for token in steps:
                 llm.eval([token])
-            elapsed = watch.stop()
+            elapsed = clock() - start
             if repeat >= settings.warmup:
                 samples[name].append(elapsed)
-    return {name: settings.decode_steps / (statistics.median(values) / 1e3) for name, values in samples.items()}
+    return {name: settings.decode_steps / statistics.median(values) for name, values in samples.items()}
