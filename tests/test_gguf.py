@@ -68,6 +68,10 @@ def test_per_block_widths_are_written_as_arrays_of_the_deci_layout(tmp_path, tin
     assert fields["deci.feed_forward_length"] == [128, 91]
     assert {"blk.0.attn_output.bias", "blk.1.ffn_down.bias"} <= set(tensors)
     assert tensors["blk.1.ffn_down.weight"].shape.tolist() == [91, 64]
+    from prunelab.bench.llamacpp import shape_from_gguf
+    from prunelab.bench.roofline import ModelShape
+
+    assert shape_from_gguf(path) == ModelShape.from_model(_shrunk(tiny_model))  # what engine=llamacpp's ideal reads back
 
 
 @needs_llama_cpp

@@ -9,7 +9,9 @@ the prompt, logits of its last token), decode tokens/s at batch 1 after a ``deco
 prompt filled the KV cache. Also the file bytes and the resident memory each model adds (weights
 read, not mapped, plus its context). Beside each ratio: the ideal ratio ``engine=structured``
 computes from the two shapes (FLOPs for prefill, bytes moved for decode;
-:func:`prunelab.bench.roofline.structured_ideal`) and ``efficiency = measured / ideal``.
+:func:`prunelab.bench.roofline.structured_ideal`), counted for the work llama.cpp does (the logits
+of a prompt's last token only; ``lm_head`` is a large share of a small model), and
+``efficiency = measured / ideal``.
 
 llama.cpp has no sparse kernels: the zeros of an unstructured or N:M model are stored and multiplied
 like any weight, so its ideal and its measured ratio are about 1. Only a smaller shape (structured
@@ -31,7 +33,7 @@ import torch
 
 from prunelab import checks, gguf_export
 from prunelab.bench import engines
-from prunelab.bench.roofline import ModelShape, Phase, format_table, structured_ideal
+from prunelab.bench.roofline import BlockDims, ModelShape, Phase, format_table, operators, structured_ideal
 from prunelab.bench.timing import Timing
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,48 @@ class LlamaCppEngine(engines.Engine):
         return target
 
 
+def _work(shape: ModelShape, phase: Phase) -> tuple[float, float]:
+    """FLOPs and bytes of one llama.cpp forward: as :func:`prunelab.bench.roofline.totals`, but the
+    ``lm_head`` of a prompt runs for its last token only (llama.cpp computes no other logits)."""
+    flops = moved = 0.0
+    for operator in operators(shape, phase, 2):
+        share = 1.0 / phase.rows if operator.kind == "lm_head" else 1.0
+        flops += operator.count * operator.ops * share
+        moved += operator.count * (operator.weight_bytes + operator.activation_bytes * share)
+    return flops, moved
+
+
+def llamacpp_ideal(dense: ModelShape, pruned: ModelShape, phase: Phase) -> dict:
+    """``engine=structured``'s ideal (FLOP ratio for prefill, byte ratio for decode) for the work
+    llama.cpp does; ``ideal_all_logits``: the same with logits for every prompt token, as engine=structured counts."""
+    (dense_flops, dense_bytes), (pruned_flops, pruned_bytes) = _work(dense, phase), _work(pruned, phase)
+    flop_ratio, byte_ratio = dense_flops / pruned_flops, dense_bytes / pruned_bytes
+    return {"flop_ratio": flop_ratio, "byte_ratio": byte_ratio, "ideal": flop_ratio if phase.kind == "prefill" else byte_ratio,
+            "ideal_all_logits": structured_ideal(dense, pruned, phase, 2)["ideal"]}
+
+
+def shape_from_gguf(path: Path) -> ModelShape:
+    """The decoder shape a GGUF file declares (per-block widths where its arrays differ)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    fields = reader.fields
+    arch = fields["general.architecture"].contents()
+
+    def per_layer(key: str, layers: int) -> list[int]:
+        value = fields[f"{arch}.{key}"].contents()
+        return [int(v) for v in value] if isinstance(value, list) else [int(value)] * layers
+
+    layers = int(fields[f"{arch}.block_count"].contents())
+    dims = [BlockDims(h, k, f) for h, k, f in zip(per_layer("attention.head_count", layers),
+                                                   per_layer("attention.head_count_kv", layers),
+                                                   per_layer("feed_forward_length", layers))]
+    embedding = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    return ModelShape(hidden=int(fields[f"{arch}.embedding_length"].contents()), intermediate=dims[0].intermediate,
+                      heads=dims[0].heads, kv_heads=dims[0].kv_heads, head_dim=int(fields[f"{arch}.attention.key_length"].contents()),
+                      layers=layers, vocab=int(embedding.shape[1]), blocks=None if len(set(dims)) == 1 else tuple(dims))
+
+
 def measure_files(files: dict[str, Path], shapes: dict[str, ModelShape], vocab: int, settings: LlamaCppEngine,
                   bench_dir: Path, into: dict) -> list[dict]:
     """Time the GGUF files ``files['dense']`` and ``files['pruned']`` in llama.cpp, interleaved; fill
@@ -132,12 +176,12 @@ def measure_files(files: dict[str, Path], shapes: dict[str, ModelShape], vocab: 
     into["bench/load_avg_1m_after"] = os.getloadavg()[0]
     rows = []
     for n in settings.prefill_tokens:
-        ideal = structured_ideal(shapes["dense"], shapes["pruned"], Phase.prefill(n), 2)
+        ideal = llamacpp_ideal(shapes["dense"], shapes["pruned"], Phase.prefill(n))
         dense_tps, pruned_tps = (n / (prefill[n][k].median_ms / 1e3) for k in ("dense", "pruned"))
         speedup = pruned_tps / dense_tps
         rows.append({"key": f"prefill_{n}", "measurement": f"prefill {n} tok (tok/s)", "dense": dense_tps,
                      "pruned": pruned_tps, "speedup": speedup, **ideal, "efficiency": speedup / ideal["ideal"]})
-    ideal = structured_ideal(shapes["dense"], shapes["pruned"], Phase.decode(1, settings.decode_context), 2)
+    ideal = llamacpp_ideal(shapes["dense"], shapes["pruned"], Phase.decode(1, settings.decode_context))
     speedup = decode["pruned"] / decode["dense"]
     rows.append({"key": "decode_b1", "measurement": f"decode b1 after {settings.decode_context} (tok/s)",
                  "dense": decode["dense"], "pruned": decode["pruned"], "speedup": speedup, **ideal,
@@ -209,3 +253,37 @@ def _decode(models: dict, ids: list[int], settings: LlamaCppEngine) -> dict[str,
             if repeat >= settings.warmup:
                 samples[name].append(elapsed)
     return {name: settings.decode_steps / statistics.median(values) for name, values in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time two GGUF files already written (e.g. ``<run dir>/bench/gguf/{dense,pruned}/model-Q4_K_M.gguf``)
+    again, without pruning again: ``python -m prunelab.bench.llamacpp DENSE PRUNED [--repeats 5] [--out DIR]``."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("dense", type=Path)
+    parser.add_argument("pruned", type=Path)
+    parser.add_argument("--prefill-tokens", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--decode-context", type=int, default=128)
+    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clock", default="thread", choices=tuple(CLOCKS))
+    parser.add_argument("--out", type=Path, default=Path("."))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    problem = gguf_export.llama_cpp_problem()
+    if problem:
+        parser.exit(2, f"cannot time GGUF files here: {problem}\n")
+    settings = LlamaCppEngine(quant="F16", prefill_tokens=args.prefill_tokens, decode_context=args.decode_context,
+                              decode_steps=args.decode_steps, warmup=args.warmup, repeats=args.repeats, clock=args.clock)
+    settings.quant = args.dense.stem.removeprefix("model-")
+    shapes = {"dense": shape_from_gguf(args.dense), "pruned": shape_from_gguf(args.pruned)}
+    metrics: dict = {}
+    measure_files({"dense": args.dense, "pruned": args.pruned}, shapes, shapes["dense"].vocab, settings, args.out, metrics)
+    print(json.dumps(metrics, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
