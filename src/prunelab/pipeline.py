@@ -131,6 +131,20 @@ def save_stage(model, tokenizer, run_dir: Path, note: dict[str, Any] | None = No
     return models.save_into_run(model, tokenizer, run_dir, note)
 
 
+def gguf_export_stage(plan: RunPlan, model, tokenizer, output_dir: Path, metrics: dict[str, Any]) -> None:
+    """GGUF files in ``<run dir>/export/gguf`` and llama.cpp's perplexity on the run's own evaluation
+    windows (the same token ids), beside the in-pipeline perplexities already in ``metrics``."""
+    from prunelab import gguf_export
+    from prunelab.data import evaluation_stream
+    from prunelab.evaluate import windows_of
+
+    spec = plan.evaluation.perplexity
+    windows = {name: windows_of(evaluation_stream(name, tokenizer), spec.seqlen, spec.max_windows)
+               for name in spec.datasets} if plan.export_settings.perplexity else {}
+    ours = {name: metrics[f"eval/ppl_{name}"] for name in windows}
+    gguf_export.export(plan.export_settings, model, tokenizer, windows, ours, output_dir / "export" / "gguf", metrics)
+
+
 def saved_note(plan: RunPlan) -> dict[str, Any]:
     """What a saved model records about the run that measured it, so that ``model=local
     model.path=<dir>`` evaluates it the same way (``model.dtype``/``model.seqlen=auto``)."""
@@ -201,7 +215,10 @@ def _run_stages(plan: RunPlan, model, tokenizer, output_dir: Path, metrics: dict
     outcome.check_finite_metrics(metrics)
     if plan.save_model:
         metrics.update(save_stage(model, tokenizer, output_dir, saved_note(plan)))
-    if plan.export != "none":
+    if plan.export == "gguf":  # after evaluation: llama.cpp's perplexity is checked against ours
+        gguf_export_stage(plan, model, tokenizer, output_dir, metrics)
+        outcome.check_finite_metrics(metrics)
+    elif plan.export != "none":
         metrics.update(export_stage(plan, model, tokenizer, quant_report, output_dir))
     if plan.engine is not None:  # after save: the benchmark casts the model and swaps its weights
         from prunelab.bench.stage import bench_stage

@@ -50,6 +50,7 @@ class RootSettings:
     logger: Any
     target: Any
     engine: Any = None
+    export: Any = None  # conf/export/<name>.yaml; read by _export
     recover: Any = None  # absent with recover=none
     quant: Any = None  # absent with quant=none
     export: Any = None
@@ -152,6 +153,7 @@ class RunPlan:
     quant: Quantization | None = None  # quant=rtn|gptq: after prune (and recover), before evaluate
     export: str = "none"  # export=<name> after save (prunelab.exports)
     memory: MemoryPlan | None = None  # estimated peak per stage and device (prunelab.memory_plan)
+    export_settings: Any = None  # export=gguf: gguf_export.GGUFExport (its types, perplexity check, widths)
 
     def summary(self) -> dict[str, Any]:
         """The plan in a few scalars, recorded in metrics.json and printed at the start."""
@@ -251,14 +253,15 @@ def make_plan(cfg: DictConfig) -> RunPlan:
         recovery.check_model(models.DecoderAdapter(skeleton), model.context)
     if quant is not None:
         _check_quant_widths(models.DecoderAdapter(skeleton), quant)
+    export_settings = _gguf_export(cfg.get("export"), hf_config, source, evaluation) if export == "gguf" else None
     return RunPlan(model, method, label(cfg.method, method), sparsity, pattern, target, calibration, evaluation,
-                   engine, logger, root.save_model, recovery, quant, export, memory)
+                   engine, logger, root.save_model, recovery, quant, export, memory, export_settings)
 
 
 def _export(node: Any, quant: Quantization | None, method: PruningMethod) -> str:
     """``export.name``: one of :data:`prunelab.exports.EXPORTS` (or none), with what it needs."""
     name = node.get("name", "none") if isinstance(node, DictConfig) else "none"
-    checks.choice(name, "export", ("none", *exports.EXPORTS))
+    checks.choice(name, "export", ("none", "gguf", *exports.EXPORTS))
     if name == "compressed_tensors" and quant is None:
         raise ConfigError("export=compressed_tensors with quant=none: the format stores quantized weights (pack-quantized "
                           "W4A16/W8A16); allowed: quant=rtn or quant=gptq (save_model=true writes the unquantized model)")
@@ -496,6 +499,27 @@ def _dispatch(settings: ModelSettings, max_memory: dict | None, hf_config, root:
         if path.exists() and not path.is_dir():
             raise ConfigError(f"model.offload_folder={folder!r} exists and is not a directory; allowed: a directory")
     return offload.DispatchSpec(device_map, max_memory, Path(str(folder)).expanduser() if folder is not None else None)
+
+
+def _gguf_export(node: Any, hf_config, source: models.ModelSource, evaluation: EvalPlan) -> Any:
+    """``export=gguf``: its settings, checked against the model's config and tokenizer (no weights)."""
+    from prunelab import gguf_export
+
+    settings = gguf_export.read_settings(node)
+    try:
+        tokenizer_dir = source.tokenizer_location()
+    except ConfigError:
+        tokenizer_dir = None
+    gguf_export.check_model(hf_config, tokenizer_dir)
+    needs_llama_cpp = settings.perplexity or any(t in gguf_export.QUANT_TYPES for t in settings.types)
+    problem = gguf_export.llama_cpp_problem() if needs_llama_cpp else None
+    if problem:
+        raise ConfigError(f"export=gguf with types={list(settings.types)} needs llama.cpp: {problem}; "
+                          "allowed without it: export.types=[F16] export.perplexity=false")
+    if settings.perplexity and not evaluation.perplexity.datasets:
+        raise ConfigError("export.perplexity=true compares llama.cpp's perplexity with ours, but eval.ppl_datasets=[]; "
+                          "allowed: a perplexity set in eval.ppl_datasets, or export.perplexity=false")
+    return settings
 
 
 def _recovery_summary(recovery: Recovery) -> str:
