@@ -299,7 +299,7 @@ def test_quant_none_leaves_the_config_and_plan_as_they_were():
     (["quant=gptq", "quant.group_size=32", "method=sparsegpt", "quant.percdamp=0.1"], "quant.percdamp=0.1 with method=sparsegpt"),
     (["quant=rtn", "quant.group_size=32", "method=flap"], "quant.group_size=32 with method=flap"),
     (["quant=rtn", "quant.group_size=-1", "method=flap", "export=compressed_tensors"], "export=compressed_tensors with method=flap"),
-    (["export.name=bogus"], "export='bogus' is not valid; allowed: none, compressed_tensors"),
+    (["export.name=bogus"], "export='bogus' is not valid; allowed: none, gguf, compressed_tensors"),
 ])
 def test_bad_quant_and_export_settings_are_rejected_before_load(overrides, message):
     with pytest.raises(ConfigError) as error:
