@@ -250,8 +250,8 @@ def _one_perplexity(group: pd.DataFrame, values: pd.Series, ordered: pd.Series, 
     else:
         runner = ordered.index[1]
         verdict = ppl_verdict(rows[best], rows[runner], metric, _value_text(axis, best), _value_text(axis, runner))
-        if reference is not None and reference == best:
-            verdict = f"{REFERENCE_NAMES.get(axis, _value_text(axis, reference))} is lowest. " + verdict
+        if reference is not None and reference == best and not verdict.startswith("Best"):
+            verdict = f"{REFERENCE_NAMES.get(axis, _value_text(axis, reference))} (the reference) is lowest. " + verdict
         text += " " + verdict
     if len(dense) and metric in dense and dense[metric].notna().any():
         value = float(dense[metric].mean())

@@ -155,7 +155,7 @@ def header(column) -> str:
         return "calibration set"
     if name == "sparsity":
         return "target sparsity"
-    return knob_label(name)
+    return knob_label(name).replace("_", " ")  # words can wrap in a narrow column
 
 
 def number(value, accuracy: bool = False) -> str:
@@ -243,7 +243,8 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
         checks = qualitative_checks(sweep)
         parts += [f"{h} Findings", "", *(f"- {s}" for s in sentences or ["(too few completed jobs to compare)"]), ""]
         if checks:
-            parts += ["The papers' orderings on these numbers (paired over the same windows; 2 SE):", "",
+            parts += ["The papers' orderings on these numbers (paired over the same windows; beyond noise: above 2 SE, "
+                      "or Student's 95% value with few windows):", "",
                       *(f"- {line}" for line in checks), ""]
     if "results" in what:
         parts += [f"{h} Results", ""]

@@ -39,7 +39,7 @@ from prunelab.study.aggregate import aggregate, aggregate_sweep, tables
 from prunelab.study.describe import STUDY_TITLES, method_paragraphs, setup_lines, study_kind
 from prunelab.study.figures import Figure, draw_all
 from prunelab.study.orderings import Verdict, verdicts
-from prunelab.study.records import Sweep, _ordered, collect, is_baseline, speed_table, with_baseline
+from prunelab.study.records import Sweep, _ordered, collect, is_baseline, prunes_nothing, speed_table, with_baseline
 from prunelab.study.report import (
     _diff_table,
     _failed_jobs,
@@ -53,6 +53,16 @@ from prunelab.study.report import (
 
 log = logging.getLogger(__name__)
 ORDER = list(STUDY_TITLES)
+QUESTIONS = {  # what each kind of study asks, for the introduction
+    "sparsity": "how perplexity and zero-shot accuracy fall with sparsity",
+    "pattern": "what the N:M patterns cost against unstructured sparsity",
+    "method.alpha": "how RIA's exponent α matters",
+    "method.lambda_": "whether OWL's layerwise sparsity beats uniform sparsity",
+    "modules": "which layers (attention or MLP) tolerate pruning",
+    "calib_data": "how the calibration data matters, on a math task too",
+    "recovery": "how much a short LoRA fine-tune recovers",
+    "method": "how the methods compare",
+}
 
 
 def find_sweeps(model_dir: Path) -> list[Path]:
@@ -75,6 +85,19 @@ class Study:
     @property
     def title(self) -> str:
         return STUDY_TITLES[self.kind] + (f" ({self.label})" if self.label else "")
+
+
+def has_results(sweep: Sweep) -> bool:
+    """A sweep with at least one completed job that pruned something (a sweep's own dense job
+    alone, beside failed pruned jobs, is no result)."""
+    done = sweep.completed
+    return not done.empty and not bool(prunes_nothing(done).all())
+
+
+def choose_baseline(sweeps: list[Sweep]) -> Sweep | None:
+    """The dense baseline: a sweep of dense jobs only, all completed (``<model dir>/dense`` first)."""
+    candidates = [s for s in sweeps if is_baseline(s) and bool(prunes_nothing(s.results).all())]
+    return next((s for s in candidates if s.directory.name == "dense"), candidates[0] if candidates else None)
 
 
 def _evaluation_signature(sweep: Sweep) -> tuple:
@@ -112,20 +135,20 @@ def gather(model_dir: Path, figures: bool = True) -> tuple[list[Study], Sweep | 
     """Aggregate every sweep (its own report), then group them into the paper's studies; also the
     baseline and the sweeps with no completed job (the appendix's list)."""
     sweeps = [collect(path) for path in find_sweeps(model_dir)]
-    baseline = next((s for s in sweeps if is_baseline(s)), None)
+    baseline = choose_baseline(sweeps)
     made: dict[Path, tuple[Sweep, dict]] = {}
     for sweep in sweeps:
         if sweep is baseline:
             aggregate(sweep.directory, figures=False, report=False)
-        elif not sweep.completed.empty:
+        elif has_results(sweep):
             joined, _, drawn = aggregate_sweep(sweep.directory, figures=figures, baseline=baseline)
             made[sweep.directory] = (joined, drawn)
         else:  # nothing to show: its results.csv and failed-jobs report only
             aggregate(sweep.directory, figures=False)
-    empty = [s for s in sweeps if s is not baseline and s.completed.empty]
+    empty = [s for s in sweeps if s is not baseline and not has_results(s)]
     groups: dict[tuple, list[Sweep]] = {}
     for sweep in sweeps:
-        if sweep is not baseline and not sweep.completed.empty:
+        if sweep is not baseline and has_results(sweep):
             groups.setdefault((study_kind(sweep), _evaluation_signature(sweep)), []).append(sweep)
     for (kind, signature) in list(groups):  # methods compared at one sparsity: points of the curve evaluated alike
         if kind == "method" and ("sparsity", signature) in groups and all(_unstructured(s) for s in groups[(kind, signature)]):
@@ -218,7 +241,8 @@ def study_section(number: int, study: Study, model_dir: Path, figure_number: int
     sentences = findings(sweep.results)
     parts += ["**Findings.**", "", *(f"- {s}" for s in sentences or ["(too few completed jobs to compare)"]), ""]
     if study.verdicts:
-        parts += ["**The papers' orderings on these numbers** (paired over the same windows; 2 SE):", "",
+        parts += ["**The papers' orderings on these numbers** (paired over the same windows; beyond noise: above 2 SE, "
+                  "or Student's 95% value with few windows):", "",
                   *(f"- {v.text()}" for v in study.verdicts), ""]
     for name, table in tables(sweep).items():
         parts += [f"*Table: {_table_name(name)}.*", "", markdown_table(table, name), ""]
@@ -249,9 +273,11 @@ def _noise_summary(studies: list[Study]) -> str:
     text = (f"The standard error of one run's log-perplexity (spread of its windows) is "
             f"{100 * se.min():.1f}–{100 * se.max():.1f}% (median {100 * se.median():.1f}%)")
     if paired:
+        median = pd.Series(paired).median()
         text += (f"; paired over the same windows, the standard error of a difference between two runs is "
-                 f"{100 * min(paired):.1f}–{100 * max(paired):.1f}% (median {100 * pd.Series(paired).median():.1f}%), "
-                 "because the windows' own difficulty cancels")
+                 f"{100 * min(paired):.1f}–{100 * max(paired):.1f}% (median {100 * median:.1f}%)")
+        text += (", smaller because the windows' own difficulty cancels" if median < se.median() else
+                 ", no smaller: the runs compared differ window by window as much as the windows differ")
     return text + ". Differences smaller than two of those are reported as within noise; seeds were not repeated, " \
                   "so the variation from calibration sampling is not included."
 
@@ -284,6 +310,16 @@ def discussion(studies: list[Study]) -> list[str]:
     return parts
 
 
+WIDEST = 7  # columns of a table beside the ones repeated in each part
+
+
+def column_chunks(table: pd.DataFrame, keep: list[str], width: int) -> list[pd.DataFrame]:
+    """A wide table as several of at most ``width`` columns, each with the ``keep`` columns first."""
+    keep = [c for c in keep if c in table.columns]
+    rest = [c for c in table.columns if c not in keep]
+    return [table[keep + rest[i:i + width]] for i in range(0, len(rest), width)] or [table]
+
+
 def _appendix_failed(empty: list[Sweep], studies: list[Study], model_dir: Path) -> list[str]:
     failed = [(s, _failed_jobs(s)) for study in studies for s in study.sweeps]
     failed = [(s, t) for s, t in failed if not t.empty]
@@ -292,7 +328,7 @@ def _appendix_failed(empty: list[Sweep], studies: list[Study], model_dir: Path) 
     parts = ["## Appendix C. Sweeps and jobs that did not complete", "",
              "They appear nowhere else in this report (not in the title, the findings or the figures).", ""]
     if empty:
-        parts += ["Sweeps with no completed job:", ""]
+        parts += ["Sweeps with no completed job that pruned anything:", ""]
         for sweep in empty:
             counts = sweep.results["status"].value_counts().to_dict() if not sweep.results.empty else {}
             errors = [e for e in sweep.results.get("error", pd.Series(dtype=str)).astype(str) if e]
@@ -318,9 +354,9 @@ def document(model_dir: Path, studies: list[Study], baseline: Sweep | None, empt
              "is read from the jobs' `metrics.json`; each sweep's own report, tables and figures are in its directory.",
              "", "## Introduction", "",
              f"This report prunes a LLaMA-family language model ({', '.join(models) or '-'}) without retraining — "
-             f"{', '.join(methods) or 'no method completed'} — and measures what it costs in perplexity and zero-shot "
-             "accuracy, which layers tolerate it, how the calibration data matters, and what speed a sparsity "
-             "pattern can buy. Each section below is one part of the assignment that was run "
+             f"{', '.join(methods) or 'no method completed'} — and measures "
+             f"{'; '.join(dict.fromkeys(QUESTIONS.get(s.kind, QUESTIONS['method']) for s in studies)) or 'nothing yet'}, "
+             "and explains what speed a sparsity pattern can buy. Each section below is one part of the assignment that was run "
              f"({len(studies)} of them); comparisons state their noise, and \"best\" is said only of a difference "
              "beyond two standard errors. The published orderings are checked in the discussion.", ""]
     if not studies:
@@ -369,8 +405,9 @@ def document(model_dir: Path, studies: list[Study], baseline: Sweep | None, empt
         diff, shared = _diff_table(study.sweep)
         if not diff.empty:
             parts += [f"*{study.title}*: {shared} config keys are identical in every job; the keys below differ "
-                      "(blank: the job's method has no such knob; full configs in `<job>/.hydra/config.yaml`).", "",
-                      markdown_table(diff), ""]
+                      "(blank: the job's method has no such knob; full configs in `<job>/.hydra/config.yaml`).", ""]
+            for chunk in column_chunks(diff, ["job", "status"], WIDEST):  # a page is only so wide
+                parts += [markdown_table(chunk), ""]
     parts += ["## Appendix B. Timings", ""]
     for study in studies:
         table = timing_table(study.sweep)
