@@ -115,7 +115,9 @@ def test_failed_and_empty_sweeps_stay_out_of_title_and_findings_and_two_sweeps_m
     body = text[:appendix]
     assert "OWL" not in body and "λ" not in body and "owl_lambda" not in body and "`broken/`" not in body
     assert "no completed job" not in body
-    assert "`broken/`: 1 job (1 failed)" in text[appendix:] and "`owl_lambda/`: 2 jobs (2 failed)" in text[appendix:]
+    assert "`broken/`: 1 job (1 failed)" in text[appendix:]
+    assert (model_dir / "broken" / "report.md").read_text().startswith(  # its own report says so too
+        "# Sweep broken: no completed job that pruned anything (1 failed)") and "`owl_lambda/`: 2 jobs (2 failed)" in text[appendix:]
     # one section, one curve: both sweeps pooled, the config measured twice counted once
     assert [line for line in text.splitlines() if line.startswith("## ") and "Sparsity curves" in line] == \
         ["## 2. Sparsity curves"]

@@ -13,7 +13,7 @@ import pandas as pd
 from prunelab.config import STUDY_KNOBS
 from prunelab.methods.base import EXACT_K
 from prunelab.study.findings import axis_of
-from prunelab.study.records import Sweep, evaluation_size, headline_metrics, knob_label
+from prunelab.study.records import Sweep, evaluation_size, headline_metrics, knob_label, prunes_nothing
 
 # What a sweep studies, by the knob it is about (``findings.axis_of``); "sparsity" when it sweeps
 # sparsity across methods. The order is the assignment's.
@@ -42,6 +42,10 @@ def study_kind(sweep: Sweep) -> str:
 
 def title(sweep: Sweep) -> str:
     done = sweep.completed
+    if done.empty or bool(prunes_nothing(done).all()) and not bool(prunes_nothing(sweep.own_results).all()):
+        counts = sweep.own_results["status"].value_counts().to_dict() if not sweep.own_results.empty else {}
+        return (f"Sweep {sweep.directory.name}: no completed job that pruned anything "
+                f"({', '.join(f'{v} {k}' for k, v in counts.items()) or 'no jobs'})")
     models = ", ".join(dict.fromkeys(done["model"].dropna().astype(str))) or "no completed job"
     methods = ", ".join(dict.fromkeys(done["method"].dropna().astype(str)))
     return f"{STUDY_TITLES[study_kind(sweep)]}: {methods} on {models}"
