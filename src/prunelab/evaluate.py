@@ -1,11 +1,16 @@
 """Perplexity with the papers' protocol: non-overlapping ``seqlen`` windows, tail dropped,
-``ppl = exp(mean token NLL)`` over every predicted token of every window."""
+``ppl = exp(mean token NLL)`` over every predicted token of every window.
+
+Each window's mean NLL is kept too (:attr:`PerplexityResult.window_nll`): every window predicts
+the same number of tokens, so log-perplexity is the mean of the window means, and their spread
+gives its standard error (:func:`log_ppl_standard_error`) and paired comparisons of two models on
+the same windows (:mod:`prunelab.study.noise`). The perplexity itself is summed as before."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +37,21 @@ class PerplexityResult:
     windows: int
     tokens: int
     seconds: float
+    window_nll: list[float] = field(default_factory=list)  # mean next-token NLL of each window, in order
+
+    @property
+    def se_log(self) -> float:
+        return log_ppl_standard_error(self.window_nll)
+
+
+def log_ppl_standard_error(window_nll: list[float]) -> float:
+    """Standard error of log-perplexity (the mean of equal-sized windows' mean NLL): sample
+    standard deviation of the window means over sqrt(windows); NaN with fewer than two windows."""
+    n = len(window_nll)
+    if n < 2:
+        return math.nan
+    mean = sum(window_nll) / n
+    return math.sqrt(sum((x - mean) ** 2 for x in window_nll) / (n - 1) / n)
 
 
 def windows_of(stream: torch.Tensor, seqlen: int, max_windows: int | None) -> torch.Tensor:
@@ -45,8 +65,11 @@ def windows_of(stream: torch.Tensor, seqlen: int, max_windows: int | None) -> to
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, device: torch.device, batch_size: int, label: str = "ppl") -> tuple[float, int]:
-    """Mean next-token NLL over all windows, exponentiated; also the number of scored tokens."""
+def perplexity(model, windows: torch.Tensor, device: torch.device, batch_size: int, label: str = "ppl",
+               window_nll: list[float] | None = None) -> tuple[float, int]:
+    """Mean next-token NLL over all windows, exponentiated; also the number of scored tokens.
+    ``window_nll``, when given, receives each window's mean NLL (computed apart from the total,
+    which stays summed exactly as it always was)."""
     total_nll = 0.0
     total_tokens = 0
     for batch in tqdm(windows.split(batch_size), desc=label, unit="batch", leave=False):
@@ -55,6 +78,9 @@ def perplexity(model, windows: torch.Tensor, device: torch.device, batch_size: i
         targets = batch[:, 1:]
         total_nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
         total_tokens += targets.numel()
+        if window_nll is not None:
+            per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+            window_nll.extend(per_token.view(targets.shape).double().mean(dim=1).tolist())
     return math.exp(total_nll / total_tokens), total_tokens
 
 
@@ -67,6 +93,7 @@ def evaluate_perplexity(model, tokenizer, spec: PerplexitySpec, device: torch.de
     for name in spec.datasets:
         start = time.perf_counter()
         windows = windows_of(evaluation_stream(name, tokenizer), spec.seqlen, spec.max_windows)
-        value, tokens = perplexity(model, windows, device, spec.batch_size, label=f"ppl {name}")
-        results.append(PerplexityResult(name, value, windows.shape[0], tokens, time.perf_counter() - start))
+        per_window: list[float] = []
+        value, tokens = perplexity(model, windows, device, spec.batch_size, label=f"ppl {name}", window_nll=per_window)
+        results.append(PerplexityResult(name, value, windows.shape[0], tokens, time.perf_counter() - start, per_window))
     return results

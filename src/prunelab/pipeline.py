@@ -75,6 +75,9 @@ def eval_stage(plan: EvalPlan, model, tokenizer, device: torch.device, output_di
     for result in evaluate_perplexity(model, tokenizer, plan.perplexity, device):
         metrics[f"eval/ppl_{result.dataset}"] = result.perplexity
         metrics[f"eval/ppl_{result.dataset}_tokens"] = result.tokens
+        if len(result.window_nll) >= 2:  # the noise of this perplexity: per-window mean NLL and SE of log(ppl)
+            metrics[f"noise/ppl_{result.dataset}_se_log"] = result.se_log
+            metrics[f"noise/ppl_{result.dataset}_window_nll"] = result.window_nll
         log.info("perplexity %s: %.3f (%d windows, %d tokens, %.1f s)",
                  result.dataset, result.perplexity, result.windows, result.tokens, result.seconds)
     metrics["time/eval_s"] = time.perf_counter() - start
@@ -431,6 +434,7 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
         raise RecordError(f"cannot write the run's record {metrics_path}: {error}") from error
     logger = None
     start = time.perf_counter()
+    load_at_start = _load_average()
     try:
         with signals_as_interrupts():
             plan = make_plan(cfg)
@@ -465,6 +469,7 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
             raise
     finally:
         metrics["time/total_s"] = time.perf_counter() - start
+        metrics.update(machine_load(load_at_start))
         try:
             _write_record(metrics_path, record)
             if previous is not None and record["status"] == "completed":
@@ -474,6 +479,19 @@ def _run(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun: bool
                 logger.log_metrics({**metrics, "status": record["status"]})
                 logger.finish(failed=record["status"] != "completed")
     return headline(metrics)
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return math.nan
+
+
+def machine_load(at_start: float) -> dict[str, Any]:
+    """What the timings were measured under: the 1-minute load average when the job started and
+    ended, and the CPUs the machine has (a load above it means jobs queued for the cores)."""
+    return {"machine/load_1m_start": at_start, "machine/load_1m_end": _load_average(), "machine/cpus": os.cpu_count() or 0}
 
 
 class RecordError(OSError):

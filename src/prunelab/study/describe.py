@@ -11,8 +11,9 @@ from typing import Any
 import pandas as pd
 
 from prunelab.config import STUDY_KNOBS
+from prunelab.methods.base import EXACT_K
 from prunelab.study.findings import axis_of
-from prunelab.study.records import Sweep, evaluation_size, headline_metrics, knob_label
+from prunelab.study.records import Sweep, evaluation_size, headline_metrics, knob_label, prunes_nothing
 
 # What a sweep studies, by the knob it is about (``findings.axis_of``); "sparsity" when it sweeps
 # sparsity across methods. The order is the assignment's.
@@ -23,20 +24,28 @@ STUDY_TITLES = {
     "method.lambda_": "OWL's λ: layerwise sparsity vs uniform",
     "modules": "Attention vs MLP: which layers tolerate pruning",
     "calib_data": "Calibration data",
+    "recovery": "Recovery fine-tuning",
     "method": "Methods compared",
 }
 
 
 def study_kind(sweep: Sweep) -> str:
     """The key of :data:`STUDY_TITLES` this sweep is about."""
-    axis, context = axis_of(sweep.completed)
-    if axis == "method" and "sparsity" in context:
+    done = sweep.completed
+    if any(c.startswith("recover/") and done[c].notna().any() for c in done.columns):
+        return "recovery"
+    axis, context = axis_of(done)
+    if axis in ("method", None) and "sparsity" in context:  # one method at several sparsities is a curve too
         return "sparsity"
     return axis or "method"
 
 
 def title(sweep: Sweep) -> str:
     done = sweep.completed
+    if done.empty or bool(prunes_nothing(done).all()) and not bool(prunes_nothing(sweep.own_results).all()):
+        counts = sweep.own_results["status"].value_counts().to_dict() if not sweep.own_results.empty else {}
+        return (f"Sweep {sweep.directory.name}: no completed job that pruned anything "
+                f"({', '.join(f'{v} {k}' for k, v in counts.items()) or 'no jobs'})")
     models = ", ".join(dict.fromkeys(done["model"].dropna().astype(str))) or "no completed job"
     methods = ", ".join(dict.fromkeys(done["method"].dropna().astype(str)))
     return f"{STUDY_TITLES[study_kind(sweep)]}: {methods} on {models}"
@@ -103,11 +112,17 @@ def method_paragraphs(records: list[dict[str, Any]]) -> list[str]:
             if isinstance(node, dict) and node.get("_target_"):
                 used.setdefault(node["_target_"], []).append(node)
     paragraphs = []
+    first_said: str | None = None  # the method whose paragraph states the shared exact-count deviation
     for target, configs in used.items():
         cls = _method_class(target)
         text = cls.describe(configs) if cls is not None and hasattr(cls, "describe") else ""
-        paragraphs.append(text or f"**{configs[0].get('name') or target.rsplit('.', 1)[-1]}** — `{target}` "
-                                  "(it describes itself nowhere: see its docstring).")
+        name = configs[0].get("name") or target.rsplit(".", 1)[-1]
+        if EXACT_K in text:  # the same deviation for every whole-matrix method: said once
+            if first_said is None:
+                first_said = name
+            else:
+                text = text.replace(EXACT_K, f"The same exact-count deviation as **{first_said}** (above).")
+        paragraphs.append(text or f"**{name}** — `{target}` (it describes itself nowhere: see its docstring).")
     paragraphs.append("N:M patterns (all methods): in every row, each group of M consecutive input columns keeps "
                       "its N highest scores; N:M fixes the sparsity at 1 − N/M.")
     return paragraphs
@@ -123,6 +138,16 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): json.dumps(node) if isinstance(node, list) else node}
 
 
+def _planned(record: dict[str, Any]) -> dict[str, Any]:
+    """A job's flat config, with the sparsity its plan ran at (a dense job's config may say 0.5;
+    its plan says 0)."""
+    flat = _flatten(record.get("config") or {})
+    plan = record.get("plan") or {}
+    if "sparsity" in plan and "sparsity" in flat:
+        flat["sparsity"] = plan["sparsity"]
+    return flat
+
+
 # Keys left out of the diff: logging and resuming switches (they change nothing measured), the
 # root knobs that only feed a method knob by interpolation (shown as that knob: method.alpha...),
 # and class paths (the method's name says the same).
@@ -132,7 +157,7 @@ UNDIFFED = ("logger.", "run_name", "group", "force", "cache_calibration", *STUDY
 def config_diff(sweep: Sweep) -> tuple[pd.DataFrame, int]:
     """Job × every config key whose value is not the same in all jobs (blank: the job's config has
     no such key, e.g. another method's knob); and how many keys all jobs share."""
-    flat = {job: _flatten(record.get("config") or {}) for job, record in sweep.records.items()}
+    flat = {job: _planned(record) for job, record in sweep.records.items()}
     if not flat:
         return pd.DataFrame(), 0
     keys = Counter(k for config in flat.values() for k in config)

@@ -6,7 +6,9 @@ ordering, the best value against the study's reference (λ = 0 is uniform sparsi
 model, wiki calibration, all modules, unstructured), and the effect size. Accuracies carry
 lm-eval's standard errors; a difference is called beyond noise when it exceeds two standard
 errors of the difference (``sqrt(se_a² + se_b²)``, conservative: both are scored on the same
-questions). Perplexity has no standard error here; sentences state what it was measured on.
+questions). Perplexities are compared window by window (:mod:`.noise`: the paired standard error
+of the difference in log-perplexity); "best" is said only of a difference beyond noise, else
+"lowest ..., within noise of ...".
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 
 import pandas as pd
 
+from prunelab.study import noise
 from prunelab.study.records import (
     METHOD_PREFIX,
     STDERR,
@@ -29,7 +32,7 @@ from prunelab.study.records import (
 STUDY_AXES = ("method.lambda_", "method.alpha", "calib_data", "modules", "pattern", "method")
 REFERENCES = {"method.lambda_": 0.0, "calib_data": "wiki", "modules": "all", "pattern": "unstructured"}
 REFERENCE_NAMES = {"method.lambda_": "λ=0 (uniform sparsity)", "method.alpha": "α=0 (relative importance alone)"}
-NOISE_SE = 2.0  # |difference| above 2 standard errors of the difference: beyond noise
+NOISE_SE = noise.NOISE_SE  # |difference| above 2 standard errors of the difference: beyond noise
 
 
 def headline(frame: pd.DataFrame) -> list[str]:
@@ -40,15 +43,21 @@ def headline(frame: pd.DataFrame) -> list[str]:
 
 
 def _number(value: float, metric: str) -> str:
+    """The report's one number format: accuracies in percent with one decimal, other numbers with
+    two decimals, none (with thousands separators) from 10,000 on (as :func:`.report.number`)."""
     if metric.startswith("zeroshot/"):
         return f"{100 * value:.1f}%"
-    return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.2f}"
 
 
 def _with_se(value: float, se: float | None, metric: str) -> str:
+    """An accuracy with lm-eval's standard error; a perplexity with ``ppl × SE(log ppl)``."""
     if se is None or math.isnan(se):
         return _number(value, metric)
-    return f"{100 * value:.1f} ± {100 * se:.1f}%" if metric.startswith("zeroshot/") else f"{value:.4g} ± {se:.2g}"
+    if metric.startswith("zeroshot/"):
+        return f"{100 * value:.1f} ± {100 * se:.1f}%"
+    spread = value * se
+    return f"{_number(value, metric)} ± {f'{spread:,.0f}' if abs(value) >= 1e4 else f'{spread:.2f}'}"
 
 
 TASK_NAMES = {"prunelab_basic_arithmetic": "basic-arithmetic", "prunelab_mmlu_math": "MMLU-math"}
@@ -126,7 +135,7 @@ def findings(results: pd.DataFrame) -> list[str]:
         if data.empty:
             continue
         size = evaluation_size(done, metric)
-        dense = baseline[metric].dropna() if metric in baseline else pd.Series(dtype=float)
+        dense = baseline.dropna(subset=[metric]) if metric in baseline else baseline.iloc[0:0]
         groups = data.groupby([data[c].astype(str) for c in context], sort=False) if context else [((), data)]
         for key, group in groups:
             key = key if isinstance(key, tuple) else (key,)
@@ -159,7 +168,10 @@ def in_domain_verdict(frame: pd.DataFrame, context: list[str]) -> str:
             continue
         a, b = float(ours[metric].mean()), float(theirs[metric].mean())
         if metric.startswith("eval/ppl_"):
-            parts.append(f"{_metric_name(metric)} {_change(a, b).removeprefix('perplexity ')}")
+            found = noise.compare(ours, theirs, metric)
+            parts.append(f"{_metric_name(metric)} {found.text() if found else _change(a, b).removeprefix('perplexity ')}")
+            if found is not None and found.beyond_noise:
+                (helps if a < b else hurts).append(_metric_name(metric))
             continue
         shown = difference(a, _stderr(ours, metric), b, _stderr(theirs, metric))
         parts.append(f"{_metric_name(metric)} {shown}")
@@ -170,54 +182,80 @@ def in_domain_verdict(frame: pd.DataFrame, context: list[str]) -> str:
     where = f" ({', '.join(context)} pooled)" if context else ""
     verdict = "; ".join([*([f"it helps beyond noise on {', '.join(helps)}"] if helps else []),
                          *([f"it hurts beyond noise on {', '.join(hurts)}"] if hurts else [])]) \
-        or "no accuracy difference is beyond noise (2 SE of the difference)"
+        or "no difference is beyond noise (2 SE of the difference)"
     return (f"In-domain calibration ({domain}) against general text ({general}){where}: {'; '.join(parts)}. "
-            f"Verdict: {verdict}; perplexity has no standard error here (see its evaluation size).")
+            f"Verdict: {verdict}.")
 
 
-def _one(group: pd.DataFrame, axis: str, metric: str, where: str, size: str, dense: pd.Series,
+def ppl_verdict(rows_a: pd.DataFrame, rows_b: pd.DataFrame, metric: str, a: str, b: str) -> str:
+    """``a`` (the lower perplexity) against ``b``: "best" only beyond noise, else "lowest, within noise"."""
+    found = noise.compare(rows_a, rows_b, metric)
+    if found is None:
+        return f"Lowest: {a} ({_change_words(rows_a, rows_b, metric)} than {b}; no per-window losses recorded, so no noise " \
+               "estimate and no best)."
+    if found.beyond_noise:
+        return f"Best: {a}, {found.text()} against {b}."
+    return f"Lowest: {a}, but within noise of {b}: {found.text()}; no best."
+
+
+def _change_words(rows_a: pd.DataFrame, rows_b: pd.DataFrame, metric: str) -> str:
+    return _change(float(rows_a[metric].mean()), float(rows_b[metric].mean()))
+
+
+def _one(group: pd.DataFrame, axis: str, metric: str, where: str, size: str, dense: pd.DataFrame,
          dense_se: float | None) -> str:
     values = _axis_values(group, axis)
     means = group.groupby(values, sort=False)[metric].mean()
     if len(means) < 2:
         return ""
-    low_better = metric.startswith("eval/ppl_")
-    ordered = means.sort_values(ascending=low_better)
+    if metric.startswith("eval/ppl_"):
+        return _one_perplexity(group, values, means.sort_values(), axis, metric, where, size, dense)
+    ordered = means.sort_values(ascending=False)
     errors = {v: _stderr(group[values == v], metric) for v in ordered.index}
-    order = (" < " if low_better else " > ").join(
-        f"{_value_text(axis, v)} {_with_se(m, errors[v], metric)}" for v, m in ordered.items())
+    order = " > ".join(f"{_value_text(axis, v)} {_with_se(m, errors[v], metric)}" for v, m in ordered.items())
     best, best_value = ordered.index[0], ordered.iloc[0]
     text = f"{_metric_name(metric)} ({where}; {size}): {order}."
-    reference = REFERENCES.get(axis)
-    if axis == "method.alpha":
-        reference = 0.0
+    reference = 0.0 if axis == "method.alpha" else REFERENCES.get(axis)
     if reference is not None and reference in means.index and reference != best:
-        ref_value = means[reference]
-        name = REFERENCE_NAMES.get(axis, _value_text(axis, reference))
-        if low_better:
-            text += (f" Best {knob_label(axis)}: {_value_text(axis, best)}, {_change(best_value, ref_value)}"
-                     f" against {name}.")
-        else:
-            text += (f" Best {knob_label(axis)}: {_value_text(axis, best)}, "
-                     f"{difference(best_value, errors[best], ref_value, errors[reference])} against {name}.")
+        shown = difference(best_value, errors[best], means[reference], errors[reference])
+        word = f"Best {knob_label(axis)}" if "beyond noise" in shown else f"Highest {knob_label(axis)} (no best)"
+        text += f" {word}: {_value_text(axis, best)}, {shown} against {REFERENCE_NAMES.get(axis, _value_text(axis, reference))}."
     elif reference is not None and reference == best:
-        text += f" {REFERENCE_NAMES.get(axis, _value_text(axis, reference))} is best."
-        if not low_better:  # how far behind each other value is, with its noise
-            text += " " + "; ".join(
-                f"{_value_text(axis, v)} {difference(means[v], errors[v], means[reference], errors[reference])}"
-                for v in ordered.index if v != reference) + "."
-    elif low_better and len(ordered) >= 2:
-        text += f" Best: {_value_text(axis, best)}, {_change(best_value, ordered.iloc[1])} than {_value_text(axis, ordered.index[1])}."
+        text += f" {REFERENCE_NAMES.get(axis, _value_text(axis, reference))} is highest; " + "; ".join(
+            f"{_value_text(axis, v)} {difference(means[v], errors[v], means[reference], errors[reference])}"
+            for v in ordered.index if v != reference) + "."
     else:
         runner = ordered.index[1]
         text += (f" {_value_text(axis, best)} vs {_value_text(axis, runner)}: "
                  f"{difference(best_value, errors[best], ordered.iloc[1], errors[runner])}.")
-    if len(dense):
-        value = float(dense.mean())
-        if low_better:
-            text += f" Dense: {_number(value, metric)} (best pruned is {best_value / value:.2f}× dense)."
-        else:
-            text += f" Dense: {_with_se(value, dense_se, metric)}; best pruned {difference(best_value, errors[best], value, dense_se)}."
+    if len(dense) and metric in dense and dense[metric].notna().any():
+        value = float(dense[metric].mean())
+        text += f" Dense: {_with_se(value, dense_se, metric)}; highest pruned {difference(best_value, errors[best], value, dense_se)}."
+    return text
+
+
+def _one_perplexity(group: pd.DataFrame, values: pd.Series, ordered: pd.Series, axis: str, metric: str, where: str,
+                    size: str, dense: pd.DataFrame) -> str:
+    """The ordering of a perplexity along ``axis`` with each value's noise, the lowest against the
+    reference (or the runner-up) with the paired noise of the difference, and the dense model."""
+    rows = {v: group[values == v] for v in ordered.index}
+    order = " < ".join(f"{_value_text(axis, v)} {_with_se(m, noise.relative_se(rows[v], metric), metric)}"
+                       for v, m in ordered.items())
+    text = f"{_metric_name(metric)} ({where}; {size}): {order}."
+    best = ordered.index[0]
+    reference = 0.0 if axis == "method.alpha" else REFERENCES.get(axis)
+    if reference is not None and reference in ordered.index and reference != best:
+        name = REFERENCE_NAMES.get(axis, _value_text(axis, reference))
+        text += " " + ppl_verdict(rows[best], rows[reference], metric, _value_text(axis, best), name)
+    else:
+        runner = ordered.index[1]
+        verdict = ppl_verdict(rows[best], rows[runner], metric, _value_text(axis, best), _value_text(axis, runner))
+        if reference is not None and reference == best and not verdict.startswith("Best"):
+            verdict = f"{REFERENCE_NAMES.get(axis, _value_text(axis, reference))} (the reference) is lowest. " + verdict
+        text += " " + verdict
+    if len(dense) and metric in dense and dense[metric].notna().any():
+        value = float(dense[metric].mean())
+        text += f" Dense: {_number(value, metric)} (lowest pruned is {ordered.iloc[0] / value:.2f}× dense)."
     return text
 
 

@@ -46,6 +46,7 @@ INFO_COLUMNS = ("eval_seqlen",)  # not knobs: what the evaluation sizes are stat
 REPEATED_METRICS = ("prune/method", "prune/pattern", "prune/target_sparsity")
 CALIBRATION_KNOBS = ("calib_data", "calib_nsamples", "calib_seqlen")  # blank where the method calibrates nothing
 UNSWEPT_PREFIXES = ("logger", "hydra")  # overrides that never get a column (nor does `+experiment=`)
+NOISE_PREFIX = "noise/"  # per-window losses of a perplexity and the standard error of its log (prunelab.study.noise)
 MISSING = "-"  # a knob the row's method does not have, in table labels
 KNOB_FIGURE = "knob_"  # figure of a numeric method knob: knob_method.alpha (figures draws it, report captions it)
 _INTERPOLATION = re.compile(r"\$\{([^.:}][^:}]*)\}")  # ${ria_alpha}; not ${.base.name}, not ${oc.env:X}
@@ -213,6 +214,8 @@ def _row(job: str, record: dict[str, Any], hidden: set[str]) -> dict[str, Any]:
     for key, value in (record.get("metrics") or {}).items():
         if isinstance(value, (int, float, str, bool)) and key not in REPEATED_METRICS:
             row[key] = value
+        elif key.startswith(NOISE_PREFIX) and isinstance(value, list):  # per-window losses: one cell, as JSON
+            row[key] = json.dumps(value)
     return row
 
 
@@ -435,6 +438,9 @@ def comparable(baseline: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
         ours = set(pd.to_numeric(rows[size], errors="coerce").dropna()) if size in rows else set()
         if column not in frame or not theirs or ours != theirs:
             rows[column] = float("nan")
+            if column.startswith("eval/ppl_") and not column.endswith("_tokens"):  # its noise goes with it
+                noise = [c for c in rows.columns if c.startswith(f"{NOISE_PREFIX}{column.removeprefix('eval/')}_")]
+                rows[noise] = float("nan")
     return rows
 
 

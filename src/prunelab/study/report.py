@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import numbers
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,9 @@ from markdown_pdf import MarkdownPdf, Section
 
 from prunelab.study.describe import config_diff, method_paragraphs, setup_lines, short_key, title
 from prunelab.study.figures import Figure
-from prunelab.study.findings import findings
+from prunelab.study.findings import TASK_NAMES, findings
+from prunelab.study.orderings import verdicts
 from prunelab.study.records import (
-    GENERIC,
     STDERR,
     Sweep,
     knob_label,
@@ -96,93 +97,92 @@ def reference_table(sweep: Sweep) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------------------- qualitative checks
+# ---------------------------------------------------------------------------- the papers' orderings
 def _ppl_columns(sweep: Sweep) -> list[str]:
     return [c for c in sweep.results.columns if c.startswith("eval/ppl_") and not c.endswith("_tokens")]
 
 
-def _context_columns(frame: pd.DataFrame, exclude: tuple[str, ...]) -> list[str]:
-    """Generic knobs to compare within; method knobs differ between methods by nature, never context."""
-    return [name for name in GENERIC if name in frame.columns and name not in exclude]
-
-
 def qualitative_checks(sweep: Sweep) -> list[str]:
-    """The orderings every published table shows, checked on this sweep's numbers (✓ holds, ✗ not)."""
-    frame = with_setting(sweep.completed)
-    if frame.empty:
-        return []
-    lines: list[str] = []
-    context = _context_columns(frame, ("method", "sparsity", "pattern"))
-    for metric in _ppl_columns(sweep):
-        data = frame.dropna(subset=[metric])
-        varying = [c for c in context if data[c].dropna().astype(str).nunique() > 1]  # blank: knob not used
-        data = data.assign(**{c: data[c].astype(str) for c in varying})
-        for key, group in data.groupby(varying, sort=False) if varying else [((), data)]:
-            by = group.groupby(["method", "setting"])[metric].mean()
-            where = ", ".join([metric, *(f"{c}={v}" for c, v in zip(varying, key))])
-            for better in ("wanda", "ria", "sparsegpt"):
-                if ("magnitude", "unstructured 50%") in by and (better, "unstructured 50%") in by:
-                    ours, mag = by[(better, "unstructured 50%")], by[("magnitude", "unstructured 50%")]
-                    lines.append(f"{'✓' if ours < mag else '✗'} {better} below magnitude at 50%: "
-                                 f"{_number(ours, 2)} vs {_number(mag, 2)} ({where})")
-            for method in by.index.get_level_values(0).unique():
-                chain = [s for s in ("unstructured 50%", "4:8", "2:4") if (method, s) in by]
-                if len(chain) >= 2:
-                    values = [by[(method, s)] for s in chain]
-                    holds = all(a < b for a, b in zip(values, values[1:]))
-                    shown = " < ".join(f"{s} {_number(v, 2)}" for s, v in zip(chain, values))
-                    lines.append(f"{'✓' if holds else '✗'} {method}: {shown} ({where})")
-            if ("wanda", "unstructured 70%") in by and ("owl_wanda", "unstructured 70%") in by:
-                owl, uniform = by[("owl_wanda", "unstructured 70%")], by[("wanda", "unstructured 70%")]
-                lines.append(f"{'✓' if owl < uniform else '✗'} OWL-Wanda below uniform Wanda at 70%: "
-                             f"{_number(owl, 2)} vs {_number(uniform, 2)} ({where})")
-            lines += _structured_checks(by, where)
-            at_70 = group[(group["method"] == "owl_wanda") & (group["setting"] == "unstructured 70%")]
-            by_lambda = (at_70.groupby(at_70["method.lambda_"].astype(float))[metric].mean()
-                         if "method.lambda_" in at_70 else pd.Series(dtype=float))
-            if 0.0 in by_lambda.index and len(by_lambda) > 1:  # λ = 0 is uniform Wanda
-                best = by_lambda.drop(0.0).idxmin()
-                lines.append(f"{'✓' if by_lambda[best] < by_lambda[0.0] else '✗'} OWL-Wanda below uniform Wanda "
-                             f"(λ=0) at 70%: λ={best:g} {_number(by_lambda[best], 2)} vs {_number(by_lambda[0.0], 2)} "
-                             f"({where})")
-            unstructured = group[group["pattern"] == "unstructured"]
-            for method, curve in unstructured.groupby("method"):
-                curve = curve.groupby(curve["sparsity"].astype(float))[metric].mean().sort_index()
-                if len(curve) >= 3:
-                    holds = bool((curve.diff().dropna() > 0).all())
-                    shown = ", ".join(f"{s:g}: {_number(v, 2)}" for s, v in curve.items())
-                    lines.append(f"{'✓' if holds else '✗'} {method}: perplexity rises with sparsity ({shown}) ({where})")
-    return lines
-
-
-def _structured_checks(by: pd.Series, where: str) -> list[str]:
-    """FLAP paper: FLAP below Wanda-sp at every ratio; any structured 50% far above unstructured 50%."""
-    lines = []
-    for setting in sorted({s for _, s in by.index if str(s).startswith("structured ")}):
-        if ("flap", setting) in by and ("wanda_sp", setting) in by:
-            flap, wanda_sp = by[("flap", setting)], by[("wanda_sp", setting)]
-            lines.append(f"{'✓' if flap < wanda_sp else '✗'} flap below wanda_sp at {setting}: "
-                         f"{_number(flap, 2)} vs {_number(wanda_sp, 2)} ({where})")
-    unstructured = [by[(m, s)] for m, s in by.index if s == "unstructured 50%"]
-    if unstructured:
-        best = min(unstructured)
-        for (method, setting), value in by.items():
-            if setting == "structured 50%":
-                lines.append(f"{'✓' if value > best else '✗'} {method} structured 50% above the best unstructured 50%: "
-                             f"{_number(value, 2)} vs {_number(best, 2)} ({where})")
-    return lines
+    """The orderings the papers report (:mod:`.orderings`), each checked on this sweep's numbers
+    with the paired noise of the difference: reproduced, not reproduced, or inconclusive."""
+    return [v.text() for v in verdicts(sweep.completed, _ppl_columns(sweep))]
 
 
 # ------------------------------------------------------------------------------------- tables
+def is_accuracy(name: str) -> bool:
+    """An accuracy column (shown in percent): lm-eval's ``acc``, ``mean_acc``, ``exact_match``."""
+    return name.startswith("zeroshot/") and ("acc" in name.rsplit("/", 1)[-1] or "exact_match" in name)
+
+
+SPEED_WORDS = {"prefill": "Prefill", "decode": "Decode", "speedup": "speedup", "ideal": "ideal ratio",
+               "efficiency": "efficiency", "roofline": "Roofline"}
+
+
+def header(column) -> str:
+    """A column as a reader names it: ``eval/ppl_wiki`` -> "Perplexity (wiki)", ``time/prune_s`` ->
+    "Prune time (s)", ``memory/peak_rss_mb`` -> "Peak RSS (MiB)", ``method.lambda_`` -> "lambda"."""
+    name = str(column)
+    if name.startswith("eval/ppl_"):
+        return f"Perplexity ({name.removeprefix('eval/ppl_')})"
+    if name.startswith("zeroshot/"):
+        parts = name.split("/")
+        if name.endswith("mean_acc"):
+            return "Zero-shot mean accuracy (%)"
+        task = TASK_NAMES.get(parts[1], parts[1])
+        return f"{task} {parts[-1].replace('_', ' ')} (%)" if is_accuracy(name) else f"{task} {parts[-1].replace('_', ' ')}"
+    if name.startswith("time/"):
+        stage = name.removeprefix("time/").removesuffix("_s").replace("_", " ")
+        return f"{stage.capitalize()} time (s)"
+    if name.startswith("memory/"):
+        what = name.removeprefix("memory/").removesuffix("_mb").replace("peak_rss", "peak RSS").replace("peak_cuda", "peak CUDA")
+        return f"{what[0].upper()}{what[1:]} (MiB)".replace("_", " ")
+    if name.startswith("bench/"):
+        words = name.removeprefix("bench/").split("_")
+        text = " ".join(SPEED_WORDS.get(w, w) for w in words)
+        if words[-1].isdigit():
+            text = f"{' '.join(SPEED_WORDS.get(w, w) for w in words[:-1])} ({int(words[-1]):,} tokens)"
+        return text[0].upper() + text[1:]
+    if name.startswith("machine/"):
+        return {"machine/load_1m_start": "Load at start", "machine/load_1m_end": "Load at end",
+                "machine/cpus": "CPUs"}.get(name, name.removeprefix("machine/"))
+    if name.startswith("recover/"):
+        return name.removeprefix("recover/").replace("_", " ")
+    if name == "calib_nsamples":
+        return "calibration windows"
+    if name == "calib_seqlen":
+        return "calibration tokens per window"
+    if name == "calib_data":
+        return "calibration set"
+    if name == "sparsity":
+        return "target sparsity"
+    return knob_label(name).replace("_", " ")  # words can wrap in a narrow column
+
+
+def number(value, accuracy: bool = False) -> str:
+    """The report's one number format: an accuracy in percent with one decimal; any other number
+    with two decimals, or none (with thousands separators) from 10,000 on; an integer as it is."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return "" if value is None else str(value)
+    if isinstance(value, numbers.Integral):
+        return f"{value:,}" if abs(value) >= LARGE else str(value)
+    if math.isnan(value):
+        return ""
+    if accuracy:
+        return f"{100 * value:.1f}"
+    return f"{value:,.0f}" if abs(value) >= LARGE else f"{value:.2f}"
+
+
 def markdown_table(table: pd.DataFrame, metric: str = "") -> str:
     """A table as Markdown through ``DataFrame.to_markdown``: index levels as named columns, pivot
-    columns as ``<knob>=<value>``, 4 decimals for accuracies, 2 for other numbers, none for large ones."""
+    columns as ``<knob>=<value>``, headers in words (:func:`header`), numbers in :func:`number`'s format."""
     table = _with_stderr(table)
     shown = table.reset_index() if any(name is not None for name in table.index.names) else table
-    across = knob_label(table.columns.name) if isinstance(table.columns.name, str) else table.columns.name
-    headers = [f"{across}={c}" if across and c in table.columns else knob_label(str(c)) for c in shown.columns]
-    cells = pd.DataFrame({header: [_number(v, 4 if "acc" in metric + header else 2) for v in shown[column]]
-                          for header, column in zip(headers, shown.columns)})
+    across = header(table.columns.name) if isinstance(table.columns.name, str) else table.columns.name
+    headers = [f"{across} {c}" if across and c in table.columns else header(c) for c in shown.columns]
+    pivot_accuracy = is_accuracy(metric)
+    cells = pd.DataFrame({title: [number(v, is_accuracy(str(column)) or (pivot_accuracy and column in table.columns))
+                                  for v in shown[column]]
+                          for title, column in zip(headers, shown.columns)})
     numeric = [pd.api.types.is_numeric_dtype(shown[c]) and not pd.api.types.is_bool_dtype(shown[c])
                for c in shown.columns]
     return cells.to_markdown(index=False, disable_numparse=True,
@@ -190,15 +190,16 @@ def markdown_table(table: pd.DataFrame, metric: str = "") -> str:
 
 
 def _with_stderr(table: pd.DataFrame) -> pd.DataFrame:
-    """``acc`` and ``acc_stderr`` columns as one ``acc ± se`` column (text)."""
+    """``acc`` and ``acc_stderr`` columns as one ``acc ± se`` column (text, in percent)."""
     pairs = [c for c in table.columns if isinstance(c, str) and f"{c}{STDERR}" in table.columns]
     if not pairs:
         return table
     merged = table.copy()
     for column in pairs:
         se = merged.pop(f"{column}{STDERR}")
-        merged[column] = [_number(v, 4) + (f" ± {_number(s, 4)}" if isinstance(s, numbers.Real) and not math.isnan(s)
-                                           else "") for v, s in zip(merged[column], se)]
+        accuracy = is_accuracy(column)
+        merged[column] = [number(v, accuracy) + (f" ± {number(s, accuracy)}" if isinstance(s, numbers.Real) and not math.isnan(s)
+                                                 else "") for v, s in zip(merged[column], se)]
     return merged
 
 
@@ -242,12 +243,13 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
         checks = qualitative_checks(sweep)
         parts += [f"{h} Findings", "", *(f"- {s}" for s in sentences or ["(too few completed jobs to compare)"]), ""]
         if checks:
-            parts += ["Orderings the published tables show, checked on these numbers (✓ holds, ✗ does not):", "",
+            parts += ["The papers' orderings on these numbers (paired over the same windows; beyond noise: above 2 SE, "
+                      "or Student's 95% value with few windows):", "",
                       *(f"- {line}" for line in checks), ""]
     if "results" in what:
         parts += [f"{h} Results", ""]
         for name, table in tables.items():
-            heading = "All headline metrics per setting" if name == "summary" else name
+            heading = {"summary": "All headline metrics per setting", "recovery": "Recovery"}.get(name, f"{header(name)} by setting")
             parts += [f"{h}# {heading}", "", markdown_table(table, name), ""]
         reference = reference_table(sweep)
         if not reference.empty:
@@ -267,8 +269,8 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
                       "ideal ratio from FLOPs and bytes and the efficiency measured / ideal, and roofline bounds.", "",
                       markdown_table(speed, "speed"), ""]
         if not timing.empty:
-            parts += ["Seconds per stage, peak resident memory (MB) and every `bench/*` measurement of the jobs "
-                      "(mean over repeated settings).", "", markdown_table(timing, "timing"), ""]
+            parts += [f"Seconds per stage, peak resident memory (MiB) and every `bench/*` measurement of the jobs "
+                      f"(mean over repeated settings), {load_sentence(sweep.completed)}", "", markdown_table(timing, "timing"), ""]
     if "configs" in what:
         diff, shared = _diff_table(sweep)
         if not diff.empty:
@@ -303,13 +305,41 @@ pre, code { font-size: 7pt; }
 """
 
 
-def write_pdf(text: str, root: Path, path: Path, title: str = "") -> Path:
-    """Typeset Markdown as a PDF; relative image paths resolve against ``root``."""
+def write_pdf(text: str, root: Path, path: Path, title: str = "", page_per_section: bool = False) -> Path:
+    """Typeset Markdown as a PDF; relative image paths resolve against ``root``. With
+    ``page_per_section`` every ``## `` heading starts a page (a PDF section of its own), so no
+    section heading is left at the foot of a page."""
     pdf = MarkdownPdf(toc_level=2)
     pdf.meta = {**pdf.meta, "title": title}  # the class holds the defaults; leave them alone
-    pdf.add_section(Section(text, root=str(root)), user_css=PDF_CSS)
+    for part in (split_sections(text) if page_per_section else [text]):
+        pdf.add_section(Section(part, root=str(root)), user_css=PDF_CSS)
     pdf.save(path)
     return path
+
+
+PAGE_BREAK = re.compile(r"^## ([2-9]\.|\d\d+\.|Discussion|Appendix A)")  # these sections start a page
+
+
+def split_sections(text: str) -> list[str]:
+    """Markdown cut before every numbered ``## `` heading from 2 on, the discussion and the
+    appendices (title, introduction and setup stay together on the first pages)."""
+    parts: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if PAGE_BREAK.match(line) and any(x.strip() for x in parts[-1]):
+            parts.append([])
+        parts[-1].append(line)
+    return ["\n".join(lines) for lines in parts]
+
+
+def load_sentence(frame: pd.DataFrame) -> str:
+    """"measured under a 1-minute load average of 3.1–9.8 on 2 CPUs" from the jobs' records."""
+    columns = [c for c in ("machine/load_1m_start", "machine/load_1m_end") if c in frame]
+    loads = pd.concat([pd.to_numeric(frame[c], errors="coerce") for c in columns]).dropna() if columns else pd.Series(dtype=float)
+    if loads.empty:
+        return "machine load not recorded (jobs written before it was)"
+    cpus = sorted({int(c) for c in pd.to_numeric(frame.get("machine/cpus", pd.Series(dtype=float)), errors="coerce").dropna()})
+    on = f" on {'/'.join(map(str, cpus))} CPUs" if cpus else ""
+    return f"measured under a 1-minute load average of {loads.min():.1f}–{loads.max():.1f}{on}"
 
 
 def write_report(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Figure]) -> tuple[Path, Path]:
