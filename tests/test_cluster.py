@@ -87,7 +87,7 @@ def _multirun(cwd: Path, *extra: str, kill_job: str | None = None) -> tuple[subp
             os.kill(pid, signal.SIGKILL)
             kill_job = None
     output, _ = process.communicate(timeout=600)
-    sweeps = list(cwd.glob("multirun/tiny_random/*"))
+    sweeps = [p for p in cwd.glob("multirun/tiny_random/*") if p.name != "baselines"]  # baselines: the shared dense records
     assert len(sweeps) == 1, sweeps
     return subprocess.CompletedProcess(command, process.returncode, output), sweeps[0]
 

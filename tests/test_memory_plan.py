@@ -75,7 +75,7 @@ def test_device_map_auto_places_weights_within_the_budget_less_the_working_set()
 
 
 def test_command_line_prints_the_plan_and_refuses_with_exit_2():
-    command = [sys.executable, "-m", "prunelab.memory_plan", *TINY]
+    command = [sys.executable, "-m", "prunelab.memory_plan_cli", *TINY]
     shown = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr
     assert "calibrate+prune  cpu" in shown.stdout and "evaluate" in shown.stdout

@@ -13,7 +13,6 @@ model=... method=...`` prints the plan without running anything.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -178,26 +177,3 @@ def table(needs: list[Need], budgets: dict, baseline: int) -> str:
         rows.append(f"  {need.stage:<16} {need.device:<7} {mib(need.total):>10}  = {need.describe()}"
                     + (f"  (budget {mib(budget)})" if budget else ""))
     return "\n".join(rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m prunelab.memory_plan <overrides>``: the run's memory plan, or why it is refused (exit 2)."""
-    import logging
-
-    from prunelab.checks import ConfigError
-    from prunelab.config import compose
-    from prunelab.plan import make_plan
-
-    logging.basicConfig(level=logging.WARNING)
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    try:
-        run_plan = make_plan(compose(*overrides))
-    except ConfigError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return 2
-    print(run_plan.memory.report())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
