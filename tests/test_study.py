@@ -24,7 +24,9 @@ PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 ONLINE_PRESETS = {"calibration_online"}
 # block removal at 20% needs at least 3 blocks to remove one (the tiny model has 2)
 PRESET_OVERRIDES = {"granularity": ["model.source.architecture.num_hidden_layers=5",  # shortgpt removes whole blocks
-                                    "model.source.architecture.max_position_embeddings=512"]}  # engine=structured: 512-token prefill
+                                    "model.source.architecture.max_position_embeddings=512"],  # engine=structured: 512-token prefill
+                    "compression": ["model.source.architecture.num_hidden_layers=5",  # shortgpt 30% of 5 blocks
+                                    "model.source.architecture.max_position_embeddings=1024"]}  # engine=llamacpp: 512 + context
 
 
 def compose_with_hydra(*overrides: str):
