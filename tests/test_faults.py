@@ -358,7 +358,10 @@ def test_a_signal_records_interrupted_and_a_rerun_redoes_the_job(tmp_path, signu
     command = [sys.executable, "run.py", "-m", "model=tiny_random", "logger=none", "calib_data.nsamples=256",
                "calib_data.batch_size=1", "eval.ppl_datasets=[austen]", "eval.max_windows=null",
                f"hydra.sweep.dir={sweep}"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a test runner started in the background by a
+    # non-interactive shell (`cmd &`) ignores SIGINT, and Python keeps an ignored SIGINT ignored
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     record_path = sweep / "0" / "metrics.json"
     _wait_for(record_path, lambda r: "plan" in r)
     time.sleep(0.5)
