@@ -71,17 +71,6 @@ REFERENCE_METRIC = "eval/ppl_wikitext2"
 LARGE = 1e4  # from here on a number is shown without decimals, with thousands separators
 
 
-def _number(value, digits: int) -> str:
-    """A number for a reader: ``digits`` decimals, or none (with thousands separators) when large."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return "" if value is None else str(value)
-    if isinstance(value, numbers.Integral):
-        return f"{value:,}" if abs(value) >= LARGE else str(value)
-    if math.isnan(value):
-        return ""
-    return f"{value:,.0f}" if abs(value) >= LARGE else f"{value:.{digits}f}"
-
-
 def reference_table(sweep: Sweep) -> pd.DataFrame:
     """Our WikiText-2 perplexity beside the published one, for every matching setting."""
     if REFERENCE_METRIC not in sweep.results or sweep.completed.empty:
