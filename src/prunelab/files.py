@@ -11,6 +11,7 @@ it (0644 under the usual umask 022), not ``mkstemp``'s private 0600: results are
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import tempfile
@@ -57,3 +58,12 @@ def safe_member_path(root: Path, member: str) -> Path:
     if member.startswith(("/", "\\")) or ".." in Path(member).parts or not target.is_relative_to(root):
         raise ValueError(f"archive member {member!r} would be written outside {root}; refusing to extract it")
     return target
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """``rows`` (dicts with the first row's keys) as a CSV file with a header; its folder is made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

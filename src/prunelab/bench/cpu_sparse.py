@@ -13,7 +13,6 @@ CLI on random weights of a config's shapes:
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import warnings
 from dataclasses import asdict, dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prunelab import checks
+from prunelab import checks, files
 from prunelab.bench import engines
 from prunelab.bench.roofline import LinearShape, ModelShape, format_table, load_model_shape
 from prunelab.bench.timing import time_interleaved
@@ -135,12 +134,7 @@ def metrics(results: list[CsrResult]) -> dict:
 
 
 def write_csv(results: list[CsrResult], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [r.row() for r in results]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    files.write_csv(path, [r.row() for r in results])
 
 
 def table(results: list[CsrResult]) -> str:

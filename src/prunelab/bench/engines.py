@@ -10,7 +10,6 @@ faked: when CUDA or a package is missing the error says what to install or which
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import types
@@ -26,6 +25,7 @@ from torch import nn
 from prunelab import checks
 from prunelab.bench import roofline
 from prunelab.checks import ConfigError
+from prunelab.files import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +169,7 @@ def roofline_metrics(shape, engine: "Engine", gpu, bench_dir: Path) -> dict:
         if phase.kind == "decode" and phase.batch == 1:
             found["bench/roofline_decode_bound"] = prediction.speedup
     found["bench/roofline_linear_decode_bound"] = 1 / roofline.sparse_weight_fraction()
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    with (bench_dir / "roofline.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(bench_dir / "roofline.csv", rows)
     return found
 
 

@@ -10,7 +10,6 @@ which hides the kernel below ~8k tokens: measured on an H200, docs/gpu.md).
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from prunelab import files
 from prunelab.bench import engines
 from prunelab.bench.cpu_sparse import distinct_shapes
 from prunelab.bench.roofline import GPU, LinearShape, ModelShape, gemm_bound
@@ -118,9 +118,4 @@ def metrics(results: list[GemmResult], shape: ModelShape, gpu: GPU | None) -> di
 
 
 def write_csv(results: list[GemmResult], path: Path) -> None:
-    rows = [r.row() for r in results]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    files.write_csv(path, [r.row() for r in results])

@@ -20,7 +20,6 @@ pruning, fewer blocks) is faster.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from prunelab import checks, gguf_export
 from prunelab.bench import engines
 from prunelab.bench.roofline import BlockDims, ModelShape, Phase, format_table, operators, structured_ideal
 from prunelab.bench.timing import Timing
+from prunelab.files import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +202,7 @@ def measure_files(files: dict[str, Path], shapes: dict[str, ModelShape], vocab: 
     bad = [k for k, v in into.items() if k.startswith(("bench/prefill_", "bench/decode_")) and not (math.isfinite(v) and v > 0)]
     if bad:
         raise engines.EngineError(f"the llama.cpp benchmark produced non-finite or non-positive numbers: {bad[:5]}")
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    with (bench_dir / "llamacpp.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(bench_dir / "llamacpp.csv", rows)
     log.info("dense vs pruned in llama.cpp, %s, %d thread(s), %s clock, medians of %d interleaved repeats; files %.1f -> "
              "%.1f MB, resident %.1f -> %.1f MB (llama.cpp has no sparse kernels: zeros cost like weights):\n%s",
              settings.quant, settings.threads, settings.clock, settings.repeats, sizes["dense"] / 2**20,

@@ -17,7 +17,6 @@ The same code runs on CUDA (CUDA events, ``torch.cuda.max_memory_allocated``).
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import logging
 import math
@@ -30,6 +29,7 @@ import torch
 from prunelab import checks
 from prunelab.bench import e2e, engines
 from prunelab.bench.roofline import ModelShape, Phase, format_table, structured_ideal
+from prunelab.files import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,7 @@ def measure_pair(models: dict, settings: StructuredEngine, device: torch.device,
         ("prefill_", "decode_")) and not (math.isfinite(v) and v > 0)]
     if bad:
         raise engines.EngineError(f"the speed benchmark produced non-finite or non-positive numbers: {bad[:5]}")
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    with (bench_dir / "structured.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(bench_dir / "structured.csv", rows)
     log.info("dense vs pruned on %s (%d threads, medians of %d interleaved repeats; parameters %.1f -> %.1f MB):\n%s",
              device, into["bench/threads"], settings.repeats, params["dense"] / 2**20, params["pruned"] / 2**20,
              format_table([{k: v for k, v in r.items() if k != "key"} for r in rows]))
