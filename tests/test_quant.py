@@ -322,6 +322,18 @@ def _run(tmp_path, *overrides):
     return json.loads((tmp_path / "metrics.json").read_text())
 
 
+def test_sparsegpt_with_quant_joint_false_prunes_first_then_gptq_quantizes_the_pruned_weights(tmp_path):
+    runs = {joint: _run(tmp_path / joint, *TINY, "method=sparsegpt", "quant=gptq", "quant.group_size=32", f"quant.joint={joint}")
+            for joint in ("true", "false")}
+    assert all(r["status"] == "completed" and r["metrics"]["prune/achieved_sparsity"] == 0.5 for r in runs.values())
+    assert runs["true"]["metrics"]["quant/joint_with_pruning"] is True
+    assert runs["false"]["metrics"]["quant/joint_with_pruning"] is False
+    references = {joint: {line.rsplit(",", 1)[1] for line in (tmp_path / joint / "quant_errors.csv").read_text().splitlines()[1:]}
+                  for joint in runs}
+    assert references == {"true": {"dense"}, "false": {"pruned"}}  # the joint pass's error includes the pruning
+    assert runs["true"]["metrics"]["eval/ppl_wiki"] != runs["false"]["metrics"]["eval/ppl_wiki"]
+
+
 def _ppl_loaded(directory, spec):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

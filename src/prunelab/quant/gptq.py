@@ -127,8 +127,9 @@ class GPTQ(Quantization):
     needs_hessian = True
 
     def __init__(self, bits: int = 4, group_size: int = 128, sym: bool = True, percdamp: float = 0.01,
-                 blocksize: int = 128, act_order: bool = False) -> None:
+                 blocksize: int = 128, act_order: bool = False, joint: bool = True) -> None:
         super().__init__(bits, group_size, sym)
+        self.joint = checks.boolean(joint, "joint")  # with method=sparsegpt: one OBS pass (true) or prune, then GPTQ
         self.percdamp = checks.number(percdamp, "percdamp", low=0, low_open=True, what="damping, a fraction of mean diag H")
         if self.percdamp > MAX_PERCDAMP:
             raise ConfigError(f"percdamp={percdamp!r} is outside (0, {MAX_PERCDAMP:g}] (damping, a fraction of mean diag H; "
@@ -140,7 +141,8 @@ class GPTQ(Quantization):
                               "order, which our export does not store (g_idx); allowed: act_order=false, or group_size=-1")
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "percdamp": self.percdamp, "blocksize": self.blocksize, "act_order": self.act_order}
+        return {**super().settings(), "percdamp": self.percdamp, "blocksize": self.blocksize, "act_order": self.act_order,
+                "joint": self.joint}
 
     def quantize_layer(self, weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor | None) -> QuantizedWeight:
         if hessian is None:

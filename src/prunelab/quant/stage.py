@@ -167,8 +167,9 @@ def mask_sparsity(report, joint: JointSparseGPTQ, adapter: DecoderAdapter) -> No
 
 def joint_method(method, quant: Quantization | None, recovering: bool):
     """The pruning method to run: SparseGPT that also quantizes when ``method=sparsegpt quant=gptq``
-    and nothing changes the weights in between (no recovery), else ``method`` itself."""
-    if isinstance(quant, GPTQ) and type(method) is SparseGPT and not recovering:
+    and nothing changes the weights in between (no recovery), unless ``quant.joint=false`` (prune,
+    then GPTQ on the pruned weights, as every other method); else ``method`` itself."""
+    if isinstance(quant, GPTQ) and quant.joint and type(method) is SparseGPT and not recovering:
         return JointSparseGPTQ(method, quant)
     return method
 

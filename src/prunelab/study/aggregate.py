@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from prunelab.naming import sweep_group
+from prunelab.study import compression
 from prunelab.study.dashboard import push, write_spec
 from prunelab.study.figures import draw_all
 from prunelab.study.records import (
@@ -41,6 +42,9 @@ def tables(sweep: Sweep) -> dict[str, pd.DataFrame]:
     """``summary`` (every headline metric per setting, with standard errors where lm-eval gives them)
     and, when the sweep has a second axis to spread across (sparsity, pattern...), one pivot per
     headline metric. With one varying knob a pivot would repeat a column of the summary: none."""
+    if compression.is_compression(sweep.completed):  # jobs differ by weight format too: its own tables, by format
+        found = {**compression.tables(sweep), "recovery": recovery_table(sweep)}
+        return {name: table for name, table in found.items() if not table.empty}
     own = sweep.results[~prunes_nothing(sweep.results)]  # a dense baseline alone is no second axis
     pivots = table_axes(Sweep(sweep.directory, own, sweep.block_sparsity, sweep.records))[1] is not None
     found = {"summary": summary_table(sweep),
@@ -56,7 +60,8 @@ def write_tables(sweep: Sweep, directory: Path) -> dict[str, pd.DataFrame]:
     for stale in directory.glob("*.*"):  # tables of an earlier aggregation that may no longer apply
         stale.unlink()
     found = tables(sweep)
-    extra = {"speed": speed_table(sweep), "timing": timing_table(sweep)}
+    extra = {"speed": pd.DataFrame() if compression.is_compression(sweep.completed) else speed_table(sweep),
+             "timing": timing_table(sweep)}
     for name, table in {**found, **{k: v for k, v in extra.items() if not v.empty}}.items():
         stem = name.replace("/", "_")
         table.to_csv(directory / f"{stem}.csv")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from prunelab.study import compression
 from prunelab.study.records import (
     KNOB_FIGURE,
     STDERR,
@@ -86,6 +87,13 @@ def charts(sweep: Sweep, figure_names: list[str]) -> list[Chart]:
         "module_sensitivity": (with_setting(pruned), "modules", "modules", "setting", ppl),
         "calibration": (pruned, "calib_data", "calib_data", "method", headline),
     }
+    if compression.is_compression(done):  # each pruned model a line through its formats (fp16 -> 8 -> 4 bits)
+        found_points = compression.points(sweep)
+        found_points = found_points.assign(model=[m if s == "dense" else f"{m} {s}" for m, s in
+                                                  zip(found_points["method"], found_points["setting"])])
+        ppl_acc = [m for m in found_points.columns if m.startswith("eval/ppl_") or m.endswith("mean_acc")]
+        layout["compression_bytes"] = (found_points, compression.RATIO, "x smaller than dense F16 file", "model", ppl_acc)
+        layout["compression_speed"] = (found_points, compression.SPEEDUP_F16, "prefill speedup vs dense F16", "model", ppl_acc)
     for name in figure_names:
         if name.startswith(KNOB_FIGURE):
             knob = name.removeprefix(KNOB_FIGURE)
@@ -147,6 +155,14 @@ def panels(sweep: Sweep, figure_names: list[str]) -> list[dict]:
         for knob in knobs:
             found.append({"section": "Jobs", "kind": "ScatterPlot", "title": f"{metric} vs {knob_label(knob)}",
                           "x": f"config.{_config_key(knob)}", "y": f"summary.{metric}"})
+    if compression.is_compression(done):  # every job: its file and speed against its accuracy
+        tokens = compression.prefill_tokens(done)
+        axes = [compression.FILE_BYTES, "quant/compression_vs_fp16", "quant/compression_vs_fp16_if_zeros_sparse",
+                *([f"bench/prefill_speedup_{tokens}"] if tokens else []), "bench/decode_speedup_b1"]
+        for metric in [m for m in headline_metrics(sweep) if m.startswith("eval/ppl_") or m.endswith("mean_acc")]:
+            for axis in (a for a in axes if a in done and done[a].notna().any()):
+                found.append({"section": "Compression: bytes and speed against accuracy", "kind": "ScatterPlot",
+                              "title": f"{metric} vs {axis}", "x": f"summary.{axis}", "y": f"summary.{metric}"})
     if headline_metrics(sweep):
         found.append({"section": "Jobs", "kind": "ParallelCoordinatesPlot", "title": "knobs and metrics",
                       "columns": [f"config.{_config_key(k)}" for k in varying_knobs(done)]
@@ -171,8 +187,9 @@ def workspace(sweep: Sweep, figure_names: list[str], group: str, project: str, e
             built = wr.CustomChart(query={"summaryTable": {"tableKey": panel["table"]}}, chart_name=LINE_CHART,
                                    chart_fields=fields, chart_strings={"title": panel["title"]})
         elif kind == "ScatterPlot":
-            built = wr.ScatterPlot(title=panel["title"], x=wr.Config(panel["x"].removeprefix("config.")),
-                                   y=wr.SummaryMetric(panel["y"].removeprefix("summary.")))
+            x = (wr.SummaryMetric(panel["x"].removeprefix("summary.")) if panel["x"].startswith("summary.")
+                 else wr.Config(panel["x"].removeprefix("config.")))
+            built = wr.ScatterPlot(title=panel["title"], x=x, y=wr.SummaryMetric(panel["y"].removeprefix("summary.")))
         elif kind == "ParallelCoordinatesPlot":
             built = wr.ParallelCoordinatesPlot(title=panel["title"], columns=[
                 wr.ParallelCoordinatesPlotColumn(metric=wr.Config(c.removeprefix("config.")) if c.startswith("config.")

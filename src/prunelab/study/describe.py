@@ -12,6 +12,7 @@ import pandas as pd
 
 from prunelab.config import STUDY_KNOBS
 from prunelab.methods.base import EXACT_K
+from prunelab.study.compression import is_compression
 from prunelab.study.findings import axis_of
 from prunelab.study.records import Sweep, evaluation_size, headline_metrics, knob_label, prunes_nothing
 
@@ -25,6 +26,7 @@ STUDY_TITLES = {
     "modules": "Attention vs MLP: which layers tolerate pruning",
     "calib_data": "Calibration data",
     "recovery": "Recovery fine-tuning",
+    "compression": "Compression: pruning and quantization",
     "method": "Methods compared",
 }
 
@@ -34,6 +36,8 @@ def study_kind(sweep: Sweep) -> str:
     done = sweep.completed
     if any(c.startswith("recover/") and done[c].notna().any() for c in done.columns):
         return "recovery"
+    if is_compression(done):
+        return "compression"
     axis, context = axis_of(done)
     if axis in ("method", None) and "sparsity" in context:  # one method at several sparsities is a curve too
         return "sparsity"

@@ -9,6 +9,8 @@
 ``module_sensitivity.png``     perplexity when pruning attention only, MLP only, or all
 ``calibration.png``            perplexity of each domain by calibration set (+ task accuracy)
 ``pareto.png``                 accuracy vs speedup (measured, else roofline-predicted) per setting
+``compression_bytes.png``      accuracy vs GGUF file size, method x weight format, Pareto front (:mod:`.compression`)
+``compression_speed.png``      accuracy vs llama.cpp prefill speed over dense F16, Pareto front
 =============================  ===============================================================
 
 Each draw returns a :class:`Figure`: the file and its caption, which states the axis scale and
@@ -33,6 +35,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from prunelab.study import compression  # noqa: E402
 from prunelab.study.records import (  # noqa: E402
     KNOB_FIGURE,
     METHOD_PREFIX,
@@ -327,6 +330,8 @@ def calibration(sweep: Sweep, path: Path) -> Figure | None:
 def pareto(sweep: Sweep, path: Path) -> Figure | None:
     """Accuracy (perplexity, log; zero-shot mean) against speedup, one point per job, labelled by
     its setting; the dashed line joins the points no other point beats on both axes."""
+    if compression.is_compression(sweep.completed):  # speedups against different dense formats: compression_speed instead
+        return None
     points = pareto_points(sweep)
     metrics = [m for m in headline_metrics(sweep) if m.startswith("eval/ppl_")][:1]
     metrics += [m for m in headline_metrics(sweep) if m.endswith("mean_acc")][:1]
@@ -364,6 +369,58 @@ def pareto(sweep: Sweep, path: Path) -> Figure | None:
                    "the dashed line is the Pareto front.", sweep, metrics)
 
 
+def _compression_pareto(sweep: Sweep, path: Path, x: str, x_label: str, x_lower_better: bool, title: str,
+                        text: str) -> Figure | None:
+    """Accuracy against ``x`` of :func:`.compression.points`, one point per method x format; the
+    Pareto front (no other point better on both axes) ringed and joined by a dashed line."""
+    found = compression.points(sweep)
+    metrics = [m for m in found.columns if m.startswith("eval/ppl_")][:1] + [m for m in found.columns if m.endswith("mean_acc")][:1]
+    if found.empty or x not in found or found[x].notna().sum() < 2 or not metrics:
+        return None
+    found = found.assign(model=[f"{m}" if s == "dense" else f"{m} {s}" for m, s in zip(found["method"], found["setting"])])
+    figure, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.8), squeeze=False)
+    notes, logged = [], []
+    for axis, metric in zip(axes[0], metrics):
+        data = found.dropna(subset=[x, metric])
+        lower = lower_is_better(metric)
+        sns.scatterplot(data=data, x=x, y=metric, hue="model", style="format", s=70, ax=axis)
+        front = data[compression.pareto_front(data[x], data[metric], x_lower_better, lower)].sort_values(x)
+        axis.plot(front[x], front[metric], linestyle="--", color="gray", linewidth=1, zorder=1)
+        axis.scatter(front[x], front[metric], s=220, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
+        for _, row in front.iterrows():
+            axis.annotate(f"{row['model']} {row['format']}", (row[x], row[metric]), textcoords="offset points",
+                          xytext=(5, 4), fontsize=7)
+        if wide_range(data[metric]):
+            axis.set_yscale("log")
+            logged.append(_label(metric))
+        axis.set_xlabel(x_label)
+        axis.set_ylabel(_label(metric))
+        if axis.get_legend() is not None:
+            axis.get_legend().remove()
+        notes.append(f"{_label(metric)}: " + ", ".join(f"{r['model']} {r['format']}" for _, r in front.iterrows()))
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    if handles:  # one legend, outside the plots, so that it hides no point
+        axes[0][-1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    figure.suptitle(_title(sweep, title), y=1.02)
+    scale = (f" Log y axis for {', '.join(logged)} (values span more than {LOG_RANGE:g}x)." if logged else " Linear y axes.")
+    return _figure((_save(figure, path), scale + f" Pareto front ({'; '.join(notes)})."), text, sweep, metrics)
+
+
+def compression_bytes(sweep: Sweep, path: Path) -> Figure | None:
+    return _compression_pareto(sweep, path, compression.RATIO, "GGUF file: times smaller than the dense F16 file", False,
+                               "Accuracy vs file size", "Accuracy against the size of the GGUF file llama.cpp loads "
+                               "(dense F16 file bytes / this file's bytes), one point per method and weight format; "
+                               "ringed and dashed: the Pareto front.")
+
+
+def compression_speed(sweep: Sweep, path: Path) -> Figure | None:
+    tokens = compression.prefill_tokens(sweep.completed)
+    return _compression_pareto(sweep, path, compression.SPEEDUP_F16, f"llama.cpp prefill speedup vs dense F16 ({tokens} tokens)",
+                               False, "Accuracy vs llama.cpp speed", "Accuracy against llama.cpp's prefill speed "
+                               "(tokens/s over the dense F16 model's, one thread, thread CPU clock; two jobs, so two "
+                               "processes), one point per method and weight format; ringed and dashed: the Pareto front.")
+
+
 FIGURES: dict[str, Callable[[Sweep, Path], Figure | None]] = {
     "ppl_vs_sparsity": ppl_vs_sparsity,
     "zeroshot_vs_sparsity": zeroshot_vs_sparsity,
@@ -372,6 +429,8 @@ FIGURES: dict[str, Callable[[Sweep, Path], Figure | None]] = {
     "module_sensitivity": module_sensitivity,
     "calibration": calibration,
     "pareto": pareto,
+    "compression_bytes": compression_bytes,
+    "compression_speed": compression_speed,
 }
 
 

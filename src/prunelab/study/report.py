@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 from markdown_pdf import MarkdownPdf, Section
 
+from prunelab.study import compression
 from prunelab.study.describe import config_diff, method_paragraphs, setup_lines, short_key, title
 from prunelab.study.figures import Figure
 from prunelab.study.findings import TASK_NAMES, findings
@@ -207,7 +208,10 @@ def _failed_jobs(sweep: Sweep) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------- markdown
 def timing_table(sweep: Sweep) -> pd.DataFrame:
-    """Stage times, peak memory and any ``bench/*`` measurement, per setting of the varying knobs."""
+    """Stage times, peak memory and any ``bench/*`` measurement, per setting of the varying knobs
+    (and per weight format in a compression study)."""
+    if compression.is_compression(sweep.completed):
+        return compression.by_format(sweep, speed_metrics(with_setting(sweep.completed)))
     return summary_table(sweep, speed_metrics(with_setting(sweep.completed)))
 
 
@@ -227,7 +231,9 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
         parts += [f"{h} Setup", "", *setup_lines(sweep), ""]
     if "methods" in what:
         parts += [f"{h} Methods", "", *(p + "\n" for p in method_paragraphs(list(sweep.records.values())))]
-    if "findings" in what:
+    if "findings" in what and compression.is_compression(sweep.completed):  # findings of one format each: its own
+        parts += [f"{h} Findings", "", *(f"- {s}" for s in compression.lines(sweep)), ""]
+    elif "findings" in what:
         sentences = findings(sweep.results)
         checks = qualitative_checks(sweep)
         parts += [f"{h} Findings", "", *(f"- {s}" for s in sentences or ["(too few completed jobs to compare)"]), ""]
@@ -238,7 +244,8 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
     if "results" in what:
         parts += [f"{h} Results", ""]
         for name, table in tables.items():
-            heading = {"summary": "All headline metrics per setting", "recovery": "Recovery"}.get(name, f"{header(name)} by setting")
+            heading = {"summary": "All headline metrics per setting", "recovery": "Recovery",
+                       **compression.TABLE_NAMES}.get(name, f"{header(name)} by setting")
             parts += [f"{h}# {heading}", "", markdown_table(table, name), ""]
         reference = reference_table(sweep)
         if not reference.empty:
@@ -250,7 +257,8 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
             shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
             parts += [f"![{name}]({shown})", "", f"*{figure.caption}*", ""]
     if "speed" in what:
-        speed, timing = speed_table(sweep), timing_table(sweep)
+        speed = pd.DataFrame() if compression.is_compression(sweep.completed) else speed_table(sweep)  # its own table
+        timing = timing_table(sweep)
         if not speed.empty or not timing.empty:
             parts += [f"{h} Speed and memory", ""]
         if not speed.empty:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from prunelab.study import noise
+from prunelab.study import compression, noise
 from prunelab.study.aggregate import aggregate, aggregate_sweep, tables
 from prunelab.study.describe import STUDY_TITLES, method_paragraphs, setup_lines, study_kind
 from prunelab.study.figures import Figure, draw_all
@@ -61,6 +61,7 @@ QUESTIONS = {  # what each kind of study asks, for the introduction
     "modules": "which layers (attention or MLP) tolerate pruning",
     "calib_data": "how the calibration data matters, on a math task too",
     "recovery": "how much a short LoRA fine-tune recovers",
+    "compression": "what pruning and quantization together save in bytes and llama.cpp time, at what accuracy",
     "method": "how the methods compare",
 }
 
@@ -168,7 +169,8 @@ def gather(model_dir: Path, figures: bool = True) -> tuple[list[Study], Sweep | 
             study = Study(kind, members, pooled, draw_all(pooled, directory / "figures") if figures else {}, duplicates)
         if kinds[kind] > 1:
             study.label = _evaluation_text(study.sweep)
-        study.verdicts = verdicts(study.sweep.completed, _ppl_columns(study.sweep))
+        if kind != "compression":  # the papers' orderings compare methods in one format, not across formats
+            study.verdicts = verdicts(study.sweep.completed, _ppl_columns(study.sweep))
         studies.append(study)
     studies.sort(key=lambda s: (ORDER.index(s.kind), str(s.sweeps[0].directory)))
     return studies, baseline, empty
@@ -225,7 +227,8 @@ def _figure_lines(figures: dict[str, Figure], root: Path, start: int) -> tuple[l
     return lines, start
 
 
-TABLE_NAMES = {"summary": "All headline metrics per setting", "recovery": "Recovery: perplexity before and after"}
+TABLE_NAMES = {"summary": "All headline metrics per setting", "recovery": "Recovery: perplexity before and after",
+               **compression.TABLE_NAMES}
 
 
 def _table_name(name: str) -> str:
@@ -238,7 +241,7 @@ def _table_name(name: str) -> str:
 def study_section(number: int, study: Study, model_dir: Path, figure_number: int) -> tuple[list[str], int]:
     sweep = study.sweep
     parts = [f"## {number}. {study.title}", "", *_study_setup(study, model_dir)]
-    sentences = findings(sweep.results)
+    sentences = compression.lines(sweep) if study.kind == "compression" else findings(sweep.results)
     parts += ["**Findings.**", "", *(f"- {s}" for s in sentences or ["(too few completed jobs to compare)"]), ""]
     if study.verdicts:
         parts += ["**The papers' orderings on these numbers** (paired over the same windows; beyond noise: above 2 SE, "
@@ -391,7 +394,7 @@ def document(model_dir: Path, studies: list[Study], baseline: Sweep | None, empt
         parts += section
     number = len(studies) + 2
     parts += [f"## {number}. Speed: prefill vs decode", "", ROOFLINE, ""]
-    speed = [(s, speed_table(s.sweep)) for s in studies]
+    speed = [(s, compression.speed_table(s.sweep) if s.kind == "compression" else speed_table(s.sweep)) for s in studies]
     speed = [(s, t) for s, t in speed if not t.empty]
     for study, table in speed:
         parts += [f"*Table: accuracy beside speed, {study.title}; {load_sentence(study.sweep.completed)}.*", "",
