@@ -228,6 +228,19 @@ def by_format(sweep: Sweep, columns: list[str]) -> pd.DataFrame:
     return _ordered(frame).groupby(["method", "setting", "format"], sort=False)[columns].mean()
 
 
+TABLE_NOTES = {
+    "compression_bytes": "GGUF bytes: the file llama.cpp loads, of the type given (F16, Q8_0, Q4_K_M: llama.cpp's own "
+                         "quantizer, applied to our weights), and how many times smaller it is than the dense model's F16 "
+                         "file. Packed bytes (ours): our quantizer's codes at `bits` per weight, one fp16 scale per row and "
+                         "group, everything else fp16 (`quant/bytes`), against the model's parameters in fp16; blank where "
+                         "nothing was quantized. Bitmask: the same if the zeros were stored as a one-bit mask plus the "
+                         "non-zero codes (an estimate; no file we write stores them so).",
+    "compression_speed": "llama.cpp, one thread, medians of interleaved repeats. Speedup, ideal and efficiency: against the "
+                         "dense model in the same GGUF type, timed in the same process (ideal: the FLOP ratio for prefill, "
+                         "the byte ratio for decode, from the two shapes; zeros count as weights, llama.cpp has no sparse "
+                         "kernels). vs dense F16: this job's tokens/s over the dense F16 job's, two processes, each on "
+                         "its thread's CPU clock.",
+}
 TABLE_NAMES = {"compression_bytes": "Compression: file bytes against the dense F16 file, and accuracy",
                "compression_speed": "Compression: llama.cpp speedups (same format, and against dense F16)"}
 

@@ -440,6 +440,8 @@ def draw_all(sweep: Sweep, directory: Path) -> dict[str, Figure]:
         return {}
     directory.mkdir(parents=True, exist_ok=True)
     draws = dict(FIGURES)
+    if compression.is_compression(sweep.completed):  # the other figures would average over the weight formats
+        draws = {name: FIGURES[name] for name in ("compression_bytes", "compression_speed")}
     for knob in numeric_method_knobs(sweep):
         draws[f"{KNOB_FIGURE}{knob}"] = lambda sweep, path, knob=knob: knob_curve(sweep, knob, path)
     made = {}

@@ -246,7 +246,8 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
         for name, table in tables.items():
             heading = {"summary": "All headline metrics per setting", "recovery": "Recovery",
                        **compression.TABLE_NAMES}.get(name, f"{header(name)} by setting")
-            parts += [f"{h}# {heading}", "", markdown_table(table, name), ""]
+            note = [compression.TABLE_NOTES[name], ""] if name in compression.TABLE_NOTES else []
+            parts += [f"{h}# {heading}", "", *note, markdown_table(table, name), ""]
         reference = reference_table(sweep)
         if not reference.empty:
             parts += [f"{h}# Published numbers beside ours", "", markdown_table(reference), ""]

@@ -248,7 +248,8 @@ def study_section(number: int, study: Study, model_dir: Path, figure_number: int
                   "or Student's 95% value with few windows):", "",
                   *(f"- {v.text()}" for v in study.verdicts), ""]
     for name, table in tables(sweep).items():
-        parts += [f"*Table: {_table_name(name)}.*", "", markdown_table(table, name), ""]
+        note = [compression.TABLE_NOTES[name], ""] if name in compression.TABLE_NOTES else []
+        parts += [f"*Table: {_table_name(name)}.*", "", *note, markdown_table(table, name), ""]
     lines, figure_number = _figure_lines(study.figures, model_dir, figure_number)
     return parts + lines, figure_number
 
