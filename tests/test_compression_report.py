@@ -68,6 +68,7 @@ def test_bytes_table_sets_every_file_against_the_dense_f16_file_and_says_who_rea
     assert speed.loc[("wanda", "unstructured 50%", "RTN-4"), compression.SPEEDUP_F16] == pytest.approx(1.5)  # vs dense F16
     assert speed.loc[("flap", "structured 30%", "RTN-4"), compression.SPEEDUP_F16] == pytest.approx(4.0)
     report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# Compression: pruning and quantization: dense, wanda, sparsegpt, flap on smollm2_135m")
     assert "1 combination reaches 8x" in report and "Compression: file bytes against the dense F16 file" in report
     assert "Pareto front of wiki perplexity against file size (vs dense F16): dense fp16 1.00x at 20.00; sparsegpt " \
            "unstructured 50% GPTQ-4 joint 3.00x at 60.00; flap structured 30% RTN-4 9.00x at 300.00." in report
