@@ -72,7 +72,7 @@ def test_bytes_table_sets_every_file_against_the_dense_f16_file_and_says_who_rea
     assert "1 combination reaches 8x" in report and "Compression: file bytes against the dense F16 file" in report
     assert "Pareto front of wiki perplexity against file size (vs dense F16): dense fp16 1.00x at 20.00; sparsegpt " \
            "unstructured 50% GPTQ-4 joint 3.00x at 60.00; flap structured 30% RTN-4 9.00x at 300.00." in report
-    assert set(made) == {"compression_bytes", "compression_speed"}  # no figure that averages over the formats
+    assert set(made) == {"compression_bytes", "compression_speed", "compression_decode"}  # no figure that averages over the formats
     panels = dashboard.panels(sweep, list(made))
     assert {"section": "Compression: bytes and speed against accuracy", "kind": "ScatterPlot",
             "title": "eval/ppl_wiki vs bench/file_bytes_pruned", "x": "summary.bench/file_bytes_pruned",

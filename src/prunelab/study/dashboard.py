@@ -94,6 +94,7 @@ def charts(sweep: Sweep, figure_names: list[str]) -> list[Chart]:
         ppl_acc = [m for m in found_points.columns if m.startswith("eval/ppl_") or m.endswith("mean_acc")]
         layout["compression_bytes"] = (found_points, compression.RATIO, "x smaller than dense F16 file", "model", ppl_acc)
         layout["compression_speed"] = (found_points, compression.SPEEDUP_F16, "prefill speedup vs dense F16", "model", ppl_acc)
+        layout["compression_decode"] = (found_points, compression.DECODE_F16, "decode speedup vs dense F16", "model", ppl_acc)
     for name in figure_names:
         if name.startswith(KNOB_FIGURE):
             knob = name.removeprefix(KNOB_FIGURE)

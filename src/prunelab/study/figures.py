@@ -11,6 +11,7 @@
 ``pareto.png``                 accuracy vs speedup (measured, else roofline-predicted) per setting
 ``compression_bytes.png``      accuracy vs GGUF file size, method x weight format, Pareto front (:mod:`.compression`)
 ``compression_speed.png``      accuracy vs llama.cpp prefill speed over dense F16, Pareto front
+``compression_decode.png``     accuracy vs llama.cpp decode speed over dense F16, Pareto front
 =============================  ===============================================================
 
 Each draw returns a :class:`Figure`: the file and its caption, which states the axis scale and
@@ -427,6 +428,13 @@ def compression_speed(sweep: Sweep, path: Path) -> Figure | None:
                                "processes), one point per method and weight format; ringed and dashed: the Pareto front.")
 
 
+def compression_decode(sweep: Sweep, path: Path) -> Figure | None:
+    return _compression_pareto(sweep, path, compression.DECODE_F16, "llama.cpp decode speedup vs dense F16 (batch 1)",
+                               False, "Accuracy vs llama.cpp decode speed", "Accuracy against llama.cpp's decode speed at "
+                               "batch 1 (tokens/s over the dense F16 model's, one thread, thread CPU clock; two jobs, so "
+                               "two processes), one point per method and weight format; ringed and dashed: the Pareto front.")
+
+
 FIGURES: dict[str, Callable[[Sweep, Path], Figure | None]] = {
     "ppl_vs_sparsity": ppl_vs_sparsity,
     "zeroshot_vs_sparsity": zeroshot_vs_sparsity,
@@ -437,6 +445,7 @@ FIGURES: dict[str, Callable[[Sweep, Path], Figure | None]] = {
     "pareto": pareto,
     "compression_bytes": compression_bytes,
     "compression_speed": compression_speed,
+    "compression_decode": compression_decode,
 }
 
 
@@ -447,7 +456,7 @@ def draw_all(sweep: Sweep, directory: Path) -> dict[str, Figure]:
     directory.mkdir(parents=True, exist_ok=True)
     draws = dict(FIGURES)
     if compression.is_compression(sweep.completed):  # the other figures would average over the weight formats
-        draws = {name: FIGURES[name] for name in ("compression_bytes", "compression_speed")}
+        draws = {name: FIGURES[name] for name in ("compression_bytes", "compression_speed", "compression_decode")}
     for knob in numeric_method_knobs(sweep):
         draws[f"{KNOB_FIGURE}{knob}"] = lambda sweep, path, knob=knob: knob_curve(sweep, knob, path)
     made = {}
