@@ -5,7 +5,9 @@ format): the GGUF file llama.cpp loads (``bench/file_bytes_pruned``) against the
 file, our own packed count (``quant/bytes``) and its bitmask estimate (``quant/bytes_if_zeros_sparse``),
 perplexity and zero-shot mean, and llama.cpp's speed: the speedup over the dense model *in the same
 format* (timed interleaved in one process, with its ideal and efficiency) and over the dense F16
-model (tokens/s of two jobs, so two processes, each timed on its thread's CPU clock).
+model: that speedup times the format's dense tokens/s over F16's (:func:`_versus_f16`; every job
+times the dense model, so each format's rate is a mean over jobs, separate processes under
+whatever load the machine had).
 :func:`eight_x_sentence` says from these numbers which combination reaches the seeds' 8x;
 :func:`pareto_front` marks the points no other point beats on both axes (figures and report).
 """
@@ -43,7 +45,7 @@ def format_label(row: pd.Series) -> str:
     return f"{name}-{int(bits)}{joint}"
 
 
-def _format_rank(label: str) -> tuple:
+def format_rank(label: str) -> tuple:
     base = label.removesuffix(" joint")
     return (FORMAT_ORDER.index(base) if base in FORMAT_ORDER else len(FORMAT_ORDER), label)
 
@@ -52,6 +54,18 @@ def prefill_tokens(frame: pd.DataFrame) -> int | None:
     """The longest prefill llama.cpp timed (the speed columns the study reports)."""
     found = [int(m.group(1)) for c in frame.columns if (m := PREFILL_TOKS.match(c)) and frame[c].notna().any()]
     return max(found) if found else None
+
+
+def _versus_f16(frame: pd.DataFrame, speedup: str, rate: str) -> pd.Series:
+    """A job's speed over the dense F16 model's: its speedup over the dense model in its own GGUF type
+    (one process, interleaved) times that type's dense tokens/s over F16's, each the mean of every
+    job's timing of the dense model in that type (``rate``: ``bench/..._tok_s_dense``)."""
+    if speedup not in frame or rate not in frame or "bench/quant" not in frame:
+        return pd.Series(math.nan, index=frame.index)
+    types = frame["bench/quant"].astype(str)
+    dense = pd.to_numeric(frame[rate], errors="coerce").groupby(types).mean()
+    factor = types.map(dense / dense.get("F16", math.nan))
+    return pd.to_numeric(frame[speedup], errors="coerce") * factor
 
 
 def _dense_f16(frame: pd.DataFrame, column: str) -> float:
@@ -84,11 +98,11 @@ def points(sweep: Sweep) -> pd.DataFrame:
     if tokens is not None:
         for what in ("speedup", "ideal", "efficiency"):
             out[f"prefill {what}"] = col(f"bench/prefill_{what}_{tokens}")
-        out[SPEEDUP_F16] = col(f"bench/prefill_{tokens}_tok_s_pruned") / _dense_f16(frame, f"bench/prefill_{tokens}_tok_s_dense")
+        out[SPEEDUP_F16] = _versus_f16(frame, f"bench/prefill_speedup_{tokens}", f"bench/prefill_{tokens}_tok_s_dense")
     if "bench/decode_speedup_b1" in frame:
         for what in ("speedup", "ideal", "efficiency"):
             out[f"decode {what}"] = col(f"bench/decode_{what}_b1")
-        out[DECODE_F16] = col("bench/decode_b1_tok_s_pruned") / _dense_f16(frame, "bench/decode_b1_tok_s_dense")
+        out[DECODE_F16] = _versus_f16(frame, "bench/decode_speedup_b1", "bench/decode_b1_tok_s_dense")
     out.attrs["tokens"] = tokens
     out.attrs["dense_file_bytes"] = dense_file
     return out
@@ -96,7 +110,7 @@ def points(sweep: Sweep) -> pd.DataFrame:
 
 def _ordered(found: pd.DataFrame) -> pd.DataFrame:
     methods = list(dict.fromkeys(found["method"]))
-    key = [(methods.index(m), s != "dense", s, _format_rank(f)) for m, s, f in zip(found["method"], found["setting"], found["format"])]
+    key = [(methods.index(m), s != "dense", s, format_rank(f)) for m, s, f in zip(found["method"], found["setting"], found["format"])]
     return found.assign(_key=key).sort_values("_key").drop(columns="_key")
 
 
@@ -240,8 +254,9 @@ TABLE_NOTES = {
     "compression_speed": "llama.cpp, one thread, medians of interleaved repeats. Speedup, ideal and efficiency: against the "
                          "dense model in the same GGUF type, timed in the same process (ideal: the FLOP ratio for prefill, "
                          "the byte ratio for decode, from the two shapes; zeros count as weights, llama.cpp has no sparse "
-                         "kernels). vs dense F16: this job's tokens/s over the dense F16 job's, two processes, each on "
-                         "its thread's CPU clock.",
+                         "kernels). vs dense F16: that speedup times the dense model's tokens/s in this GGUF type over "
+                         "its tokens/s in F16 (each the mean over every job that timed the dense model in that type; "
+                         "separate processes, each on its thread's CPU clock).",
 }
 TABLE_NAMES = {"compression_bytes": "Compression: file bytes against the dense F16 file, and accuracy",
                "compression_speed": "Compression: llama.cpp speedups (same format, and against dense F16)"}

@@ -379,12 +379,14 @@ def _compression_pareto(sweep: Sweep, path: Path, x: str, x_label: str, x_lower_
     if found.empty or x not in found or found[x].notna().sum() < 2 or not metrics:
         return None
     found = found.assign(model=[f"{m}" if s == "dense" else f"{m} {s}" for m, s in zip(found["method"], found["setting"])])
+    formats = sorted(set(found["format"]), key=compression.format_rank)  # one marker per format in every figure
     figure, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.8), squeeze=False)
     notes, logged = [], []
     for axis, metric in zip(axes[0], metrics):
         data = found.dropna(subset=[x, metric])
         lower = lower_is_better(metric)
-        sns.scatterplot(data=data, x=x, y=metric, hue="model", style="format", s=70, ax=axis)
+        sns.scatterplot(data=data, x=x, y=metric, hue="model", style="format", s=70, ax=axis,
+                        hue_order=list(dict.fromkeys(found["model"])), style_order=formats)
         front = data[compression.pareto_front(data[x], data[metric], x_lower_better, lower)].sort_values(x)
         axis.plot(front[x], front[metric], linestyle="--", color="gray", linewidth=1, zorder=1)
         axis.scatter(front[x], front[metric], s=220, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
@@ -424,15 +426,17 @@ def compression_speed(sweep: Sweep, path: Path) -> Figure | None:
     tokens = compression.prefill_tokens(sweep.completed)
     return _compression_pareto(sweep, path, compression.SPEEDUP_F16, f"llama.cpp prefill speedup vs dense F16 ({tokens} tokens)",
                                False, "Accuracy vs llama.cpp speed", "Accuracy against llama.cpp's prefill speed "
-                               "(tokens/s over the dense F16 model's, one thread, thread CPU clock; two jobs, so two "
-                               "processes), one point per method and weight format; ringed and dashed: the Pareto front.")
+                               "(the speedup over the dense model in the same GGUF type times that type's dense tokens/s over "
+                               "F16's; one thread, thread CPU clock), one point per method and weight format; ringed and dashed: "
+                               "the Pareto front.")
 
 
 def compression_decode(sweep: Sweep, path: Path) -> Figure | None:
     return _compression_pareto(sweep, path, compression.DECODE_F16, "llama.cpp decode speedup vs dense F16 (batch 1)",
                                False, "Accuracy vs llama.cpp decode speed", "Accuracy against llama.cpp's decode speed at "
-                               "batch 1 (tokens/s over the dense F16 model's, one thread, thread CPU clock; two jobs, so "
-                               "two processes), one point per method and weight format; ringed and dashed: the Pareto front.")
+                               "batch 1 (the speedup over the dense model in the same GGUF type times that type's dense "
+                               "tokens/s over F16's; one thread, thread CPU clock), one point per method and weight format; "
+                               "ringed and dashed: the Pareto front.")
 
 
 FIGURES: dict[str, Callable[[Sweep, Path], Figure | None]] = {
