@@ -98,3 +98,14 @@ def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
     x = pd.Series([1.0, 1.0, 3.0, 9.0, 2.0])  # times smaller: higher is better
     y = pd.Series([20.0, 50.0, 60.0, 300.0, math.nan])  # perplexity: lower is better
     assert list(compression.pareto_front(x, y, x_lower_better=False)) == [True, False, True, True, False]
+
+
+def test_the_paper_of_a_model_directory_gives_compression_its_own_section(tmp_path):
+    from prunelab.study import report_all
+
+    _sweep(tmp_path / "smollm2_135m" / "compression", JOBS)
+    md_path, _ = report_all.report_all(tmp_path / "smollm2_135m")
+    text = md_path.read_text()
+    assert "## 2. Compression: pruning and quantization" in text and "- 1 combination reaches 8x" in text
+    assert "*Table: Compression: llama.cpp speedups (same format, and against dense F16).*" in text
+    assert "papers' orderings on these numbers" not in text.split("## 3.")[0]  # no ordering across formats
