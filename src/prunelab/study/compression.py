@@ -189,8 +189,11 @@ CLAIM_TEXT = (
     "a pruned weight like any other: llama.cpp's GGUF types and compressed-tensors' `pack-quantized` keep one code per "
     "weight, so a zero takes its 4 bits and an unstructured or 2:4 pruned model is exactly as large as the dense one in "
     "the same format (only structured pruning, which removes rows, columns or blocks, makes the file smaller). Scales add "
-    "bits (llama.cpp's Q4_K is 4.5 bits per weight, and Q4_K_M keeps some tensors in Q6_K, 6.56), and what is not "
-    "quantized stays at 16 bits or more (in SmolLM2-135M the tied embedding is a fifth of the parameters). Storing the zeros sparse "
+    "bits (llama.cpp's Q4_K is 4.5 bits per weight, and Q4_K_M keeps some tensors in Q6_K, 6.56); K-quants need rows "
+    "that are multiples of 256 values, so llama.cpp stores narrower rows in a fallback type (Q5_0, 5.5 bits, for "
+    "SmolLM2's width 576; F16 for widths that are not even multiples of 32, as structured pruning leaves them; "
+    "`bench/tensor_types_pruned` lists each file's types); and what is not quantized stays at 16 bits or more (in "
+    "SmolLM2-135M the tied embedding is a fifth of the parameters). Storing the zeros sparse "
     "(one mask bit per weight plus the non-zero codes, compressed-tensors' `sparse-bitmask` layout; our estimate "
     "`quant/bytes_if_zeros_sparse`) gives 1 + 0.5 x 4 = 3 bits per weight at 50%: about 5x on the linear layers, never "
     "8x; 8x needs 2 bits per weight, i.e. zeros that cost nothing to locate and no scales.")
