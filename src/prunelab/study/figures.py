@@ -116,25 +116,37 @@ def _dense_line(axis, value: float) -> None:
                 loc="best", fontsize=8, frameon=True)
 
 
-def _mark_best(axis, panel: pd.DataFrame, x: str, metric: str, hue: str | None, zero_label: str | None) -> list[str]:
-    """A star on each line's best point, and (``zero_label``) a ring on x = 0; returns caption notes."""
+def _mark_best(axis, rows: pd.DataFrame, x: str, metric: str, hue: str | None, zero_label: str | None,
+               reference: float | None) -> list[str]:
+    """A star on a line's best point only where it is best beyond noise, by the findings' rule
+    (:func:`prunelab.study.findings.best_point`: against ``reference``, else the runner-up); and
+    (``zero_label``) a ring on x = 0. Returns the caption's notes, one per line."""
+    from prunelab.study.findings import best_point
+
     notes = []
-    lines = panel.groupby(hue) if hue else [(None, panel)]
+    lines = rows.groupby(hue) if hue else [(None, rows)]
     for name, line in lines:
-        line = line.groupby(x)["value"].mean()
-        if line.empty:
+        line = line.dropna(subset=[metric])
+        means = line.groupby(x)[metric].mean()
+        if means.empty:
             continue
-        best_x = line.idxmin() if lower_is_better(metric) else line.idxmax()
-        axis.plot([best_x], [line[best_x]], marker="*", markersize=15, color="gold", markeredgecolor="black", zorder=5)
-        axis.annotate(f"best {best_x:g}", (best_x, line[best_x]), textcoords="offset points", xytext=(6, 8), fontsize=8)
         where = f" ({name})" if name is not None else ""
-        notes.append(f"best{where} at {best_x:g}: {_short_number(line[best_x])}")
-        if zero_label and 0.0 in line.index:
-            axis.plot([0.0], [line[0.0]], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="red",
+        found = best_point(line, line[x], metric, reference)
+        if found is not None and found.beyond_noise:
+            best_x = found.value
+            axis.plot([best_x], [means[best_x]], marker="*", markersize=15, color="gold", markeredgecolor="black", zorder=5)
+            axis.annotate(f"best {best_x:g}", (best_x, means[best_x]), textcoords="offset points", xytext=(6, 8), fontsize=8)
+            notes.append(f"best{where} at {best_x:g}: {_short_number(means[best_x])}, {found.text} against {found.against:g}")
+        elif found is not None:
+            word = "lowest" if lower_is_better(metric) else "highest"
+            why = f"within noise of {found.against:g}: {found.text}" if found.beyond_noise is False else found.text
+            notes.append(f"no best{where}: {word} at {found.value:g} ({_short_number(means[found.value])}), {why}")
+        if zero_label and 0.0 in means.index:
+            axis.plot([0.0], [means[0.0]], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="red",
                       markeredgewidth=1.5, zorder=5)
-            axis.annotate(zero_label, (0.0, line[0.0]), textcoords="offset points", xytext=(6, -14), fontsize=8,
+            axis.annotate(zero_label, (0.0, means[0.0]), textcoords="offset points", xytext=(6, -14), fontsize=8,
                           color="red")
-            notes.append(f"{zero_label}{where}: {_short_number(line[0.0])}")
+            notes.append(f"{zero_label}{where}: {_short_number(means[0.0])}")
     return notes
 
 
@@ -145,13 +157,15 @@ def _short_number(value: float) -> str:
 def _lines(sweep: Sweep, frame: pd.DataFrame, x: str, metrics: list[str], hue_candidates: list[str],
            title: str, path: Path, style_candidates: tuple[str, ...] = (),
            baseline: dict[str, float] | None = None, x_label: str | None = None,
-           mark_best: bool = False, zero_label: str | None = None) -> tuple[Path, str] | None:
+           mark_best: bool = False, zero_label: str | None = None,
+           reference: float | None = None) -> tuple[Path, str] | None:
     """Line panels, one per metric; returns the file and a note on axes and marks for the caption."""
     if frame.empty or not metrics:
         return None
     hue = _hue(frame, hue_candidates)
     style = _hue(frame, [s for s in style_candidates if s != hue])
-    long = _long(frame.assign(**{k: frame[k].astype(str) for k in (hue, style) if k}), metrics, [x, hue, style])
+    wide = frame.assign(**{k: frame[k].astype(str) for k in (hue, style) if k})
+    long = _long(wide, metrics, [x, hue, style])
     if long.empty:
         return None
     grid = sns.relplot(data=long, x=x, y="value", hue=hue, style=style, col="metric", kind="line", marker="o",
@@ -169,13 +183,16 @@ def _lines(sweep: Sweep, frame: pd.DataFrame, x: str, metrics: list[str], hue_ca
         axis.set_ylabel(metric.split(" (")[0])
         axis.set_xlabel(x_label or x)
         if mark_best:
-            notes += [f"{metric}: {n}" for n in _mark_best(axis, panel, x, raw, hue, zero_label)]
+            notes += [f"{metric}: {n}" for n in _mark_best(axis, wide, x, raw, hue, zero_label, reference)]
         if baseline and metric in baseline:  # the dense model, for scale
             _dense_line(axis, baseline[metric])
     grid.figure.suptitle(_title(sweep, title), y=1.03)
     scale = (f" Log y axis for {', '.join(logged)} (values span more than {LOG_RANGE:g}x); linear elsewhere."
              if logged else " Linear y axes.")
-    marks = (" Stars mark each line's best value" + (f", red rings {zero_label}" if zero_label else "")
+    marks = (" A star marks a line's best value only where it is best beyond noise against "
+             + (f"{x_label or x}={reference:g}, else the runner-up" if reference is not None else "the runner-up")
+             + " (the findings' rule: paired per-window losses, 2 SE or Student's 95% value with few windows; "
+               "accuracies 2 SE of the difference)" + (f"; red rings {zero_label}" if zero_label else "")
              + f" ({'; '.join(notes)}).") if notes else ""
     dense = " Dashed: the dense model." if baseline else ""
     return _save(grid, path), scale + dense + marks
@@ -271,7 +288,8 @@ def knob_curve(sweep: Sweep, knob: str, path: Path) -> Figure | None:
     methods = ", ".join(dict.fromkeys(frame["method"].astype(str)))
     name = knob_label(knob)
     made = _lines(sweep, frame, knob, metrics, ["setting", "method", "pattern"], f"{methods}: perplexity vs {name}",
-                  path, style_candidates=("method",), x_label=name, mark_best=True, zero_label=ZERO_MEANS.get(name))
+                  path, style_candidates=("method",), x_label=name, mark_best=True, zero_label=ZERO_MEANS.get(name),
+                  reference=0.0 if name in ZERO_MEANS else None)
     return _figure(made, f"{methods}: perplexity against {name} (`{knob}`), over the jobs whose method has this knob.",
                    sweep, metrics)
 

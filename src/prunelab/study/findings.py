@@ -14,6 +14,7 @@ of the difference in log-perplexity); "best" is said only of a difference beyond
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -185,6 +186,42 @@ def in_domain_verdict(frame: pd.DataFrame, context: list[str]) -> str:
         or "no difference is beyond noise (2 SE of the difference)"
     return (f"In-domain calibration ({domain}) against general text ({general}){where}: {'; '.join(parts)}. "
             f"Verdict: {verdict}.")
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best value of an axis for one metric, checked against the value the findings compare it
+    with (the reference, else the runner-up): ``beyond_noise`` is ``None`` without a noise estimate."""
+
+    value: object
+    against: object
+    beyond_noise: bool | None
+    text: str     # the difference with its noise, as the findings write it
+
+
+def compared_with(ordered: pd.Index, reference) -> object:
+    """What the best of ``ordered`` (best first) is compared with: the reference when it is there
+    and not the best itself, else the runner-up."""
+    return reference if reference is not None and reference in ordered and reference != ordered[0] else ordered[1]
+
+
+def best_point(group: pd.DataFrame, values: pd.Series, metric: str, reference=None) -> Best | None:
+    """The findings' rule for "best", for any caller (the figures' stars): the best mean of
+    ``metric`` over ``values`` against :func:`compared_with`, beyond noise as the findings judge it
+    (perplexity: paired per-window losses, :mod:`.noise`; accuracy: 2 SE of the difference)."""
+    means = group.groupby(values, sort=False)[metric].mean().dropna()
+    if len(means) < 2:
+        return None
+    ordered = means.sort_values(ascending=metric.startswith("eval/ppl_"))
+    best = ordered.index[0]
+    against = compared_with(ordered.index, reference)
+    rows_best, rows_against = group[values == best], group[values == against]
+    if metric.startswith("eval/ppl_"):
+        found = noise.compare(rows_best, rows_against, metric)
+        return Best(best, against, None if found is None else found.beyond_noise, found.text() if found else "no noise estimate")
+    se_best, se_against = _stderr(rows_best, metric), _stderr(rows_against, metric)
+    shown = difference(ordered.iloc[0], se_best, means[against], se_against)
+    return Best(best, against, None if "no standard error" in shown else "beyond noise" in shown, shown)
 
 
 def ppl_verdict(rows_a: pd.DataFrame, rows_b: pd.DataFrame, metric: str, a: str, b: str) -> str:
