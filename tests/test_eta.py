@@ -102,8 +102,9 @@ def test_the_loaded_headline_sweeps_eta_after_job_3_with_the_rest_split_off():
     estimate, actual = replay(costs, LOADED_TOOK, LOADED_TOKEN_S)
     one_rate, _ = replay(costs, LOADED_TOOK, [None] * len(LOADED_TOOK))
     assert actual == 2_597
-    assert estimate < one_rate  # the progress line then said 1h17m (+75%); one rate on today's costs: +76%
-    assert abs(estimate - actual) / actual < 0.6, estimate
+    # the progress line then said 1h17m (+75%); one rate on today's costs says +59%, two rates +29%
+    assert (one_rate - actual) / actual > 0.5
+    assert abs(estimate - actual) / actual < 0.35, estimate
 
 
 def test_a_records_token_seconds_are_its_calibration_and_evaluation(tmp_path):

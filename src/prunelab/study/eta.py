@@ -47,15 +47,18 @@ COSTS_VARIABLE = "PRUNELAB_SWEEP_COSTS"  # the sweeper's cost of every job, in j
 # statistics hooks, then the recompute with the pruned weights).
 CALIBRATION_PER_TOKEN = 1.4
 DENSE_PASS_PER_TOKEN = 0.7  # one forward of the windows without the recompute: half the walk
-# The rest of a job, in the same unit (token-forwards on the embedded model). Measured in the idle
-# headline sweep (`python run.py +experiment=sparsity_curve logger=none`, 16:37 UTC, load 0.5-1.1):
-# job 1 (magnitude 30%) took 37.9 s, 34.5 s of it perplexity on 2 x 32 x 256 = 16,384 tokens
-# (2.1 ms a token-forward); the other 3.4 s (load 0.3 s, pruning 1.7 s, the rest 1.4 s) are
-# ~1,600 token-forwards. JOB_WORK is what every job pays whatever its model (a dense job's rest);
-# the pruning pass and the load grow with the model's weights (WEIGHT_WORK, for the embedded model).
-JOB_WORK = 650.0
-WEIGHT_WORK = {"dense": 150.0, "magnitude": 950.0}  # load only; load + sorting every whole matrix
-ROW_WISE_WORK = 950.0  # a method that scores and sorts every matrix row by row (Wanda, RIA, ...)
+# The rest of a job, in the same unit (token-forwards on the embedded model). The headline sweep's
+# first job on the idle machine (`python run.py +experiment=sparsity_curve logger=none`, 16:37 UTC,
+# load 0.5-1.1; magnitude 30%) took 37.9 s, 34.5 s of it perplexity on 2 x 32 x 256 = 16,384 tokens
+# (2.1 ms a token-forward); the other 3.4 s (load 0.3 s, pruning 1.7 s, the rest 1.4 s) are ~1,600
+# token-forwards. How that rest divides, from the loaded sweeps (the rates differ there, the shares
+# hold): a dense job's rest was 8% of a magnitude job's (14.5 s vs 175 s on average, load 10-25),
+# a Wanda or RIA job's 60% (106 s; and pruning 10 s vs magnitude's 16 s at load 6-12): Wanda and
+# RIA sort each row, magnitude every whole matrix. JOB_WORK is what every job pays whatever its
+# model; the load and the pruning pass grow with the model's weights (WEIGHT_WORK, embedded model).
+JOB_WORK = 100.0
+WEIGHT_WORK = {"dense": 30.0, "magnitude": 1_500.0}  # the load only; load + sorting every whole matrix
+ROW_WISE_WORK = 860.0  # load + scoring and sorting every row (Wanda, RIA and any other method)
 FIXED_WORK = JOB_WORK + WEIGHT_WORK["magnitude"]  # a job whose config cannot be costed
 # SparseGPT's column-by-column updates on top of the walk, for the embedded model: measured with
 # `python run.py method=sparsegpt calib_data.nsamples=2 'target.blocks=[0,3]' eval.max_windows=8
