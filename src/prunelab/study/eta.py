@@ -27,8 +27,8 @@ each at its own rate fitted on the finished jobs, from their recorded stage time
 at the seconds per token the finished jobs took to calibrate and evaluate (``time/calibration_s``,
 ``time/eval_s``, ``time/zeroshot_s``, ``time/recover_s``), its rest at the seconds the rest of the
 finished jobs took per unit of rest. The two rates differ with the machine: on an idle one the rest
-of a magnitude job is 2 s of 37 s, on a loaded one whose memory is short it was 160-210 s of
-260-330 s (:func:`remaining_seconds`). Without stage times (another launcher) one rate fits both.
+of a magnitude job is 3.4 s of 37.9 s, on a loaded one whose memory is short it was 156-209 s of
+259-326 s (:func:`remaining_seconds`). Without stage times (another launcher) one rate fits both.
 """
 
 from __future__ import annotations
