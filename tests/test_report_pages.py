@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pymupdf
+import pytest
 
 from prunelab.evaluate import log_ppl_standard_error
 from prunelab.study import figures, report
@@ -114,3 +115,12 @@ def test_a_sweeps_own_report_starts_each_section_after_the_setup_on_a_new_page()
     text = "# Sweep x\n\n## Setup\n\n- a\n\n## Methods\n\nrule\n\n## Findings\n\n- f\n\n## Results\n\n### t\n\n|a|\n|-|\n|1|\n"
     parts = report.split_sections(text, report.SWEEP_PAGE_BREAK)
     assert [part.splitlines()[0] for part in parts] == ["# Sweep x", "## Findings", "## Results"]
+
+
+def test_figures_plot_accuracies_in_percent_as_the_tables_show_them():
+    frame = pd.DataFrame({"sparsity": [0.3, 0.5], "zeroshot/mean_acc": [0.412, 0.388], "zeroshot/arc_easy/acc": [0.25, 0.2],
+                          "eval/ppl_wiki": [30.0, 40.0]})
+    long = figures._long(frame, ["zeroshot/mean_acc", "zeroshot/arc_easy/acc", "eval/ppl_wiki"], ["sparsity"])
+    shown = long.groupby("metric")["value"].apply(list).to_dict()
+    assert shown == {"zero-shot mean accuracy (%)": pytest.approx([41.2, 38.8]), "arc_easy acc (%)": [25.0, 20.0],
+                     "perplexity (wiki)": [30.0, 40.0]}

@@ -60,9 +60,25 @@ def _ppl_metrics(sweep: Sweep) -> list[str]:
     return [m for m in headline_metrics(sweep) if m.startswith("eval/ppl_")]
 
 
+def _is_accuracy(metric: str) -> bool:
+    """An accuracy (plotted in percent, as the tables show it): lm-eval's ``acc``, ``mean_acc``, ``exact_match``."""
+    return metric.startswith("zeroshot/") and ("acc" in metric.rsplit("/", 1)[-1] or "exact_match" in metric)
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if _is_accuracy(metric) else 1.0
+
+
 def _label(metric: str) -> str:
     if metric.startswith("eval/ppl_"):
         return f"perplexity ({metric.removeprefix('eval/ppl_')})"
+    if metric.endswith("mean_acc"):
+        return "zero-shot mean accuracy (%)"
+    if _is_accuracy(metric):
+        from prunelab.study.findings import TASK_NAMES
+
+        task = metric.split("/")[1]
+        return f"{TASK_NAMES.get(task, task)} {metric.rsplit('/', 1)[-1].replace('_', ' ')} (%)"
     return metric.replace("zeroshot/", "zero-shot ").replace("_", " ")
 
 
@@ -86,6 +102,7 @@ def _long(frame: pd.DataFrame, metrics: list[str], keep: list[str]) -> pd.DataFr
     """One row per (job, metric): seaborn's long form for faceting by metric."""
     keep = list(dict.fromkeys(k for k in keep if k in frame.columns))
     long = frame[keep + metrics].melt(id_vars=keep, value_vars=metrics, var_name="metric", value_name="value")
+    long["value"] = pd.to_numeric(long["value"], errors="coerce") * long["metric"].map(_scale)  # accuracies in percent
     long["metric"] = long["metric"].map(_label)
     return long.dropna(subset=["value"])
 
@@ -127,7 +144,7 @@ def _mark_best(axis, rows: pd.DataFrame, x: str, metric: str, hue: str | None, z
     lines = rows.groupby(hue) if hue else [(None, rows)]
     for name, line in lines:
         line = line.dropna(subset=[metric])
-        means = line.groupby(x)[metric].mean()
+        means = line.groupby(x)[metric].mean() * _scale(metric)  # as plotted
         if means.empty:
             continue
         where = f" ({name})" if name is not None else ""
@@ -215,7 +232,7 @@ def _bars(sweep: Sweep, frame: pd.DataFrame, x: str, hue: str | None, metrics: l
         axis.set_title(metric)
         axis.set_ylabel(metric.split(" (")[0])
         for container in axis.containers:
-            axis.bar_label(container, fmt="%.3g" if "acc" not in metric else "%.3f", fontsize=7, rotation=90, padding=2)
+            axis.bar_label(container, fmt="%.1f" if metric.endswith("(%)") else "%.3g", fontsize=7, rotation=90, padding=2)
         axis.margins(y=0.18)  # room for the labels above the tallest bar
     grid.figure.suptitle(_title(sweep, title), y=1.03)
     scale = (f" Log y axis for {', '.join(logged)} (values span more than {LOG_RANGE:g}x); linear elsewhere."
@@ -250,7 +267,7 @@ def zeroshot_vs_sparsity(sweep: Sweep, path: Path) -> Figure | None:
     unpruned = prunes_nothing(sweep.completed)
     pruned = sweep.completed[~unpruned]
     dense = sweep.completed[unpruned]
-    baseline = {_label(m): float(dense[m].mean()) for m in metrics if m in dense and dense[m].notna().any()}
+    baseline = {_label(m): float(dense[m].mean()) * _scale(m) for m in metrics if m in dense and dense[m].notna().any()}
     frame = pruned.assign(sparsity=pruned["sparsity"].astype(float))
     made = _lines(sweep, frame, "sparsity", metrics, ["method", "pattern"], "Zero-shot mean accuracy vs sparsity",
                   path, style_candidates=("pattern",), baseline=baseline)
@@ -353,6 +370,7 @@ def pareto(sweep: Sweep, path: Path) -> Figure | None:
     figure, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         data = points.dropna(subset=[metric])
+        data = data.assign(**{metric: data[metric] * _scale(metric)})
         lower_better = metric.startswith("eval/ppl_")
         sns.scatterplot(data=data, x="speedup", y=metric, hue="method", style="speed_source", s=70, ax=axis)
         for _, row in data.iterrows():
