@@ -176,5 +176,7 @@ def config_diff(sweep: Sweep) -> tuple[pd.DataFrame, int]:
 
 
 def short_key(key: str) -> str:
-    """``method.base.comparison`` -> ``base.comparison`` in a table header."""
+    """``method.base.comparison`` -> ``base.comparison`` in a table header; ``method.name`` -> ``method``."""
+    if key == "method.name":
+        return "method"
     return knob_label(key) if key.startswith("method.") else key

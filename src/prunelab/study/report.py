@@ -125,6 +125,7 @@ def header(column) -> str:
         return f"{stage.capitalize()} time (s)"
     if name.startswith("memory/"):
         what = name.removeprefix("memory/").removesuffix("_mb").replace("peak_rss", "peak RSS").replace("peak_cuda", "peak CUDA")
+        what = what.replace("start_rss", "RSS at start")
         return f"{what[0].upper()}{what[1:]} (MiB)".replace("_", " ")
     if name.startswith("bench/"):
         words = name.removeprefix("bench/").split("_")
