@@ -124,3 +124,12 @@ def test_figures_plot_accuracies_in_percent_as_the_tables_show_them():
     shown = long.groupby("metric")["value"].apply(list).to_dict()
     assert shown == {"zero-shot mean accuracy (%)": pytest.approx([41.2, 38.8]), "arc_easy acc (%)": [25.0, 20.0],
                      "perplexity (wiki)": [30.0, 40.0]}
+
+
+def test_the_patterns_bars_are_not_drawn_over_a_varying_method_knob(tmp_path):
+    """The α study also varies the pattern: bars per pattern would average α=0 and α=0.5."""
+    both = _knob_sweep(tmp_path, shift=0.15).results.iloc[:2]
+    rows = pd.concat([both, both.assign(pattern="2:4", job=["2", "3"])], ignore_index=True)
+    assert figures.patterns(Sweep(tmp_path, rows, pd.DataFrame(), {}), tmp_path / "p.png") is None
+    one_alpha = rows[rows["method.alpha"] == 0.0]
+    assert figures.patterns(Sweep(tmp_path, one_alpha, pd.DataFrame(), {}), tmp_path / "p.png") is not None

@@ -232,8 +232,9 @@ def _bars(sweep: Sweep, frame: pd.DataFrame, x: str, hue: str | None, metrics: l
         axis.set_title(metric)
         axis.set_ylabel(metric.split(" (")[0])
         for container in axis.containers:
-            axis.bar_label(container, fmt="%.1f" if metric.endswith("(%)") else "%.3g", fontsize=7, rotation=90, padding=2)
-        axis.margins(y=0.18)  # room for the labels above the tallest bar
+            axis.bar_label(container, fmt=(lambda v: f"{v:.1f}") if metric.endswith("(%)") else _short_number, fontsize=7,
+                           rotation=90, padding=2)
+        axis.margins(y=0.3)  # room for the labels above the tallest bar, below the panel's title
     grid.figure.suptitle(_title(sweep, title), y=1.03)
     scale = (f" Log y axis for {', '.join(logged)} (values span more than {LOG_RANGE:g}x); linear elsewhere."
              if logged else " Linear y axes.")
@@ -276,8 +277,8 @@ def zeroshot_vs_sparsity(sweep: Sweep, path: Path) -> Figure | None:
 
 def patterns(sweep: Sweep, path: Path) -> Figure | None:
     frame = sweep.completed[~prunes_nothing(sweep.completed)]
-    if "pattern" not in sweep.varying_knobs() or "sparsity" in sweep.varying_knobs():
-        return None
+    if "pattern" not in sweep.varying_knobs() or "sparsity" in sweep.varying_knobs() or numeric_method_knobs(sweep):
+        return None  # with sparsity or a method knob varying too, one bar would average over them
     order = sorted(frame["pattern"].astype(str).unique(), key=lambda p: (p != "unstructured", p[::-1]))
     metrics = _ppl_metrics(sweep)
     made = _bars(sweep, frame, "method", "pattern", metrics, "Unstructured vs N:M at equal sparsity", path,

@@ -28,6 +28,7 @@ from prunelab.study.figures import Figure
 from prunelab.study.findings import TASK_NAMES, findings
 from prunelab.study.orderings import verdicts
 from prunelab.study.records import (
+    MISSING,
     STDERR,
     Sweep,
     knob_label,
@@ -169,7 +170,8 @@ def markdown_table(table: pd.DataFrame, metric: str = "") -> str:
     table = _with_stderr(table)
     shown = table.reset_index() if any(name is not None for name in table.index.names) else table
     across = header(table.columns.name) if isinstance(table.columns.name, str) else table.columns.name
-    headers = [f"{across} {c}" if across and c in table.columns else header(c) for c in shown.columns]
+    headers = [(f"no {across}" if c == MISSING else f"{across} {c}") if across and c in table.columns else header(c)
+               for c in shown.columns]
     pivot_accuracy = is_accuracy(metric)
     cells = pd.DataFrame({title: [number(v, is_accuracy(str(column)) or (pivot_accuracy and column in table.columns))
                                   for v in shown[column]]
