@@ -133,3 +133,15 @@ def test_the_patterns_bars_are_not_drawn_over_a_varying_method_knob(tmp_path):
     assert figures.patterns(Sweep(tmp_path, rows, pd.DataFrame(), {}), tmp_path / "p.png") is None
     one_alpha = rows[rows["method.alpha"] == 0.0]
     assert figures.patterns(Sweep(tmp_path, one_alpha, pd.DataFrame(), {}), tmp_path / "p.png") is not None
+
+
+def test_the_config_diff_leaves_calibration_blank_for_a_job_that_calibrates_nothing(tmp_path):
+    from prunelab.study.describe import config_diff
+
+    def record(method: str, calibration) -> dict:
+        return {"status": "completed", "config": {"method": {"name": method}, "calib_data": {"nsamples": 8}, "sparsity": 0.5},
+                "plan": {"sparsity": 0.5, "calibration": calibration}}
+
+    records = {"0": record("magnitude", None), "1": record("wanda", {"nsamples": 8})}
+    table, _ = config_diff(Sweep(tmp_path, pd.DataFrame(), pd.DataFrame(), records))
+    assert table.set_index("job")["calib_data.nsamples"].to_dict() == {"0": "", "1": 8}
