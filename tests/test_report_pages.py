@@ -145,3 +145,19 @@ def test_the_config_diff_leaves_calibration_blank_for_a_job_that_calibrates_noth
     records = {"0": record("magnitude", None), "1": record("wanda", {"nsamples": 8})}
     table, _ = config_diff(Sweep(tmp_path, pd.DataFrame(), pd.DataFrame(), records))
     assert table.set_index("job")["calib_data.nsamples"].to_dict() == {"0": "", "1": 8}
+
+
+def test_a_baseline_that_answered_more_tasks_gets_its_mean_over_the_studys_tasks():
+    from prunelab.study.records import comparable
+
+    study = pd.DataFrame({"zeroshot/mean_acc": [0.5], "zeroshot/mean_acc_tasks": [2.0], "zeroshot/arc_easy/acc": [0.4],
+                          "zeroshot/arc_easy/acc_stderr": [0.08], "zeroshot/arc_easy/samples": [40], "zeroshot/piqa/acc": [0.6],
+                          "zeroshot/piqa/acc_stderr": [0.08], "zeroshot/piqa/samples": [40]})
+    dense = pd.DataFrame({"zeroshot/mean_acc": [0.3], "zeroshot/mean_acc_tasks": [4.0],
+                          "zeroshot/arc_easy/acc": [0.5], "zeroshot/arc_easy/acc_stderr": [0.08], "zeroshot/arc_easy/samples": [40],
+                          "zeroshot/piqa/acc": [0.725], "zeroshot/piqa/acc_stderr": [0.06], "zeroshot/piqa/samples": [40],
+                          "zeroshot/mmlu/acc": [0.1], "zeroshot/mmlu/samples": [100]})
+    joined = comparable(dense, study).iloc[0]
+    assert joined["zeroshot/mean_acc"] == pytest.approx(0.6125) and joined["zeroshot/mean_acc_tasks"] == 2
+    assert joined["zeroshot/mean_acc_stderr"] == pytest.approx(0.05)
+    assert math.isnan(comparable(dense.assign(**{"zeroshot/piqa/samples": [100]}), study).iloc[0]["zeroshot/mean_acc"])
