@@ -133,6 +133,8 @@ def test_the_patterns_bars_are_not_drawn_over_a_varying_method_knob(tmp_path):
     assert figures.patterns(Sweep(tmp_path, rows, pd.DataFrame(), {}), tmp_path / "p.png") is None
     one_alpha = rows[rows["method.alpha"] == 0.0]
     assert figures.patterns(Sweep(tmp_path, one_alpha, pd.DataFrame(), {}), tmp_path / "p.png") is not None
+    by_modules = pd.concat([one_alpha.assign(modules="all"), one_alpha.assign(modules="mlp", job=["4", "5"])], ignore_index=True)
+    assert figures.patterns(Sweep(tmp_path, by_modules, pd.DataFrame(), {}), tmp_path / "p.png") is None  # the module study
 
 
 def test_the_config_diff_leaves_calibration_blank_for_a_job_that_calibrates_nothing(tmp_path):

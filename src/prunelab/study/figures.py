@@ -277,8 +277,9 @@ def zeroshot_vs_sparsity(sweep: Sweep, path: Path) -> Figure | None:
 
 def patterns(sweep: Sweep, path: Path) -> Figure | None:
     frame = sweep.completed[~prunes_nothing(sweep.completed)]
-    if "pattern" not in sweep.varying_knobs() or "sparsity" in sweep.varying_knobs() or numeric_method_knobs(sweep):
-        return None  # with sparsity or a method knob varying too, one bar would average over them
+    varying = sweep.varying_knobs()
+    if "pattern" not in varying or [k for k in varying if k not in ("pattern", "method")]:
+        return None  # with sparsity, the modules or a method knob varying too, one bar would average over them
     order = sorted(frame["pattern"].astype(str).unique(), key=lambda p: (p != "unstructured", p[::-1]))
     metrics = _ppl_metrics(sweep)
     made = _bars(sweep, frame, "method", "pattern", metrics, "Unstructured vs N:M at equal sparsity", path,

@@ -33,6 +33,7 @@ from prunelab.study.records import (
 STUDY_AXES = ("method.lambda_", "method.alpha", "calib_data", "modules", "pattern", "method")
 REFERENCES = {"method.lambda_": 0.0, "calib_data": "wiki", "modules": "all", "pattern": "unstructured"}
 REFERENCE_NAMES = {"method.lambda_": "λ=0 (uniform sparsity)", "method.alpha": "α=0 (relative importance alone)"}
+AXIS_NAMES = {"calib_data": "calibration set", "modules": "modules pruned"}  # a knob in a sentence
 NOISE_SE = noise.NOISE_SE  # |difference| above 2 standard errors of the difference: beyond noise
 
 
@@ -255,7 +256,8 @@ def _one(group: pd.DataFrame, axis: str, metric: str, where: str, size: str, den
     reference = 0.0 if axis == "method.alpha" else REFERENCES.get(axis)
     if reference is not None and reference in means.index and reference != best:
         shown = difference(best_value, errors[best], means[reference], errors[reference])
-        word = f"Best {knob_label(axis)}" if "beyond noise" in shown else f"Highest {knob_label(axis)} (no best)"
+        name = AXIS_NAMES.get(axis, knob_label(axis))
+        word = f"Best {name}" if "beyond noise" in shown else f"Highest {name} (no best)"
         text += f" {word}: {_value_text(axis, best)}, {shown} against {REFERENCE_NAMES.get(axis, _value_text(axis, reference))}."
     elif reference is not None and reference == best:
         text += f" {REFERENCE_NAMES.get(axis, _value_text(axis, reference))} is highest; " + "; ".join(
