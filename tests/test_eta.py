@@ -3,6 +3,8 @@ seconds per unit fitted on the jobs that finished (:func:`prunelab.study.eta.rem
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from prunelab.study.eta import JobCost, job_cost, remaining_seconds
@@ -69,3 +71,48 @@ def test_the_measured_tiny_sweeps_eta_after_job_3_is_within_half_of_what_remaine
     costs = [cost("model=tiny_random", f"method={method}") for method, _ in HEADLINE]
     estimate = remaining_seconds(list(zip(costs[:3], TINY_TOOK[:3])), costs[3:])
     assert abs(estimate - TINY_REMAINING_AFTER_JOB_3) / TINY_REMAINING_AFTER_JOB_3 < 0.5, estimate
+
+
+# The embedded model's headline sweep measured last session on the loaded machine (`+experiment=
+# sparsity_curve calib_data.nsamples=8 eval.max_windows=8 eval.ppl_datasets=[wiki] logger=none`,
+# 2 cores at load 25 falling to 10, kswapd busy): seconds each job took (the progress lines), and of
+# them its calibration + perplexity seconds (time/calibration_s + time/eval_s of its metrics.json).
+REDUCED = ("calib_data.nsamples=8", "eval.max_windows=8", "eval.ppl_datasets=[wiki]")
+LOADED_TOOK = [326, 269, 259, 389, 401, 290, 291, 198, 255, 299, 180, 225, 69]
+LOADED_TOKEN_S = [116.9, 109.5, 102.8, 126.3, 253.0, 184.3, 189.6, 129.3, 160.2, 147.0, 118.5, 115.0, 54.5]
+
+
+def replay(costs: list[JobCost], took: list[float], token_s: list[float | None], after: int = 3) -> tuple[float, float]:
+    """The ETA after job ``after`` from the recorded jobs, and the seconds the rest actually took."""
+    finished = [(costs[i], took[i], token_s[i]) for i in range(after)]
+    return remaining_seconds(finished, costs[after:]), sum(took[after:])
+
+
+def test_the_rest_of_a_job_has_its_own_rate_fitted_on_the_finished_jobs_stage_times():
+    magnitude, wanda = JobCost("magnitude||", 3_000.0, rest=1_000.0), JobCost("wanda||", 6_000.0, rest=1_000.0)
+    # the rest of a magnitude job took 100 s (0.1 s a unit), its tokens 20 s (0.01 s a unit): a
+    # Wanda job is 5,000 token units and 1,000 of rest, 150 s; one rate for all would say 240 s
+    assert remaining_seconds([(magnitude, 120.0, 20.0)], [wanda]) == pytest.approx(150.0)
+    assert remaining_seconds([(magnitude, 120.0)], [wanda]) == pytest.approx(240.0)  # no stage times: one rate
+    assert remaining_seconds([(magnitude, 120.0, 20.0)], [magnitude]) == pytest.approx(120.0)  # a seen kind: its own rate
+
+
+def test_the_loaded_headline_sweeps_eta_after_job_3_with_the_rest_split_off():
+    costs = [cost(f"method={method}", *REDUCED) for method, _ in HEADLINE]
+    estimate, actual = replay(costs, LOADED_TOOK, LOADED_TOKEN_S)
+    one_rate, _ = replay(costs, LOADED_TOOK, [None] * len(LOADED_TOOK))
+    assert actual == 2_597
+    # the progress line then said 1h17m (+75%); one rate on today's costs says +59%, two rates +29%
+    assert (one_rate - actual) / actual > 0.5
+    assert abs(estimate - actual) / actual < 0.35, estimate
+
+
+def test_a_records_token_seconds_are_its_calibration_and_evaluation(tmp_path):
+    from prunelab.study.eta import token_seconds
+    from tests.test_resume import run_job
+
+    run_job(tmp_path / "0", "method=wanda", multirun=False)
+    metrics = json.loads((tmp_path / "0" / "metrics.json").read_text())["metrics"]
+    assert token_seconds(metrics) == pytest.approx(metrics["time/calibration_s"] + metrics["time/eval_s"])
+    assert 0 < token_seconds(metrics) < metrics["time/total_s"]
+    assert token_seconds({"time/load_s": 1.0}) is None

@@ -146,3 +146,18 @@ def test_owl_at_lambda_zero_is_the_uniform_wanda_of_the_owl_ordering():
     [verdict] = orderings.verdicts(frame, ["eval/ppl_wiki"])
     assert verdict.ordering.claim == "OWL-Wanda below uniform Wanda" and verdict.outcome == "reproduced"
     assert "(unstructured 70%, λ=0.08 vs λ=0; wiki)" in verdict.text()
+
+
+def test_no_page_of_the_paper_or_of_a_sweeps_report_ends_with_a_heading(model_dir):
+    from prunelab.study.report import keeps_with_next
+
+    report_all.report_all(model_dir)
+    for document in (model_dir / "report", model_dir / "sparsity_curve" / "report"):
+        lines = document.with_suffix(".md").read_text().splitlines()
+        keep = {" ".join(lines[i].replace("*", "").replace("`", "").lstrip("# ").split()) for i in keeps_with_next(lines)}
+        with pymupdf.open(document.with_suffix(".pdf")) as pdf:
+            pages = [page.get_text().strip().splitlines() for page in pdf]
+        assert all(page[-1].strip() not in keep for page in pages[:-1]), [page[-1] for page in pages]
+    starts = [page[0] for page in pages]  # the sweep's own report: each section after the setup starts a page
+    assert starts[0].startswith("Sparsity curves: magnitude, wanda, dense on tiny_random")
+    assert {"Findings", "Results", "Figures"} <= set(starts)

@@ -231,7 +231,7 @@ def test_method_knobs_give_tables_and_one_figure_per_numeric_knob(knob_sweep):
     sweep = records.collect(knob_sweep)
     assert records.knob_label("method.lambda_") == "lambda" and records.knob_label("method.base.alpha") == "base.alpha"
     made = figures.draw_all(sweep, knob_sweep / "figures")
-    assert "against alpha" in made["knob_method.alpha"].caption and "Stars mark" in made["knob_method.alpha"].caption
+    assert "against alpha" in made["knob_method.alpha"].caption and "A star marks" in made["knob_method.alpha"].caption
     blocks = sweep.block_sparsity
     assert set(blocks.dropna(subset=["method.lambda_"])["method"]) == {"owl_wanda"}
 

@@ -161,7 +161,8 @@ class SweepProgress(Callback):
 
     The estimates come from :mod:`prunelab.study.eta`: every job's work (token-forwards, from its
     config, published by the sweeper) times the seconds per unit of work of the finished jobs of
-    its kind (method, recovery, engine), or of all finished jobs for a kind not seen yet. A job
+    its kind (method, recovery, engine); a kind not seen yet has its token work and its rest timed
+    at the two rates the finished jobs' recorded stage times give. A job
     found completed is not one that ran (it wrote no new record, or a ``skipped`` copy). Without
     the sweeper's costs (another sweeper, e.g. Optuna) the ETA is the mean job time. It also
     remembers the sweep for :func:`interrupted`.
@@ -170,7 +171,7 @@ class SweepProgress(Callback):
     def __init__(self) -> None:
         self.start = time.time()  # wall clock: a job run by submitit reads it in another process, maybe on another host
         self.durations: list[float] = []
-        self.finished: list[tuple[eta.JobCost, float]] = []
+        self.finished: list[tuple[eta.JobCost, float, float | None]] = []  # cost, seconds, of them calibrating and evaluating
         self.job_start = 0.0
         self.job_wall = 0.0
         self.estimate: float | None = None
@@ -214,7 +215,8 @@ class SweepProgress(Callback):
         total = os.environ.get(JOBS_VARIABLE)
         costs = self._costs(total)
         if costs is not None and done < len(costs):
-            self.finished.append((costs[done], taken))
+            metrics = _record_metrics(Path(config.hydra.runtime.output_dir) / "metrics.json")
+            self.finished.append((costs[done], taken, eta.token_seconds(metrics)))
         estimated = f" (estimated {_clock(self.estimate)})" if self.estimate is not None else ""
         log.info("job %d%s took %s%s", done + 1, f"/{total}" if total else "", _clock(taken), estimated)
 
@@ -228,6 +230,15 @@ def _ran(record_path: Path, since: float) -> bool:
         return read_record(record_path).get("status") != "skipped"
     except (OSError, AttributeError):
         return False
+
+
+def _record_metrics(record_path: Path) -> dict:
+    """The metrics of a job's record (its stage times split the ETA's rates), ``{}`` if unreadable."""
+    try:
+        metrics = read_record(record_path).get("metrics")
+    except (OSError, AttributeError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def _clock(seconds: float) -> str:

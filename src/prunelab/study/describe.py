@@ -144,11 +144,13 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def _planned(record: dict[str, Any]) -> dict[str, Any]:
     """A job's flat config, with the sparsity its plan ran at (a dense job's config may say 0.5;
-    its plan says 0)."""
+    its plan says 0), and no calibration keys where its plan calibrates nothing (magnitude, dense)."""
     flat = _flatten(record.get("config") or {})
     plan = record.get("plan") or {}
     if "sparsity" in plan and "sparsity" in flat:
         flat["sparsity"] = plan["sparsity"]
+    if "calibration" in plan and plan["calibration"] is None:
+        flat = {k: v for k, v in flat.items() if not k.startswith("calib_data.")}
     return flat
 
 
@@ -180,5 +182,7 @@ def config_diff(sweep: Sweep) -> tuple[pd.DataFrame, int]:
 
 
 def short_key(key: str) -> str:
-    """``method.base.comparison`` -> ``base.comparison`` in a table header."""
+    """``method.base.comparison`` -> ``base.comparison`` in a table header; ``method.name`` -> ``method``."""
+    if key == "method.name":
+        return "method"
     return knob_label(key) if key.startswith("method.") else key

@@ -7,7 +7,9 @@ whenever the cheap jobs run first (the headline grid runs its four magnitude job
 job gets a *work* estimate in token-forwards of the whole model, from its composed config
 (:func:`job_cost`, no weights loaded):
 
-- a fixed part per job (load, hashing, record),
+- the *rest*: what no token pays for, timed outside calibration and evaluation: a part per job
+  (process, plan, record) and a part that grows with the weights (load, pruning every matrix,
+  the pruned copies and their sparsity; SparseGPT's per-column updates),
 - calibration: ``nsamples x seqlen`` tokens through the sequential walk (statistics, then the
   outputs recomputed with the pruned weights), plus one dense pass where the method needs one
   (OWL, FLAP, ShortGPT), plus SparseGPT's per-column updates,
@@ -20,7 +22,13 @@ another model they are scaled by its shapes (:class:`Shape`, from its config: th
 meets in the decoder blocks and in the output layer, which calibration never runs, and
 SparseGPT's ``out x in^2`` per layer). The unit of work is one token through the embedded model.
 The seconds per unit of work are fitted on the finished jobs: per *kind* of job (method, recovery,
-engine) once a job of that kind finished, else over all finished jobs (:func:`remaining_seconds`).
+engine) once a job of that kind finished. A job of a kind not seen yet is costed in two parts,
+each at its own rate fitted on the finished jobs, from their recorded stage times: its token work
+at the seconds per token the finished jobs took to calibrate and evaluate (``time/calibration_s``,
+``time/eval_s``, ``time/zeroshot_s``, ``time/recover_s``), its rest at the seconds the rest of the
+finished jobs took per unit of rest. The two rates differ with the machine: on an idle one the rest
+of a magnitude job is 3.4 s of 37.9 s, on a loaded one whose memory is short it was 156-209 s of
+259-326 s (:func:`remaining_seconds`). Without stage times (another launcher) one rate fits both.
 """
 
 from __future__ import annotations
@@ -34,13 +42,24 @@ from dataclasses import dataclass
 COSTS_VARIABLE = "PRUNELAB_SWEEP_COSTS"  # the sweeper's cost of every job, in job order (JSON)
 
 # Relative costs, in token-forwards of the whole model. From the README's measured headline grid
-# (embedded model, 2 idle cores): a magnitude job took ~22 s of which 20 s were perplexity on
-# 2 x 32 x 256 = 16,384 tokens, so the rest of a job is ~2 s = ~1,600 token-forwards; Wanda's
-# calibration of 32 x 256 = 8,192 tokens took 14 s = 1.4 token-forwards per calibration token
-# (a forward with statistics hooks, then the recompute with the pruned weights).
-FIXED_WORK = 1_600.0
+# (embedded model, 2 idle cores): Wanda's calibration of 32 x 256 = 8,192 tokens took 14 s while
+# perplexity ran at ~820 tokens/s: 1.4 token-forwards per calibration token (a forward with
+# statistics hooks, then the recompute with the pruned weights).
 CALIBRATION_PER_TOKEN = 1.4
 DENSE_PASS_PER_TOKEN = 0.7  # one forward of the windows without the recompute: half the walk
+# The rest of a job, in the same unit (token-forwards on the embedded model). The headline sweep's
+# first job on the idle machine (`python run.py +experiment=sparsity_curve logger=none`, 16:37 UTC,
+# load 0.5-1.1; magnitude 30%) took 37.9 s, 34.5 s of it perplexity on 2 x 32 x 256 = 16,384 tokens
+# (2.1 ms a token-forward); the other 3.4 s (load 0.3 s, pruning 1.7 s, the rest 1.4 s) are ~1,600
+# token-forwards. How that rest divides, from the loaded sweeps (the rates differ there, the shares
+# hold): a dense job's rest was 8% of a magnitude job's (14.5 s vs 175 s on average, load 10-25),
+# a Wanda or RIA job's 60% (106 s; and pruning 10 s vs magnitude's 16 s at load 6-12): Wanda and
+# RIA sort each row, magnitude every whole matrix. JOB_WORK is what every job pays whatever its
+# model; the load and the pruning pass grow with the model's weights (WEIGHT_WORK, embedded model).
+JOB_WORK = 100.0
+WEIGHT_WORK = {"dense": 30.0, "magnitude": 1_500.0}  # the load only; load + sorting every whole matrix
+ROW_WISE_WORK = 860.0  # load + scoring and sorting every row (Wanda, RIA and any other method)
+FIXED_WORK = JOB_WORK + WEIGHT_WORK["magnitude"]  # a job whose config cannot be costed
 # SparseGPT's column-by-column updates on top of the walk, for the embedded model: measured with
 # `python run.py method=sparsegpt calib_data.nsamples=2 'target.blocks=[0,3]' eval.max_windows=8
 # 'eval.ppl_datasets=[wiki]' logger=none` at load ~16: pruning 79.2 s for 3 blocks (x 30 blocks =
@@ -116,10 +135,16 @@ def _plain(node):
 
 @dataclass(frozen=True)
 class JobCost:
-    """A job's kind (jobs of one kind share their seconds per unit of work) and its work."""
+    """A job's kind (jobs of one kind share their seconds per unit of work), its work, and the part
+    of it that is the rest (:data:`JOB_WORK`, :data:`WEIGHT_WORK`): not calibration or evaluation."""
 
     kind: str
     work: float
+    rest: float = 0.0
+
+    @property
+    def tokens(self) -> float:
+        return self.work - self.rest
 
 
 def _get(config, dotted: str, default=None):
@@ -149,15 +174,16 @@ def job_cost(config) -> JobCost:
     kind = "|".join(str(p) for p in (method, recover or "", engine or ""))
     shape = model_shape(config)
     token = (shape.blocks + shape.head) / (EMBEDDED.blocks + EMBEDDED.head)  # a token through the model
-    walk = shape.blocks / EMBEDDED.blocks  # a token through the blocks only (calibration)
-    work = FIXED_WORK
+    walk = shape.blocks / EMBEDDED.blocks  # a token through the blocks only (calibration); also the weights pruned
     needs = _needs(config)
+    rest = JOB_WORK + walk * WEIGHT_WORK.get(method, ROW_WISE_WORK)
+    if needs is not None and needs.hessian:
+        rest += SPARSEGPT_EXTRA * shape.obs / EMBEDDED.obs  # timed as pruning, not calibration
+    work = rest
     calibration_tokens = float(_get(config, "calib_data.nsamples", 0)) * float(_get(config, "calib_data.seqlen", 0) or
                                                                             _get(config, "model.seqlen", 0))
     if needs is not None and needs.per_block:
         work += CALIBRATION_PER_TOKEN * walk * calibration_tokens
-        if needs.hessian:
-            work += SPARSEGPT_EXTRA * shape.obs / EMBEDDED.obs
     if needs is not None and needs.dense_pass:
         work += DENSE_PASS_PER_TOKEN * walk * calibration_tokens
     seqlen = float(_get(config, "eval.seqlen", 0) or _get(config, "model.seqlen", 0) or 0)
@@ -173,29 +199,64 @@ def job_cost(config) -> JobCost:
     if recover:
         work += token * TRAIN_PER_TOKEN * float(_get(config, "recover.steps", 0)) \
             * float(_get(config, "recover.batch_size", 0)) * float(_get(config, "recover.seqlen", 0))
-    return JobCost(kind, work)
+    return JobCost(kind, work, rest)
 
 
-def remaining_seconds(finished: Iterable[tuple[JobCost, float]], remaining: Sequence[JobCost]) -> float | None:
-    """Seconds the ``remaining`` jobs will take, from the ``finished`` ones (cost, seconds taken):
-    a job of a kind that finished takes that kind's seconds per unit of work, any other job the
-    rate over all finished jobs. ``None`` before any job finished."""
-    done = [(cost, seconds) for cost, seconds in finished if cost.work > 0 and seconds >= 0]
+Finished = tuple  # (JobCost, seconds taken) or (JobCost, seconds taken, seconds of token work)
+
+
+def remaining_seconds(finished: Iterable[Finished], remaining: Sequence[JobCost]) -> float | None:
+    """Seconds the ``remaining`` jobs will take, from the ``finished`` ones (cost, seconds taken
+    and, where the job recorded its stage times, the seconds it calibrated and evaluated): a job
+    of a kind that finished takes that kind's seconds per unit of work; any other job its token
+    work at the finished jobs' seconds per token plus its rest at their seconds per unit of rest
+    (:func:`split_rates`), or, without stage times, its work at the rate over all finished jobs.
+    ``None`` before any job finished."""
+    done = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in finished
+            if item[0].work > 0 and item[1] >= 0]
     if not done:
         return None
-    overall = sum(s for _, s in done) / sum(c.work for c, _ in done)
+    overall = sum(s for _, s, _ in done) / sum(c.work for c, _, _ in done)
     by_kind: dict[str, tuple[float, float]] = {}
-    for cost, seconds in done:
+    for cost, seconds, _ in done:
         taken, work = by_kind.get(cost.kind, (0.0, 0.0))
         by_kind[cost.kind] = (taken + seconds, work + cost.work)
     rates = {kind: taken / work for kind, (taken, work) in by_kind.items()}
-    return sum(cost.work * rates.get(cost.kind, overall) for cost in remaining)
+    split = split_rates(done)
+
+    def unseen(cost: JobCost) -> float:
+        if split is None:
+            return cost.work * overall
+        return cost.tokens * split[0] + cost.rest * split[1]
+
+    return sum(cost.work * rates[cost.kind] if cost.kind in rates else unseen(cost) for cost in remaining)
+
+
+def split_rates(done: Sequence[tuple[JobCost, float, float | None]]) -> tuple[float, float] | None:
+    """Seconds per unit of token work and per unit of rest, over the finished jobs that recorded
+    their stage times; ``None`` when they give no token work or no rest to fit on."""
+    timed = [(cost, seconds, min(tokens, seconds)) for cost, seconds, tokens in done if tokens is not None and tokens >= 0]
+    token_work = sum(cost.tokens for cost, _, _ in timed)
+    rest_work = sum(cost.rest for cost, _, _ in timed)
+    if token_work <= 0 or rest_work <= 0:
+        return None
+    return sum(t for _, _, t in timed) / token_work, sum(s - t for _, s, t in timed) / rest_work
+
+
+TOKEN_STAGES = ("time/calibration_s", "time/eval_s", "time/zeroshot_s", "time/recover_s")
+
+
+def token_seconds(metrics: dict) -> float | None:
+    """The seconds a finished job spent on token work (calibration, perplexity, zero-shot,
+    recovery), from its record's metrics; ``None`` when it recorded none of them."""
+    found = [float(metrics[key]) for key in TOKEN_STAGES if isinstance(metrics.get(key), (int, float))]
+    return sum(found) if found else None
 
 
 def publish(costs: Sequence[JobCost]) -> None:
     """Hand the jobs' costs to :class:`prunelab.study.callbacks.SweepProgress` (the same process for
     the basic launcher, child processes for joblib or submitit)."""
-    os.environ[COSTS_VARIABLE] = json.dumps([[c.kind, round(c.work, 1)] for c in costs])
+    os.environ[COSTS_VARIABLE] = json.dumps([[c.kind, round(c.work, 1), round(c.rest, 1)] for c in costs])
 
 
 def published() -> list[JobCost] | None:
@@ -203,6 +264,7 @@ def published() -> list[JobCost] | None:
     if not text:
         return None
     try:
-        return [JobCost(str(kind), float(work)) for kind, work in json.loads(text) if math.isfinite(float(work))]
+        costs = [JobCost(str(kind), float(work), float(rest[0]) if rest else 0.0) for kind, work, *rest in json.loads(text)]
+        return [c for c in costs if math.isfinite(c.work) and math.isfinite(c.rest)]
     except (ValueError, TypeError):
         return None

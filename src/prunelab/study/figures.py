@@ -64,9 +64,25 @@ def _ppl_metrics(sweep: Sweep) -> list[str]:
     return [m for m in headline_metrics(sweep) if m.startswith("eval/ppl_")]
 
 
+def _is_accuracy(metric: str) -> bool:
+    """An accuracy (plotted in percent, as the tables show it): lm-eval's ``acc``, ``mean_acc``, ``exact_match``."""
+    return metric.startswith("zeroshot/") and ("acc" in metric.rsplit("/", 1)[-1] or "exact_match" in metric)
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if _is_accuracy(metric) else 1.0
+
+
 def _label(metric: str) -> str:
     if metric.startswith("eval/ppl_"):
         return f"perplexity ({metric.removeprefix('eval/ppl_')})"
+    if metric.endswith("mean_acc"):
+        return "zero-shot mean accuracy (%)"
+    if _is_accuracy(metric):
+        from prunelab.study.findings import TASK_NAMES
+
+        task = metric.split("/")[1]
+        return f"{TASK_NAMES.get(task, task)} {metric.rsplit('/', 1)[-1].replace('_', ' ')} (%)"
     return metric.replace("zeroshot/", "zero-shot ").replace("_", " ")
 
 
@@ -90,6 +106,7 @@ def _long(frame: pd.DataFrame, metrics: list[str], keep: list[str]) -> pd.DataFr
     """One row per (job, metric): seaborn's long form for faceting by metric."""
     keep = list(dict.fromkeys(k for k in keep if k in frame.columns))
     long = frame[keep + metrics].melt(id_vars=keep, value_vars=metrics, var_name="metric", value_name="value")
+    long["value"] = pd.to_numeric(long["value"], errors="coerce") * long["metric"].map(_scale)  # accuracies in percent
     long["metric"] = long["metric"].map(_label)
     return long.dropna(subset=["value"])
 
@@ -120,25 +137,37 @@ def _dense_line(axis, value: float) -> None:
                 loc="best", fontsize=8, frameon=True)
 
 
-def _mark_best(axis, panel: pd.DataFrame, x: str, metric: str, hue: str | None, zero_label: str | None) -> list[str]:
-    """A star on each line's best point, and (``zero_label``) a ring on x = 0; returns caption notes."""
+def _mark_best(axis, rows: pd.DataFrame, x: str, metric: str, hue: str | None, zero_label: str | None,
+               reference: float | None) -> list[str]:
+    """A star on a line's best point only where it is best beyond noise, by the findings' rule
+    (:func:`prunelab.study.findings.best_point`: against ``reference``, else the runner-up); and
+    (``zero_label``) a ring on x = 0. Returns the caption's notes, one per line."""
+    from prunelab.study.findings import best_point
+
     notes = []
-    lines = panel.groupby(hue) if hue else [(None, panel)]
+    lines = rows.groupby(hue) if hue else [(None, rows)]
     for name, line in lines:
-        line = line.groupby(x)["value"].mean()
-        if line.empty:
+        line = line.dropna(subset=[metric])
+        means = line.groupby(x)[metric].mean() * _scale(metric)  # as plotted
+        if means.empty:
             continue
-        best_x = line.idxmin() if lower_is_better(metric) else line.idxmax()
-        axis.plot([best_x], [line[best_x]], marker="*", markersize=15, color="gold", markeredgecolor="black", zorder=5)
-        axis.annotate(f"best {best_x:g}", (best_x, line[best_x]), textcoords="offset points", xytext=(6, 8), fontsize=8)
         where = f" ({name})" if name is not None else ""
-        notes.append(f"best{where} at {best_x:g}: {_short_number(line[best_x])}")
-        if zero_label and 0.0 in line.index:
-            axis.plot([0.0], [line[0.0]], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="red",
+        found = best_point(line, line[x], metric, reference)
+        if found is not None and found.beyond_noise:
+            best_x = found.value
+            axis.plot([best_x], [means[best_x]], marker="*", markersize=15, color="gold", markeredgecolor="black", zorder=5)
+            axis.annotate(f"best {best_x:g}", (best_x, means[best_x]), textcoords="offset points", xytext=(6, 8), fontsize=8)
+            notes.append(f"best{where} at {best_x:g}: {_short_number(means[best_x])}, {found.text} against {found.against:g}")
+        elif found is not None:
+            word = "lowest" if lower_is_better(metric) else "highest"
+            why = f"within noise of {found.against:g}: {found.text}" if found.beyond_noise is False else found.text
+            notes.append(f"no best{where}: {word} at {found.value:g} ({_short_number(means[found.value])}), {why}")
+        if zero_label and 0.0 in means.index:
+            axis.plot([0.0], [means[0.0]], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="red",
                       markeredgewidth=1.5, zorder=5)
-            axis.annotate(zero_label, (0.0, line[0.0]), textcoords="offset points", xytext=(6, -14), fontsize=8,
+            axis.annotate(zero_label, (0.0, means[0.0]), textcoords="offset points", xytext=(6, -14), fontsize=8,
                           color="red")
-            notes.append(f"{zero_label}{where}: {_short_number(line[0.0])}")
+            notes.append(f"{zero_label}{where}: {_short_number(means[0.0])}")
     return notes
 
 
@@ -149,13 +178,15 @@ def _short_number(value: float) -> str:
 def _lines(sweep: Sweep, frame: pd.DataFrame, x: str, metrics: list[str], hue_candidates: list[str],
            title: str, path: Path, style_candidates: tuple[str, ...] = (),
            baseline: dict[str, float] | None = None, x_label: str | None = None,
-           mark_best: bool = False, zero_label: str | None = None) -> tuple[Path, str] | None:
+           mark_best: bool = False, zero_label: str | None = None,
+           reference: float | None = None) -> tuple[Path, str] | None:
     """Line panels, one per metric; returns the file and a note on axes and marks for the caption."""
     if frame.empty or not metrics:
         return None
     hue = _hue(frame, hue_candidates)
     style = _hue(frame, [s for s in style_candidates if s != hue])
-    long = _long(frame.assign(**{k: frame[k].astype(str) for k in (hue, style) if k}), metrics, [x, hue, style])
+    wide = frame.assign(**{k: frame[k].astype(str) for k in (hue, style) if k})
+    long = _long(wide, metrics, [x, hue, style])
     if long.empty:
         return None
     grid = sns.relplot(data=long, x=x, y="value", hue=hue, style=style, col="metric", kind="line", marker="o",
@@ -173,13 +204,16 @@ def _lines(sweep: Sweep, frame: pd.DataFrame, x: str, metrics: list[str], hue_ca
         axis.set_ylabel(metric.split(" (")[0])
         axis.set_xlabel(x_label or x)
         if mark_best:
-            notes += [f"{metric}: {n}" for n in _mark_best(axis, panel, x, raw, hue, zero_label)]
+            notes += [f"{metric}: {n}" for n in _mark_best(axis, wide, x, raw, hue, zero_label, reference)]
         if baseline and metric in baseline:  # the dense model, for scale
             _dense_line(axis, baseline[metric])
     grid.figure.suptitle(_title(sweep, title), y=1.03)
     scale = (f" Log y axis for {', '.join(logged)} (values span more than {LOG_RANGE:g}x); linear elsewhere."
              if logged else " Linear y axes.")
-    marks = (" Stars mark each line's best value" + (f", red rings {zero_label}" if zero_label else "")
+    marks = (" A star marks a line's best value only where it is best beyond noise against "
+             + (f"{x_label or x}={reference:g}, else the runner-up" if reference is not None else "the runner-up")
+             + " (the findings' rule: paired per-window losses, 2 SE or Student's 95% value with few windows; "
+               "accuracies 2 SE of the difference)" + (f"; red rings {zero_label}" if zero_label else "")
              + f" ({'; '.join(notes)}).") if notes else ""
     dense = " Dashed: the dense model." if baseline else ""
     return _save(grid, path), scale + dense + marks
@@ -202,8 +236,9 @@ def _bars(sweep: Sweep, frame: pd.DataFrame, x: str, hue: str | None, metrics: l
         axis.set_title(metric)
         axis.set_ylabel(metric.split(" (")[0])
         for container in axis.containers:
-            axis.bar_label(container, fmt="%.3g" if "acc" not in metric else "%.3f", fontsize=7, rotation=90, padding=2)
-        axis.margins(y=0.18)  # room for the labels above the tallest bar
+            axis.bar_label(container, fmt=(lambda v: f"{v:.1f}") if metric.endswith("(%)") else _short_number, fontsize=7,
+                           rotation=90, padding=2)
+        axis.margins(y=0.3)  # room for the labels above the tallest bar, below the panel's title
     grid.figure.suptitle(_title(sweep, title), y=1.03)
     scale = (f" Log y axis for {', '.join(logged)} (values span more than {LOG_RANGE:g}x); linear elsewhere."
              if logged else " Linear y axes.")
@@ -237,7 +272,7 @@ def zeroshot_vs_sparsity(sweep: Sweep, path: Path) -> Figure | None:
     unpruned = prunes_nothing(sweep.completed)
     pruned = sweep.completed[~unpruned]
     dense = sweep.completed[unpruned]
-    baseline = {_label(m): float(dense[m].mean()) for m in metrics if m in dense and dense[m].notna().any()}
+    baseline = {_label(m): float(dense[m].mean()) * _scale(m) for m in metrics if m in dense and dense[m].notna().any()}
     frame = pruned.assign(sparsity=pruned["sparsity"].astype(float))
     made = _lines(sweep, frame, "sparsity", metrics, ["method", "pattern"], "Zero-shot mean accuracy vs sparsity",
                   path, style_candidates=("pattern",), baseline=baseline)
@@ -246,8 +281,9 @@ def zeroshot_vs_sparsity(sweep: Sweep, path: Path) -> Figure | None:
 
 def patterns(sweep: Sweep, path: Path) -> Figure | None:
     frame = sweep.completed[~prunes_nothing(sweep.completed)]
-    if "pattern" not in sweep.varying_knobs() or "sparsity" in sweep.varying_knobs():
-        return None
+    varying = sweep.varying_knobs()
+    if "pattern" not in varying or [k for k in varying if k not in ("pattern", "method")]:
+        return None  # with sparsity, the modules or a method knob varying too, one bar would average over them
     order = sorted(frame["pattern"].astype(str).unique(), key=lambda p: (p != "unstructured", p[::-1]))
     metrics = _ppl_metrics(sweep)
     made = _bars(sweep, frame, "method", "pattern", metrics, "Unstructured vs N:M at equal sparsity", path,
@@ -275,7 +311,8 @@ def knob_curve(sweep: Sweep, knob: str, path: Path) -> Figure | None:
     methods = ", ".join(dict.fromkeys(frame["method"].astype(str)))
     name = knob_label(knob)
     made = _lines(sweep, frame, knob, metrics, ["setting", "method", "pattern"], f"{methods}: perplexity vs {name}",
-                  path, style_candidates=("method",), x_label=name, mark_best=True, zero_label=ZERO_MEANS.get(name))
+                  path, style_candidates=("method",), x_label=name, mark_best=True, zero_label=ZERO_MEANS.get(name),
+                  reference=0.0 if name in ZERO_MEANS else None)
     return _figure(made, f"{methods}: perplexity against {name} (`{knob}`), over the jobs whose method has this knob.",
                    sweep, metrics)
 
@@ -341,6 +378,7 @@ def pareto(sweep: Sweep, path: Path) -> Figure | None:
     figure, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         data = points.dropna(subset=[metric])
+        data = data.assign(**{metric: data[metric] * _scale(metric)})
         lower_better = metric.startswith("eval/ppl_")
         sns.scatterplot(data=data, x="speedup", y=metric, hue="method", style="speed_source", s=70, ax=axis)
         for _, row in data.iterrows():

@@ -14,6 +14,7 @@ of the difference in log-perplexity); "best" is said only of a difference beyond
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -32,6 +33,7 @@ from prunelab.study.records import (
 STUDY_AXES = ("method.lambda_", "method.alpha", "calib_data", "modules", "pattern", "method")
 REFERENCES = {"method.lambda_": 0.0, "calib_data": "wiki", "modules": "all", "pattern": "unstructured"}
 REFERENCE_NAMES = {"method.lambda_": "λ=0 (uniform sparsity)", "method.alpha": "α=0 (relative importance alone)"}
+AXIS_NAMES = {"calib_data": "calibration set", "modules": "modules pruned"}  # a knob in a sentence
 NOISE_SE = noise.NOISE_SE  # |difference| above 2 standard errors of the difference: beyond noise
 
 
@@ -187,6 +189,42 @@ def in_domain_verdict(frame: pd.DataFrame, context: list[str]) -> str:
             f"Verdict: {verdict}.")
 
 
+@dataclass(frozen=True)
+class Best:
+    """The best value of an axis for one metric, checked against the value the findings compare it
+    with (the reference, else the runner-up): ``beyond_noise`` is ``None`` without a noise estimate."""
+
+    value: object
+    against: object
+    beyond_noise: bool | None
+    text: str     # the difference with its noise, as the findings write it
+
+
+def compared_with(ordered: pd.Index, reference) -> object:
+    """What the best of ``ordered`` (best first) is compared with: the reference when it is there
+    and not the best itself, else the runner-up."""
+    return reference if reference is not None and reference in ordered and reference != ordered[0] else ordered[1]
+
+
+def best_point(group: pd.DataFrame, values: pd.Series, metric: str, reference=None) -> Best | None:
+    """The findings' rule for "best", for any caller (the figures' stars): the best mean of
+    ``metric`` over ``values`` against :func:`compared_with`, beyond noise as the findings judge it
+    (perplexity: paired per-window losses, :mod:`.noise`; accuracy: 2 SE of the difference)."""
+    means = group.groupby(values, sort=False)[metric].mean().dropna()
+    if len(means) < 2:
+        return None
+    ordered = means.sort_values(ascending=metric.startswith("eval/ppl_"))
+    best = ordered.index[0]
+    against = compared_with(ordered.index, reference)
+    rows_best, rows_against = group[values == best], group[values == against]
+    if metric.startswith("eval/ppl_"):
+        found = noise.compare(rows_best, rows_against, metric)
+        return Best(best, against, None if found is None else found.beyond_noise, found.text() if found else "no noise estimate")
+    se_best, se_against = _stderr(rows_best, metric), _stderr(rows_against, metric)
+    shown = difference(ordered.iloc[0], se_best, means[against], se_against)
+    return Best(best, against, None if "no standard error" in shown else "beyond noise" in shown, shown)
+
+
 def ppl_verdict(rows_a: pd.DataFrame, rows_b: pd.DataFrame, metric: str, a: str, b: str) -> str:
     """``a`` (the lower perplexity) against ``b``: "best" only beyond noise, else "lowest, within noise"."""
     found = noise.compare(rows_a, rows_b, metric)
@@ -218,7 +256,8 @@ def _one(group: pd.DataFrame, axis: str, metric: str, where: str, size: str, den
     reference = 0.0 if axis == "method.alpha" else REFERENCES.get(axis)
     if reference is not None and reference in means.index and reference != best:
         shown = difference(best_value, errors[best], means[reference], errors[reference])
-        word = f"Best {knob_label(axis)}" if "beyond noise" in shown else f"Highest {knob_label(axis)} (no best)"
+        name = AXIS_NAMES.get(axis, knob_label(axis))
+        word = f"Best {name}" if "beyond noise" in shown else f"Highest {name} (no best)"
         text += f" {word}: {_value_text(axis, best)}, {shown} against {REFERENCE_NAMES.get(axis, _value_text(axis, reference))}."
     elif reference is not None and reference == best:
         text += f" {REFERENCE_NAMES.get(axis, _value_text(axis, reference))} is highest; " + "; ".join(

@@ -441,6 +441,26 @@ def comparable(baseline: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
             if column.startswith("eval/ppl_") and not column.endswith("_tokens"):  # its noise goes with it
                 noise = [c for c in rows.columns if c.startswith(f"{NOISE_PREFIX}{column.removeprefix('eval/')}_")]
                 rows[noise] = float("nan")
+    return _mean_over_their_tasks(rows, frame)
+
+
+def _mean_over_their_tasks(rows: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """The baseline's zero-shot mean over ``frame``'s tasks (as :func:`prunelab.zeroshot.mean_accuracy`
+    computes it), where the baseline answered more tasks but each of these on the same examples."""
+    tasks = [c for c in frame.columns if c.startswith("zeroshot/") and c.endswith("/acc") and frame[c].notna().any()]
+    if "zeroshot/mean_acc" not in frame or not tasks or any(c not in rows for c in tasks):
+        return rows
+    accs = rows[tasks].apply(pd.to_numeric, errors="coerce")
+    found = accs.notna().all(axis=1) & rows.get("zeroshot/mean_acc", pd.Series(float("nan"), index=rows.index)).isna()
+    if not found.any():
+        return rows
+    rows = rows.copy()
+    rows.loc[found, "zeroshot/mean_acc"] = accs[found].mean(axis=1)
+    rows.loc[found, "zeroshot/mean_acc_tasks"] = float(len(tasks))
+    errors = [f"{c}{STDERR}" for c in tasks]
+    if all(c in rows for c in errors):
+        se = rows.loc[found, errors].apply(pd.to_numeric, errors="coerce")
+        rows.loc[found, f"zeroshot/mean_acc{STDERR}"] = (se ** 2).sum(axis=1, min_count=len(errors)) ** 0.5 / len(tasks)
     return rows
 
 

@@ -16,6 +16,7 @@ import datetime as dt
 import math
 import numbers
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from prunelab.study.figures import Figure
 from prunelab.study.findings import TASK_NAMES, findings
 from prunelab.study.orderings import verdicts
 from prunelab.study.records import (
+    MISSING,
     STDERR,
     Sweep,
     knob_label,
@@ -125,6 +127,7 @@ def header(column) -> str:
         return f"{stage.capitalize()} time (s)"
     if name.startswith("memory/"):
         what = name.removeprefix("memory/").removesuffix("_mb").replace("peak_rss", "peak RSS").replace("peak_cuda", "peak CUDA")
+        what = what.replace("start_rss", "RSS at start")
         return f"{what[0].upper()}{what[1:]} (MiB)".replace("_", " ")
     if name.startswith("bench/"):
         words = name.removeprefix("bench/").split("_")
@@ -168,7 +171,8 @@ def markdown_table(table: pd.DataFrame, metric: str = "") -> str:
     table = _with_stderr(table)
     shown = table.reset_index() if any(name is not None for name in table.index.names) else table
     across = header(table.columns.name) if isinstance(table.columns.name, str) else table.columns.name
-    headers = [f"{across} {c}" if across and c in table.columns else header(c) for c in shown.columns]
+    headers = [(f"no {across}" if c == MISSING else f"{across} {c}") if across and c in table.columns else header(c)
+               for c in shown.columns]
     pivot_accuracy = is_accuracy(metric)
     cells = pd.DataFrame({title: [number(v, is_accuracy(str(column)) or (pivot_accuracy and column in table.columns))
                                   for v in shown[column]]
@@ -303,27 +307,121 @@ pre, code { font-size: 7pt; }
 """
 
 
-def write_pdf(text: str, root: Path, path: Path, title: str = "", page_per_section: bool = False) -> Path:
+def write_pdf(text: str, root: Path, path: Path, title: str = "", page_per_section: bool = False,
+              breaks: re.Pattern | None = None) -> Path:
     """Typeset Markdown as a PDF; relative image paths resolve against ``root``. With
-    ``page_per_section`` every ``## `` heading starts a page (a PDF section of its own), so no
-    section heading is left at the foot of a page."""
-    pdf = MarkdownPdf(toc_level=2)
-    pdf.meta = {**pdf.meta, "title": title}  # the class holds the defaults; leave them alone
-    for part in (split_sections(text) if page_per_section else [text]):
-        pdf.add_section(Section(part, root=str(root)), user_css=PDF_CSS)
-    pdf.save(path)
+    ``page_per_section`` every heading that ``breaks`` matches (default :data:`PAGE_BREAK`) starts a
+    page (a PDF section of its own). ``markdown-pdf`` cannot keep a heading with what follows it, so
+    the PDF is then read back: a page that ends with a heading, or with a caption or line that
+    introduces a table, figure or list (:func:`keeps_with_next`), is cut before it and the document
+    typeset again (:func:`stranded`), until no page ends so (at most :data:`PASSES` times)."""
+    parts = split_sections(text, breaks or PAGE_BREAK) if page_per_section else [text]
+    for _ in range(PASSES):
+        counts = _typeset(parts, root, path, title)
+        cuts = stranded(path, parts, counts)
+        if not cuts:
+            break
+        parts = [piece for index, part in enumerate(parts) for piece in _cut(part, cuts.get(index, []))]
     return path
 
 
+PASSES = 8
+
+
+def _typeset(parts: list[str], root: Path, path: Path, title: str) -> list[int]:
+    """The PDF of ``parts``, each starting a page; the number of pages of each."""
+    pdf = MarkdownPdf(toc_level=2)
+    pdf.meta = {**pdf.meta, "title": title}  # the class holds the defaults; leave them alone
+    sections = [Section(part, root=str(root)) for part in parts]
+    for section in sections:
+        pdf.add_section(section, user_css=PDF_CSS)
+    pdf.save(path)
+    return [section.page_count for section in sections]
+
+
+def _plain(text: str) -> str:
+    """Letters and digits only, lower case, ligatures (``ﬁ``) undone: a Markdown line and its
+    typeset text compare equal."""
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)  # a link or image: its text
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def keeps_with_next(lines: list[str]) -> list[int]:
+    """Indices of the lines that must not end a page: headings, and a paragraph followed by a table,
+    an image or a list (a table's caption, "**Findings.**", "Failed jobs of ...:"); not a figure's
+    caption, which follows its image."""
+    found = []
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    for position, i in enumerate(filled):
+        line = lines[i].lstrip()
+        following = lines[filled[position + 1]].lstrip() if position + 1 < len(filled) else ""
+        previous = lines[filled[position - 1]].lstrip() if position else ""
+        if line.startswith("#"):
+            found.append(i)
+        elif not line.startswith(("|", "- ", "![")) and not previous.startswith("![") \
+                and following.startswith(("|", "- ", "![")):
+            found.append(i)
+    return found
+
+
+def stranded(path: Path, parts: list[str], counts: list[int]) -> dict[int, list[int]]:
+    """Per part, the lines at which to cut it: where a page of the PDF ends with a line that keeps
+    with the next (its last text or image block is that line), the cut goes before that line and
+    the keep-with-next lines right above it (a heading over its table's caption)."""
+    import pymupdf
+
+    cuts: dict[int, list[int]] = {}
+    with pymupdf.open(path) as document:
+        first = 0
+        for index, (part, count) in enumerate(zip(parts, counts)):
+            lines = part.splitlines()
+            keep = keeps_with_next(lines)
+            for number in range(first, first + count - 1):  # a part's last page ends the part
+                last = _last_block(document[number])
+                line = next((i for i in keep if i > 0 and _plain(lines[i]) and _plain(lines[i]) == last), None)
+                if line is None:
+                    continue
+                while True:  # take the keep-with-next lines above it along
+                    above = max((i for i in range(line) if lines[i].strip()), default=None)
+                    if above is None or above not in keep or above == 0:
+                        break
+                    line = above
+                if line > 0 and any(lines[i].strip() for i in range(line)):
+                    cuts.setdefault(index, []).append(line)
+            first += count
+    return cuts
+
+
+def _last_block(page) -> str:
+    """The plain text of the lowest block of a page (an image: empty)."""
+    blocks = [b for b in page.get_text("dict")["blocks"]
+              if b.get("type") == 1 or any(s["text"].strip() for line in b.get("lines", []) for s in line["spans"])]
+    if not blocks:
+        return ""
+    lowest = max(blocks, key=lambda b: (b["bbox"][3], b["bbox"][1]))
+    if lowest.get("type") == 1:
+        return ""
+    return _plain(" ".join(s["text"] for line in lowest["lines"] for s in line["spans"]))
+
+
+def _cut(part: str, lines: list[int]) -> list[str]:
+    rows = part.splitlines()
+    edges = [0, *sorted(set(lines)), len(rows)]
+    return ["\n".join(rows[a:b]) for a, b in zip(edges, edges[1:]) if b > a]
+
+
 PAGE_BREAK = re.compile(r"^## ([2-9]\.|\d\d+\.|Discussion|Appendix A)")  # these sections start a page
+SWEEP_PAGE_BREAK = re.compile(r"^## (?!Setup$|Methods$)")  # a sweep's report: every section after setup and methods
 
 
-def split_sections(text: str) -> list[str]:
-    """Markdown cut before every numbered ``## `` heading from 2 on, the discussion and the
-    appendices (title, introduction and setup stay together on the first pages)."""
+def split_sections(text: str, breaks: re.Pattern = PAGE_BREAK) -> list[str]:
+    """Markdown cut before every heading ``breaks`` matches (the paper's: every numbered ``## ``
+    heading from 2 on, the discussion and the appendices; title, introduction and setup stay
+    together on the first pages)."""
     parts: list[list[str]] = [[]]
     for line in text.splitlines():
-        if PAGE_BREAK.match(line) and any(x.strip() for x in parts[-1]):
+        if breaks.match(line) and any(x.strip() for x in parts[-1]):
             parts.append([])
         parts[-1].append(line)
     return ["\n".join(lines) for lines in parts]
@@ -345,5 +443,6 @@ def write_report(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[st
     text = markdown(sweep, tables, figures)
     md_path = sweep.directory / "report.md"
     md_path.write_text(text)
-    pdf_path = write_pdf(text, sweep.directory, sweep.directory / "report.pdf", title=title(sweep))
+    pdf_path = write_pdf(text, sweep.directory, sweep.directory / "report.pdf", title=title(sweep), page_per_section=True,
+                         breaks=SWEEP_PAGE_BREAK)
     return md_path, pdf_path

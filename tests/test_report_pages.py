@@ -1,0 +1,165 @@
+"""The hand-in's pages and figures: a figure stars a "best" point only beyond noise (the findings'
+rule), a sweep's own report starts each section on a page, and no page of a report ends with a
+heading or with the caption of a table that went to the next page."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pymupdf
+import pytest
+
+from prunelab.evaluate import log_ppl_standard_error
+from prunelab.study import figures, report
+from prunelab.study.findings import best_point, findings
+from prunelab.study.records import Sweep
+
+ALPHA0 = [5.0, 5.4, 4.7, 5.2, 4.9, 5.3, 5.1, 4.8]  # per-window NLL at alpha=0: windows of different difficulty
+JITTER = [0.02, -0.03, 0.01, -0.02, 0.03, -0.01, 0.02, -0.015]
+
+
+def _knob_sweep(tmp_path: Path, shift: float) -> Sweep:
+    """RIA at alpha 0, 0.5 and 1, as results.csv holds it: alpha=0.5 is ``shift`` lower in every
+    window's NLL (plus jitter), alpha=1 a little higher."""
+    windows = {0.0: ALPHA0, 0.5: [w - shift + j for w, j in zip(ALPHA0, JITTER)],
+               1.0: [w + 0.3 + j for w, j in zip(ALPHA0, JITTER[::-1])]}
+    rows = [{"job": str(i), "status": "completed", "model": "m", "method": "ria", "sparsity": 0.5, "pattern": "unstructured",
+             "method.alpha": alpha, "eval_seqlen": 65, "eval/ppl_wiki": math.exp(np.mean(nll)),
+             "eval/ppl_wiki_tokens": 64 * len(nll), "noise/ppl_wiki_window_nll": json.dumps(nll),
+             "noise/ppl_wiki_se_log": log_ppl_standard_error(nll)} for i, (alpha, nll) in enumerate(windows.items())]
+    return Sweep(tmp_path, pd.DataFrame(rows), pd.DataFrame(), {})
+
+
+def _stars(monkeypatch) -> list:
+    """The star markers the figure code plots (recorded as it draws)."""
+    drawn = []
+    original = plt.Axes.plot
+
+    def plot(self, *args, **kwargs):
+        if kwargs.get("marker") == "*":
+            drawn.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "plot", plot)
+    return drawn
+
+
+def test_a_figure_stars_a_best_point_only_beyond_noise_as_the_findings_say(tmp_path, monkeypatch):
+    stars = _stars(monkeypatch)
+    within = _knob_sweep(tmp_path, shift=0.01)  # alpha=0.5 lowest by 1%, within the paired noise
+    made = figures.knob_curve(within, "method.alpha", tmp_path / "within.png")
+    assert stars == []
+    assert "no best: lowest at 0.5" in made.caption and "within noise of 0" in made.caption
+    assert "Lowest: alpha=0.5, but within noise of α=0" in findings(within.results)[0]  # the findings agree
+
+    beyond = _knob_sweep(tmp_path, shift=0.15)  # 14% lower on every window: beyond noise
+    made = figures.knob_curve(beyond, "method.alpha", tmp_path / "beyond.png")
+    assert [list(x) for x, _ in stars] == [[0.5]]
+    assert "best at 0.5:" in made.caption and "beyond noise) against 0" in made.caption
+    assert "Best: alpha=0.5" in findings(beyond.results)[0]
+
+
+def test_best_point_compares_with_the_reference_else_the_runner_up():
+    frame = _knob_sweep(Path("."), shift=0.15).results
+    assert best_point(frame, frame["method.alpha"], "eval/ppl_wiki", reference=0.0).against == 0.0
+    without = frame[frame["method.alpha"] > 0]
+    found = best_point(without, without["method.alpha"], "eval/ppl_wiki", reference=0.0)
+    assert (found.value, found.against, found.beyond_noise) == (0.5, 1.0, True)
+    unknown = without.drop(columns=["noise/ppl_wiki_window_nll", "noise/ppl_wiki_se_log"])
+    assert best_point(unknown, unknown["method.alpha"], "eval/ppl_wiki").beyond_noise is None  # no noise estimate: no star
+
+
+# ------------------------------------------------------------------------------------------ pages
+def _pages(path: Path) -> list[list[str]]:
+    with pymupdf.open(path) as document:
+        return [page.get_text().strip().splitlines() for page in document]
+
+
+def _filler(lines: int) -> str:
+    return "\n\n".join(f"Line {i} of the filler." for i in range(lines))
+
+
+def test_no_page_ends_with_a_heading_or_a_tables_caption(tmp_path):
+    """The filler puts the heading, then the caption, at the foot of page 1 (found by typesetting
+    without the check); typeset with it, both start page 2 above their table."""
+    table = "| setting | perplexity |\n|---|---|\n| 50% | 12.34 |"
+    at_foot = {}
+    for lines in range(20, 40):
+        text = f"# Title\n\n{_filler(lines)}\n\n### Results heading\n\n*Table: perplexity by setting.*\n\n{table}\n\n" \
+               + "More text after the table. " * 100
+        report._typeset([text], tmp_path, tmp_path / "raw.pdf", "")
+        last = _pages(tmp_path / "raw.pdf")[0][-1]
+        if last in ("Results heading", "Table: perplexity by setting.") and last not in at_foot:
+            at_foot[last] = text
+        if len(at_foot) == 2:
+            break
+    assert set(at_foot) == {"Results heading", "Table: perplexity by setting."}  # both cases happen unchecked
+    for text in at_foot.values():
+        pages = _pages(report.write_pdf(text, tmp_path, tmp_path / "checked.pdf"))
+        assert pages[1][:3] == ["Results heading", "Table: perplexity by setting.", "setting"]
+        assert all(page[-1] not in ("Results heading", "Table: perplexity by setting.") for page in pages)
+
+
+def test_a_figures_caption_stays_below_its_figure_and_is_no_keep_with_next_line():
+    lines = ["## Figures", "", "![ppl](figures/ppl.png)", "", "*Figure 1. Perplexity.*", "", "![b](b.png)", "", "*Figure 2.*", "",
+             "*Table: x.*", "", "| a |", "|---|", "| 1 |", "", "**Findings.**", "", "- one"]
+    assert [lines[i] for i in report.keeps_with_next(lines)] == ["## Figures", "*Table: x.*", "**Findings.**"]
+
+
+def test_a_sweeps_own_report_starts_each_section_after_the_setup_on_a_new_page():
+    text = "# Sweep x\n\n## Setup\n\n- a\n\n## Methods\n\nrule\n\n## Findings\n\n- f\n\n## Results\n\n### t\n\n|a|\n|-|\n|1|\n"
+    parts = report.split_sections(text, report.SWEEP_PAGE_BREAK)
+    assert [part.splitlines()[0] for part in parts] == ["# Sweep x", "## Findings", "## Results"]
+
+
+def test_figures_plot_accuracies_in_percent_as_the_tables_show_them():
+    frame = pd.DataFrame({"sparsity": [0.3, 0.5], "zeroshot/mean_acc": [0.412, 0.388], "zeroshot/arc_easy/acc": [0.25, 0.2],
+                          "eval/ppl_wiki": [30.0, 40.0]})
+    long = figures._long(frame, ["zeroshot/mean_acc", "zeroshot/arc_easy/acc", "eval/ppl_wiki"], ["sparsity"])
+    shown = long.groupby("metric")["value"].apply(list).to_dict()
+    assert shown == {"zero-shot mean accuracy (%)": pytest.approx([41.2, 38.8]), "arc_easy acc (%)": [25.0, 20.0],
+                     "perplexity (wiki)": [30.0, 40.0]}
+
+
+def test_the_patterns_bars_are_not_drawn_over_a_varying_method_knob(tmp_path):
+    """The α study also varies the pattern: bars per pattern would average α=0 and α=0.5."""
+    both = _knob_sweep(tmp_path, shift=0.15).results.iloc[:2]
+    rows = pd.concat([both, both.assign(pattern="2:4", job=["2", "3"])], ignore_index=True)
+    assert figures.patterns(Sweep(tmp_path, rows, pd.DataFrame(), {}), tmp_path / "p.png") is None
+    one_alpha = rows[rows["method.alpha"] == 0.0]
+    assert figures.patterns(Sweep(tmp_path, one_alpha, pd.DataFrame(), {}), tmp_path / "p.png") is not None
+    by_modules = pd.concat([one_alpha.assign(modules="all"), one_alpha.assign(modules="mlp", job=["4", "5"])], ignore_index=True)
+    assert figures.patterns(Sweep(tmp_path, by_modules, pd.DataFrame(), {}), tmp_path / "p.png") is None  # the module study
+
+
+def test_the_config_diff_leaves_calibration_blank_for_a_job_that_calibrates_nothing(tmp_path):
+    from prunelab.study.describe import config_diff
+
+    def record(method: str, calibration) -> dict:
+        return {"status": "completed", "config": {"method": {"name": method}, "calib_data": {"nsamples": 8}, "sparsity": 0.5},
+                "plan": {"sparsity": 0.5, "calibration": calibration}}
+
+    records = {"0": record("magnitude", None), "1": record("wanda", {"nsamples": 8})}
+    table, _ = config_diff(Sweep(tmp_path, pd.DataFrame(), pd.DataFrame(), records))
+    assert table.set_index("job")["calib_data.nsamples"].to_dict() == {"0": "", "1": 8}
+
+
+def test_a_baseline_that_answered_more_tasks_gets_its_mean_over_the_studys_tasks():
+    from prunelab.study.records import comparable
+
+    study = pd.DataFrame({"zeroshot/mean_acc": [0.5], "zeroshot/mean_acc_tasks": [2.0], "zeroshot/arc_easy/acc": [0.4],
+                          "zeroshot/arc_easy/acc_stderr": [0.08], "zeroshot/arc_easy/samples": [40], "zeroshot/piqa/acc": [0.6],
+                          "zeroshot/piqa/acc_stderr": [0.08], "zeroshot/piqa/samples": [40]})
+    dense = pd.DataFrame({"zeroshot/mean_acc": [0.3], "zeroshot/mean_acc_tasks": [4.0],
+                          "zeroshot/arc_easy/acc": [0.5], "zeroshot/arc_easy/acc_stderr": [0.08], "zeroshot/arc_easy/samples": [40],
+                          "zeroshot/piqa/acc": [0.725], "zeroshot/piqa/acc_stderr": [0.06], "zeroshot/piqa/samples": [40],
+                          "zeroshot/mmlu/acc": [0.1], "zeroshot/mmlu/samples": [100]})
+    joined = comparable(dense, study).iloc[0]
+    assert joined["zeroshot/mean_acc"] == pytest.approx(0.6125) and joined["zeroshot/mean_acc_tasks"] == 2
+    assert joined["zeroshot/mean_acc_stderr"] == pytest.approx(0.05)
+    assert math.isnan(comparable(dense.assign(**{"zeroshot/piqa/samples": [100]}), study).iloc[0]["zeroshot/mean_acc"])
