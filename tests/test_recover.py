@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunelab import data, pipeline, recover
+from prunelab import assets, data, pipeline, recover
 from prunelab.checks import ConfigError
 from prunelab.loggers import Logger
 from prunelab.models import DecoderAdapter
@@ -239,17 +239,78 @@ def test_recovery_table_gives_the_gap_closed_beside_the_dense_control(tmp_path):
     rows = [  # dense 10; wanda 2:4 pruned 100 -> recovered sqrt(1000) (half the log gap); dense+LoRA 10 -> 9
         {"job": "0", "status": "completed", "method": "dense", "sparsity": 0.0, "pattern": None, "eval/ppl_wiki": 10.0},
         {"job": "1", "status": "completed", "method": "wanda", "sparsity": 0.5, "pattern": "2:4", "recover/steps": 20,
-         "recover/ppl_wiki_before": 100.0, "eval/ppl_wiki": math.sqrt(1000.0), "recover/remask_cost_wiki": 0.1},
+         "recover/ppl_wiki_before": 100.0, "eval/ppl_wiki": math.sqrt(1000.0), "recover/remask_cost_wiki": 0.1,
+         "recover/ppl_wiki_merged_dense": math.sqrt(1000.0) / math.exp(0.1), "recover/train_tokens": 2048,
+         "recover/train_idle_s": 90.0, "recover/achieved_sparsity": 0.5,
+         "recover/zeroshot_before/mean_acc": 0.40, "zeroshot/mean_acc": 0.45, "zeroshot/mean_acc_stderr": 0.02,
+         "recover/zeroshot_before/piqa/samples": 100.0},
         {"job": "2", "status": "completed", "method": "dense", "sparsity": 0.0, "pattern": None, "recover/steps": 20,
          "recover/ppl_wiki_before": 10.0, "eval/ppl_wiki": 9.0},
     ]
     sweep = Sweep(tmp_path, pd.DataFrame(rows), pd.DataFrame(), {r["job"]: {} for r in rows})
-    table = tables(sweep)["recovery"]
-    wanda = table.loc[("wanda", "2:4", 20)]
-    assert wanda["wiki gap closed"] == pytest.approx(0.5)
-    assert wanda["wiki re-mask cost (log)"] == pytest.approx(0.1)
-    assert wanda["wiki dense+LoRA gain (log)"] == pytest.approx(math.log(10 / 9))
-    assert math.isnan(table.loc[("dense", "dense", 20)]["wiki gap closed"])
-    assert "gap closed" in markdown_table(table, "recovery")
+    found = tables(sweep)
+    wanda = found["recovery"].loc[("wanda", "2:4", 20, "wiki")]
+    assert wanda["gap closed vs dense"] == pytest.approx(0.5)
+    assert wanda["gap closed vs dense+LoRA"] == pytest.approx(recover.recovered_fraction(100.0, math.sqrt(1000.0), 9.0))
+    assert wanda["dense"] == 10.0 and wanda["dense+LoRA"] == 9.0
+    assert wanda["re-mask cost (log)"] == pytest.approx(0.1)
+    assert wanda["merged, zeros filled"] == pytest.approx(math.sqrt(1000.0) / math.exp(0.1))
+    assert math.isnan(found["recovery"].loc[("dense", "dense", 20, "wiki")]["gap closed vs dense"])
+    assert "gap closed vs dense+LoRA" in markdown_table(found["recovery"], "recovery")
+    jobs = found["recovery_jobs"].loc[("wanda", "2:4", 20)]
+    assert jobs["training CPU min (idle cores)"] == pytest.approx(1.5) and jobs["training tokens"] == 2048
+    assert jobs["zero-shot before (%)"] == pytest.approx(40.0) and jobs["change (points)"] == pytest.approx(5.0)
+    assert jobs["zero-shot tasks"] == "piqa (100)"
     rows = [{k: v for k, v in r.items() if not k.startswith("recover/")} for r in rows]
-    assert "recovery" not in tables(Sweep(tmp_path, pd.DataFrame(rows), pd.DataFrame(), {}))
+    assert not {"recovery", "recovery_jobs"} & set(tables(Sweep(tmp_path, pd.DataFrame(rows), pd.DataFrame(), {})))
+
+
+def _scores(samples: Path) -> list:
+    """lm-eval's per-example log-likelihoods of one task's samples file."""
+    return [json.loads(line)["resps"] for line in samples.read_text().splitlines()]
+
+
+@pytest.mark.skipif(not (assets.paths().hf_datasets_dir / "piqa").exists(), reason="benchmark data not prepared")
+def test_zeroshot_is_scored_before_and_after_recovery(tmp_path):
+    overrides = ["method=wanda", "eval.tasks=[piqa]", "eval.limit=4"]
+    pipeline.main(compose_config(*TINY, *FAST, *overrides), output_dir=tmp_path, overrides=overrides)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "completed", record.get("error")
+    metrics = record["metrics"]
+    assert metrics["recover/zeroshot_before/piqa/samples"] == metrics["zeroshot/piqa/samples"] == 4
+    assert metrics["recover/zeroshot_gain"] == metrics["zeroshot/mean_acc"] - metrics["recover/zeroshot_before/mean_acc"]
+    # the before was scored on the pruned model before training: the same questions, other log-likelihoods
+    before = _scores(tmp_path / "recover" / "lm_eval_before" / "samples_piqa.jsonl")
+    after = _scores(tmp_path / "lm_eval" / "samples_piqa.jsonl")
+    assert len(before) == len(after) == 4 and before != after
+
+
+def test_interrupted_run_resumes_through_the_pipeline_to_the_same_perplexity(tmp_path, monkeypatch):
+    """A run stopped after its step-4 checkpoint (of 6), re-run into the same directory, prunes
+    again, resumes at step 4 and ends with the uninterrupted run's loss curve and perplexity."""
+    overrides = ["method=wanda", "pattern=2:4"]
+    cfg = compose_config(*TINY, *FAST, *overrides)
+    pipeline.main(cfg, output_dir=tmp_path / "straight", overrides=overrides)
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())["metrics"]
+
+    written = recover._write_checkpoint
+
+    def write_then_stop(path, key, step, *args):
+        written(path, key, step, *args)
+        if step == 4:
+            raise pipeline.Interrupted(15)  # SIGTERM after the checkpoint at step 4
+
+    monkeypatch.setattr(recover, "_write_checkpoint", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.main(cfg, output_dir=tmp_path / "run", overrides=overrides)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
+    assert (tmp_path / "run" / "recover" / recover.CHECKPOINT).exists()
+    monkeypatch.setattr(recover, "_write_checkpoint", written)
+    pipeline.main(cfg, output_dir=tmp_path / "run", overrides=overrides)
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "completed", record.get("error")
+    resumed = record["metrics"]
+    assert resumed["recover/resumed_from_step"] == 4 and straight["recover/resumed_from_step"] == 0
+    assert resumed["recover/loss_curve"] == straight["recover/loss_curve"]
+    assert resumed["eval/ppl_wiki"] == straight["eval/ppl_wiki"]  # bit for bit
+    assert resumed["recover/achieved_sparsity"] == straight["recover/achieved_sparsity"] == 0.5

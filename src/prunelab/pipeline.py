@@ -92,7 +92,7 @@ def recover_stage(plan: RunPlan, model, tokenizer, report: PruneReport, output_d
     checkpoints and the adapter go to ``<run dir>/recover``."""
     start = time.perf_counter()
     metrics = plan.recovery.recover(model, tokenizer, report, plan.evaluation.perplexity, plan.model.device,
-                                    output_dir / "recover", logger=plan.logger)
+                                    output_dir / "recover", logger=plan.logger, zeroshot=plan.evaluation.zeroshot)
     metrics["time/recover_s"] = time.perf_counter() - start
     return metrics
 

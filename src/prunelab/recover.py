@@ -58,8 +58,9 @@ class Recovery:
         return {}
 
     def recover(self, model: nn.Module, tokenizer, report: PruneReport, evaluation: PerplexitySpec,
-                device: torch.device, work_dir: Path, logger=None) -> dict[str, Any]:
-        """Fine-tune ``model`` in place and leave the merged model in it; return ``recover/*`` metrics."""
+                device: torch.device, work_dir: Path, logger=None, zeroshot=None) -> dict[str, Any]:
+        """Fine-tune ``model`` in place and leave the merged model in it; return ``recover/*`` metrics
+        (``zeroshot``: the run's ``ZeroShotSpec``; with tasks, they are scored before training too)."""
         raise NotImplementedError
 
 
@@ -132,13 +133,15 @@ class LoraRecovery(Recovery):
 
     # ------------------------------------------------------------------------------------- the stage
     def recover(self, model: nn.Module, tokenizer, report: PruneReport, evaluation: PerplexitySpec,
-                device: torch.device, work_dir: Path, logger=None) -> dict[str, Any]:
+                device: torch.device, work_dir: Path, logger=None, zeroshot=None) -> dict[str, Any]:
         from peft import LoraConfig, get_peft_model
 
         adapter = DecoderAdapter(model)
         metrics: dict[str, Any] = {"recover/method": "lora", "recover/steps": self.steps, "recover/rank": self.rank}
         masks = pruning_masks(adapter, report)
         metrics.update(_perplexities(model, tokenizer, evaluation, device, "before"))
+        if zeroshot is not None and zeroshot.tasks:
+            metrics.update(zeroshot_before(model, tokenizer, zeroshot, device, work_dir / "lm_eval_before"))
 
         windows = training_windows(self.dataset, self.steps * self.batch_size, self.seqlen, self.seed, tokenizer,
                                    evaluation.datasets)
@@ -190,7 +193,7 @@ class LoraRecovery(Recovery):
             result.resumed_from = int(state["step"])
             log.info("recover: resumed from %s at step %d of %d", checkpoint, result.resumed_from, self.steps)
         model.train()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         tokens = 0
         with torch.enable_grad(), tqdm(total=self.steps, initial=result.resumed_from, desc="recover (lora)",
                                        unit="step", dynamic_ncols=True) as progress:
@@ -215,6 +218,8 @@ class LoraRecovery(Recovery):
                 if (step + 1) % self.checkpoint_every == 0 and step + 1 < self.steps:
                     _write_checkpoint(checkpoint, key, step + 1, model, optimizer, scheduler, result.loss_curve)
         result.seconds = time.perf_counter() - start
+        result.cpu_seconds = time.process_time() - cpu_start
+        result.threads = torch.get_num_threads()
         result.tokens = tokens
         model.eval()
         checkpoint.unlink(missing_ok=True)  # finished: the adapter is saved; the sweep skips a completed job
@@ -228,12 +233,17 @@ class TrainResult:
     loss_curve: list[float] = field(default_factory=list)
     resumed_from: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the process's CPU time while training (all threads; on a shared machine wall time lies)
+    threads: int = 1
     tokens: int = 0  # trained in this process (after a resume: since the checkpoint)
 
     def metrics(self) -> dict[str, Any]:
         return {"recover/loss_curve": self.loss_curve, "recover/loss_first": self.loss_curve[0],
                 "recover/loss_last": self.loss_curve[-1], "recover/resumed_from_step": self.resumed_from,
                 "recover/train_s": self.seconds, "recover/train_tokens": self.tokens,
+                "recover/train_cpu_s": self.cpu_seconds, "recover/train_threads": self.threads,
+                # what the training would take on ``threads`` idle cores: CPU time / threads
+                "recover/train_idle_s": self.cpu_seconds / max(self.threads, 1),
                 "recover/tokens_per_s": self.tokens / self.seconds if self.seconds > 0 else 0.0}
 
 
@@ -423,6 +433,19 @@ def _perplexities(model, tokenizer, spec: PerplexitySpec, device: torch.device, 
     return found
 
 
+def zeroshot_before(model, tokenizer, spec, device: torch.device, output_dir: Path) -> dict[str, float]:
+    """The eval stage's zero-shot tasks on the pruned model before training: ``zeroshot/<task>/<metric>``
+    as ``recover/zeroshot_before/<task>/<metric>`` (the eval stage's ``zeroshot/*`` are the after);
+    lm-eval's outputs in ``<run dir>/recover/lm_eval_before``."""
+    from prunelab.zeroshot import evaluate_zeroshot
+
+    found = evaluate_zeroshot(model, tokenizer, spec, device, output_dir=output_dir)
+    out = {f"recover/zeroshot_before/{key.removeprefix('zeroshot/')}": value
+           for key, value in found.items() if key.startswith("zeroshot/")}
+    out["time/recover_zeroshot_before_s"] = found.get("time/zeroshot_s", 0.0)
+    return out
+
+
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
     """After the eval stage: the final (re-masked, or exactly merged) perplexity under ``recover/``,
     the cost of re-masking ``log ppl_remasked - log ppl_merged_dense`` and the gain over the pruned
@@ -439,6 +462,9 @@ def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
         before = metrics.get(f"recover/ppl_{name}_before")
         if before is not None:
             out[f"recover/log_gain_{name}"] = math.log(before) - math.log(value)
+    before, after = metrics.get("recover/zeroshot_before/mean_acc"), metrics.get("zeroshot/mean_acc")
+    if before is not None and after is not None:
+        out["recover/zeroshot_gain"] = after - before
     return out
 
 

@@ -31,7 +31,7 @@ from prunelab.study.records import (
     table_axes,
     with_baseline,
 )
-from prunelab.study.recovery import recovery_table
+from prunelab.study.recovery import recovery_jobs_table, recovery_table
 from prunelab.study.report import markdown_table, timing_table, write_report
 from prunelab.study.tracking import log_sweep_summary
 
@@ -49,7 +49,8 @@ def tables(sweep: Sweep) -> dict[str, pd.DataFrame]:
     pivots = table_axes(Sweep(sweep.directory, own, sweep.block_sparsity, sweep.records))[1] is not None
     found = {"summary": summary_table(sweep),
              **({metric: pivot(sweep, metric) for metric in headline_metrics(sweep)} if pivots else {}),
-             "recovery": recovery_table(sweep)}  # empty unless jobs ran recover=lora
+             "recovery": recovery_table(sweep),  # these two: empty unless jobs ran recover=lora
+             "recovery_jobs": recovery_jobs_table(sweep)}
     return {name: table for name, table in found.items() if not table.empty}
 
 

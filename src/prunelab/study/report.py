@@ -71,6 +71,17 @@ PUBLISHED: tuple[Published, ...] = (
     Published("llama3_8b", "ria", "unstructured 50%", 9.34, "RIA README"),
 )
 REFERENCE_METRIC = "eval/ppl_wikitext2"
+TABLE_NOTES = {  # a paragraph above a results table that needs its columns explained
+    "recovery": ["Perplexity per evaluated set: pruned (before training), merged with its zeros filled "
+                 "(`W + BA`; unstructured and N:M only), recovered (the final model: re-masked `(W + BA) * M`, or "
+                 "merged exactly for a structured or dense model). Re-mask cost: log recovered - log merged. "
+                 "Gap closed: (log pruned - log recovered) / (log pruned - log reference), against the dense "
+                 "model and against the dense model after the same fine-tune (dense+LoRA, the control: "
+                 "what the fine-tune gains without pruning). 1 = back to the reference.", ""],
+    "recovery_jobs": ["Training CPU minutes (idle cores): the training's process CPU time divided by its threads, "
+                      "what it takes on idle cores of this machine. Zero-shot: mean accuracy over the tasks "
+                      "(examples per task), before training and after (the final model); SE of the mean after.", ""],
+}
 LARGE = 1e4  # from here on a number is shown without decimals, with thousands separators
 
 
@@ -249,8 +260,9 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
         parts += [f"{h} Results", ""]
         for name, table in tables.items():
             heading = {"summary": "All headline metrics per setting", "recovery": "Recovery",
+                       "recovery_jobs": "Recovery: training budget and zero-shot before/after",
                        **compression.TABLE_NAMES}.get(name, f"{header(name)} by setting")
-            note = [compression.TABLE_NOTES[name], ""] if name in compression.TABLE_NOTES else []
+            note = [compression.TABLE_NOTES[name], ""] if name in compression.TABLE_NOTES else TABLE_NOTES.get(name, [])
             parts += [f"{h}# {heading}", "", *note, markdown_table(table, name), ""]
         reference = reference_table(sweep)
         if not reference.empty:
