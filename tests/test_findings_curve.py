@@ -87,3 +87,14 @@ def test_the_discussion_states_a_perplexitys_noise_as_a_share_of_its_value(tmp_p
     assert f"One standard error of a run's perplexity is {100 * low:.0f}–{100 * high:.0f}% (median" in text
     assert "0.0962–1.2 nats" in text and f"exp(SE) = {math.exp(0.0962):.2f}–{math.exp(1.201):.2f}" in text
     assert "120.1%" not in text and "9.6" not in text
+
+
+def test_a_perplexity_whose_noise_is_wide_is_shown_with_its_factor_not_a_plus_minus_beyond_it():
+    narrow = _curve({0.3: 0.1, 0.5: 0.3})
+    wide = pd.DataFrame([_row(0, "magnitude", 0.9, [w * 3 + (4 if i % 2 else -4) for i, w in enumerate(DENSE)]),
+                         _row(1, "dense", 0.0, DENSE)])  # windows 8 nats apart: SE of log-perplexity 1.4
+    ppl, se = wide["eval/ppl_wiki"][0], wide["noise/ppl_wiki_se_log"][0]
+    assert se > findings.WIDE_SE_LOG
+    assert f"90% {findings._number(ppl, 'eval/ppl_wiki')} ×/÷ {math.exp(se):.2f} (" in findings.findings(wide)[0]  # no ± beyond it
+    row = narrow.iloc[0]
+    assert f"30% {row['eval/ppl_wiki']:.2f} ± {row['eval/ppl_wiki'] * row['noise/ppl_wiki_se_log']:.2f} (" in findings.findings(narrow)[0]

@@ -52,12 +52,19 @@ def _number(value: float, metric: str) -> str:
     return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.2f}"
 
 
+WIDE_SE_LOG = 0.25  # from here on ppl ± ppl × SE would misstate the spread (it would reach below 0 from 1 on)
+
+
 def _with_se(value: float, se: float | None, metric: str) -> str:
-    """An accuracy with lm-eval's standard error; a perplexity with ``ppl × SE(log ppl)``."""
+    """An accuracy with lm-eval's standard error; a perplexity with ``ppl × SE(log ppl)``, or, where
+    the standard error of log-perplexity exceeds :data:`WIDE_SE_LOG`, the factor ``exp(SE)`` that
+    one standard error multiplies or divides it by (``72,916,071 ×/÷ 3.32``)."""
     if se is None or math.isnan(se):
         return _number(value, metric)
     if metric.startswith("zeroshot/"):
         return f"{100 * value:.1f} ± {100 * se:.1f}%"
+    if se > WIDE_SE_LOG:
+        return f"{_number(value, metric)} ×/÷ {math.exp(se):.2f}"
     spread = value * se
     return f"{_number(value, metric)} ± {f'{spread:,.0f}' if abs(value) >= 1e4 else f'{spread:.2f}'}"
 
