@@ -214,3 +214,23 @@ def test_a_figure_and_its_caption_share_a_page_and_no_page_holds_a_captions_tail
         assert _image_above_caption(checked) == [(True, True)]
         pages = _pages(checked)
         assert pages[1][0] == "Figures"  # the heading above the figure went along
+
+
+def test_a_long_tables_caption_that_wraps_onto_the_next_page_moves_there_whole(tmp_path):
+    """A page that ends with the head of a table's caption (its lines wrapped onto the next page)
+    ends with that caption: it moves to the next page whole, above its table."""
+    caption = "Table: perplexity by setting, " + ", ".join(f"measured on set {i} of the evaluation" for i in range(30)) + "."
+    table = "| setting | perplexity |\n|---|---|\n| 50% | 12.34 |"
+    found = None
+    for lines in range(25, 45):
+        text = f"# Title\n\n{_filler(lines)}\n\n*{caption}*\n\n{table}\n\n" + "More text after the table. " * 100
+        report._typeset([text], tmp_path, tmp_path / "raw.pdf", "")
+        with pymupdf.open(tmp_path / "raw.pdf") as document:
+            last = report._last_block(document[0])
+        if len(last) >= report.SHORTEST_HEAD and report._plain(caption).startswith(last) and last != report._plain(caption):
+            found = text
+            break
+    assert found is not None  # it happens unchecked
+    with pymupdf.open(report.write_pdf(found, tmp_path, tmp_path / "checked.pdf")) as document:
+        assert report._first_block(document[1]) == report._plain(caption)
+        assert not report._plain(caption).startswith(report._last_block(document[0]))
