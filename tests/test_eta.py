@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from prunelab.study.eta import JobCost, job_cost, remaining_seconds
+from prunelab.study.eta import HALF_LIFE_JOBS, JobCost, job_cost, recency_weights, remaining_seconds
 from tests.conftest import compose_config
 
 
@@ -82,10 +82,11 @@ LOADED_TOOK = [326, 269, 259, 389, 401, 290, 291, 198, 255, 299, 180, 225, 69]
 LOADED_TOKEN_S = [116.9, 109.5, 102.8, 126.3, 253.0, 184.3, 189.6, 129.3, 160.2, 147.0, 118.5, 115.0, 54.5]
 
 
-def replay(costs: list[JobCost], took: list[float], token_s: list[float | None], after: int = 3) -> tuple[float, float]:
+def replay(costs: list[JobCost], took: list[float], token_s: list[float | None], after: int = 3,
+           half_life: float | None = HALF_LIFE_JOBS) -> tuple[float, float]:
     """The ETA after job ``after`` from the recorded jobs, and the seconds the rest actually took."""
     finished = [(costs[i], took[i], token_s[i]) for i in range(after)]
-    return remaining_seconds(finished, costs[after:]), sum(took[after:])
+    return remaining_seconds(finished, costs[after:], half_life=half_life), sum(took[after:])
 
 
 def test_the_rest_of_a_job_has_its_own_rate_fitted_on_the_finished_jobs_stage_times():
@@ -102,9 +103,12 @@ def test_the_loaded_headline_sweeps_eta_after_job_3_with_the_rest_split_off():
     estimate, actual = replay(costs, LOADED_TOOK, LOADED_TOKEN_S)
     one_rate, _ = replay(costs, LOADED_TOOK, [None] * len(LOADED_TOOK))
     assert actual == 2_597
-    # the progress line then said 1h17m (+75%); one rate on today's costs says +59%, two rates +29%
-    assert (one_rate - actual) / actual > 0.5
-    assert abs(estimate - actual) / actual < 0.35, estimate
+    # the progress line then said 1h17m (+75%); with every job weighing the same, one rate on
+    # today's costs says +59%, two rates +29%; favouring recent jobs, +47% and +22%
+    for half_life, one_rate_above in ((None, 0.5), (HALF_LIFE_JOBS, 0.4)):
+        assert (replay(costs, LOADED_TOOK, [None] * len(LOADED_TOOK), half_life=half_life)[0] - actual) / actual > one_rate_above
+    assert (replay(costs, LOADED_TOOK, LOADED_TOKEN_S, half_life=None)[0] - actual) / actual < 0.35
+    assert abs(estimate - actual) / actual < 0.25 and estimate < one_rate, estimate
 
 
 def test_a_records_token_seconds_are_its_calibration_and_evaluation(tmp_path):
@@ -116,3 +120,43 @@ def test_a_records_token_seconds_are_its_calibration_and_evaluation(tmp_path):
     assert token_seconds(metrics) == pytest.approx(metrics["time/calibration_s"] + metrics["time/eval_s"])
     assert 0 < token_seconds(metrics) < metrics["time/total_s"]
     assert token_seconds({"time/load_s": 1.0}) is None
+
+
+# Two headline sweeps measured on 4 December (`python run.py +experiment=sparsity_curve logger=none`,
+# embedded model, 13 jobs): seconds each job took (between its two progress lines) and, of them, its
+# calibration + perplexity seconds (its metrics.json). LOAD_DROP (17:59 UTC): a helper's tests shared
+# the 2 cores during jobs 2-3 only, then the machine was idle; IDLE (18:55 UTC, load 0.2-2).
+LOAD_DROP_TOOK = [39.2, 127.2, 133.0, 39.2, 67.6, 65.4, 81.2, 56.7, 59.1, 61.2, 59.1, 59.5, 34.7]
+LOAD_DROP_TOKEN_S = [35.4, 123.9, 97.8, 36.0, 65.3, 62.3, 77.1, 54.5, 55.5, 58.0, 55.8, 56.9, 33.2]
+IDLE_TOOK = [36.6, 36.3, 34.7, 33.4, 54.2, 56.3, 56.8, 55.9, 55.8, 54.1, 56.3, 56.3, 36.9]
+IDLE_TOKEN_S = [32.9, 33.3, 32.3, 30.8, 52.4, 54.1, 54.6, 53.7, 52.9, 51.3, 53.4, 53.8, 35.2]
+
+
+def _error(costs, took, token_s, after, half_life=HALF_LIFE_JOBS) -> float:
+    estimate, actual = replay(costs, took, token_s, after=after, half_life=half_life)
+    return (estimate - actual) / actual
+
+
+def test_recent_jobs_weigh_more_so_the_eta_follows_the_load_when_it_drops():
+    costs = [cost(f"method={method}") for method, _ in HEADLINE]
+    assert recency_weights(3) == [0.0625, 0.25, 1.0] and recency_weights(3, None) == [1.0, 1.0, 1.0]
+    # every job weighing the same (the live progress lines of that sweep): +143% after job 3,
+    # still +107% after job 4 (the first idle job) and +51% after job 5
+    before = [_error(costs, LOAD_DROP_TOOK, LOAD_DROP_TOKEN_S, k, half_life=None) for k in (3, 4, 5)]
+    after = [_error(costs, LOAD_DROP_TOOK, LOAD_DROP_TOKEN_S, k) for k in (3, 4, 5)]
+    assert before[0] > 1.3 and before[1] > 1.0 and before[2] > 0.45
+    assert after[0] > before[0]  # after job 3 the two last jobs were loaded: no fit on finished jobs can know
+    assert after[1] < 0.5 and after[2] < 0.15  # one idle job, and the ETA is within half; two, within 15%
+    assert all(abs(_error(costs, LOAD_DROP_TOOK, LOAD_DROP_TOKEN_S, k)) < 0.1 for k in range(8, 13))
+
+
+def test_on_the_idle_machine_favouring_recent_jobs_changes_nothing_that_matters():
+    costs = [cost(f"method={method}") for method, _ in HEADLINE]
+    for k in range(3, 12):  # the ETA after every job from 3 on, both rules, within 10% of what remained
+        assert abs(_error(costs, IDLE_TOOK, IDLE_TOKEN_S, k)) < 0.1
+        assert abs(_error(costs, IDLE_TOOK, IDLE_TOKEN_S, k, half_life=None)) < 0.1
+    for k in range(1, 12):  # each job's own estimate within 10% (the dense job at the end: within 15%)
+        finished = [(costs[i], IDLE_TOOK[i], IDLE_TOKEN_S[i]) for i in range(k)]
+        assert abs(remaining_seconds(finished, costs[k:k + 1]) / IDLE_TOOK[k] - 1) < 0.1
+    finished = [(costs[i], IDLE_TOOK[i], IDLE_TOKEN_S[i]) for i in range(12)]
+    assert abs(remaining_seconds(finished, costs[12:]) / IDLE_TOOK[12] - 1) < 0.15

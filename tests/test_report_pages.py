@@ -163,3 +163,74 @@ def test_a_baseline_that_answered_more_tasks_gets_its_mean_over_the_studys_tasks
     assert joined["zeroshot/mean_acc"] == pytest.approx(0.6125) and joined["zeroshot/mean_acc_tasks"] == 2
     assert joined["zeroshot/mean_acc_stderr"] == pytest.approx(0.05)
     assert math.isnan(comparable(dense.assign(**{"zeroshot/piqa/samples": [100]}), study).iloc[0]["zeroshot/mean_acc"])
+
+
+CAPTION = ("Figure 4. ria: perplexity against alpha, over the jobs whose method has this knob. A star marks a line's best "
+           "value only where it is best beyond noise against alpha=0, else the runner-up (the findings' rule: paired "
+           "per-window losses, 2 SE or Student's 95% value with few windows); red rings alpha=0. Evaluated on wiki: "
+           "8 windows x 64 tokens (504 predicted tokens).")
+
+
+def _figure_text(lines: int) -> str:
+    return f"# Title\n\n{_filler(lines)}\n\n## Figures\n\n![curve](curve.png)\n\n*{CAPTION}*\n\n" + "Text after the figure. " * 200
+
+
+def _image_above_caption(path: Path) -> list[tuple[bool, bool]]:
+    """Per page holding any of the caption: (the whole caption is on it, an image is right above it)."""
+    found = []
+    with pymupdf.open(path) as document:
+        for page in document:
+            blocks = sorted(report._blocks(page), key=lambda b: b["bbox"][1])
+            for position, block in enumerate(blocks):
+                text = report._text(block)
+                if len(text) >= 10 and text in report._plain(CAPTION):
+                    found.append((text == report._plain(CAPTION), position > 0 and blocks[position - 1].get("type") == 1))
+    return found
+
+
+def test_a_figure_and_its_caption_share_a_page_and_no_page_holds_a_captions_tail(tmp_path):
+    """The filler puts the caption's tail, then the whole caption, at the top of page 2 below an
+    image at the foot of page 1 (found by typesetting without the check); typeset with it, the
+    image moves to page 2 with its whole caption below it."""
+    pixmap = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 640, 400), 0)
+    pixmap.clear_with(200)
+    pixmap.save(tmp_path / "curve.png")
+    parted = {}
+    for lines in range(10, 40):
+        text = _figure_text(lines)
+        report._typeset([text], tmp_path, tmp_path / "raw.pdf", "")
+        top = report._first_block(pymupdf.open(tmp_path / "raw.pdf")[1])
+        whole = report._plain(CAPTION)
+        case = "whole" if top == whole else "tail" if top and whole.endswith(top) else None
+        if case and case not in parted:
+            parted[case] = text
+        if len(parted) == 2:
+            break
+    assert set(parted) == {"whole", "tail"}  # both happen unchecked
+    for text in parted.values():
+        report._typeset([text], tmp_path, tmp_path / "raw.pdf", "")
+        assert (True, True) not in _image_above_caption(tmp_path / "raw.pdf")  # unchecked: parted from its image
+        checked = report.write_pdf(text, tmp_path, tmp_path / "checked.pdf")
+        assert _image_above_caption(checked) == [(True, True)]
+        pages = _pages(checked)
+        assert pages[1][0] == "Figures"  # the heading above the figure went along
+
+
+def test_a_long_tables_caption_that_wraps_onto_the_next_page_moves_there_whole(tmp_path):
+    """A page that ends with the head of a table's caption (its lines wrapped onto the next page)
+    ends with that caption: it moves to the next page whole, above its table."""
+    caption = "Table: perplexity by setting, " + ", ".join(f"measured on set {i} of the evaluation" for i in range(30)) + "."
+    table = "| setting | perplexity |\n|---|---|\n| 50% | 12.34 |"
+    found = None
+    for lines in range(25, 45):
+        text = f"# Title\n\n{_filler(lines)}\n\n*{caption}*\n\n{table}\n\n" + "More text after the table. " * 100
+        report._typeset([text], tmp_path, tmp_path / "raw.pdf", "")
+        with pymupdf.open(tmp_path / "raw.pdf") as document:
+            last = report._last_block(document[0])
+        if len(last) >= report.SHORTEST_HEAD and report._plain(caption).startswith(last) and last != report._plain(caption):
+            found = text
+            break
+    assert found is not None  # it happens unchecked
+    with pymupdf.open(report.write_pdf(found, tmp_path, tmp_path / "checked.pdf")) as document:
+        assert report._first_block(document[1]) == report._plain(caption)
+        assert not report._plain(caption).startswith(report._last_block(document[0]))

@@ -162,7 +162,8 @@ class SweepProgress(Callback):
     The estimates come from :mod:`prunelab.study.eta`: every job's work (token-forwards, from its
     config, published by the sweeper) times the seconds per unit of work of the finished jobs of
     its kind (method, recovery, engine); a kind not seen yet has its token work and its rest timed
-    at the two rates the finished jobs' recorded stage times give. A job
+    at the two rates the finished jobs' recorded stage times give; every rate favours the jobs that
+    finished last (half-life :data:`eta.HALF_LIFE_JOBS` jobs), so it follows a change of load. A job
     found completed is not one that ran (it wrote no new record, or a ``skipped`` copy). Without
     the sweeper's costs (another sweeper, e.g. Optuna) the ETA is the mean job time. It also
     remembers the sweep for :func:`interrupted`.

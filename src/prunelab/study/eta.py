@@ -205,22 +205,41 @@ def job_cost(config) -> JobCost:
 Finished = tuple  # (JobCost, seconds taken) or (JobCost, seconds taken, seconds of token work)
 
 
-def remaining_seconds(finished: Iterable[Finished], remaining: Sequence[JobCost]) -> float | None:
-    """Seconds the ``remaining`` jobs will take, from the ``finished`` ones (cost, seconds taken
-    and, where the job recorded its stage times, the seconds it calibrated and evaluated): a job
-    of a kind that finished takes that kind's seconds per unit of work; any other job its token
-    work at the finished jobs' seconds per token plus its rest at their seconds per unit of rest
-    (:func:`split_rates`), or, without stage times, its work at the rate over all finished jobs.
-    ``None`` before any job finished."""
-    done = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in finished
-            if item[0].work > 0 and item[1] >= 0]
+# How fast the fit forgets: a finished job's weight halves with every HALF_LIFE_JOBS jobs that
+# finished after it (0.5: it is quartered by each later job). With every job weighing the same
+# (the rule before) the ETA followed a change of load slowly: the headline sweep whose jobs 2-3 ran
+# loaded said +143% after job 3 and still +107% after job 4, the first idle one; replayed with
+# half-lives of 0.5, 1, 1.5, 2 and 3 jobs on the four recorded sweeps of tests/test_eta.py, 0.5
+# followed the load best (+47% after job 4, +12% after job 5) and left the idle sweep as it was.
+HALF_LIFE_JOBS = 0.5
+
+
+def recency_weights(count: int, half_life: float | None = HALF_LIFE_JOBS) -> list[float]:
+    """Weights of ``count`` finished jobs in the order they finished: 1 for the last, halving every
+    ``half_life`` jobs before it (all 1 with ``half_life=None``)."""
+    return [1.0 if half_life is None else 0.5 ** ((count - 1 - i) / half_life) for i in range(count)]
+
+
+def remaining_seconds(finished: Iterable[Finished], remaining: Sequence[JobCost],
+                      half_life: float | None = HALF_LIFE_JOBS) -> float | None:
+    """Seconds the ``remaining`` jobs will take, from the ``finished`` ones in the order they
+    finished (cost, seconds taken and, where the job recorded its stage times, the seconds it
+    calibrated and evaluated): a job of a kind that finished takes that kind's seconds per unit of
+    work; any other job its token work at the finished jobs' seconds per token plus its rest at
+    their seconds per unit of rest (:func:`split_rates`), or, without stage times, its work at the
+    rate over all finished jobs. Every rate is a weighted fit that favours recent jobs
+    (:func:`recency_weights`, half-life ``half_life`` jobs; ``None``: all alike), so the ETA follows
+    a change of load within a job or two. ``None`` before any job finished."""
+    items = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in finished]
+    done = [(cost, seconds, tokens, weight) for (cost, seconds, tokens), weight in zip(items, recency_weights(len(items), half_life))
+            if cost.work > 0 and seconds >= 0]
     if not done:
         return None
-    overall = sum(s for _, s, _ in done) / sum(c.work for c, _, _ in done)
+    overall = sum(w * s for _, s, _, w in done) / sum(w * c.work for c, _, _, w in done)
     by_kind: dict[str, tuple[float, float]] = {}
-    for cost, seconds, _ in done:
+    for cost, seconds, _, weight in done:
         taken, work = by_kind.get(cost.kind, (0.0, 0.0))
-        by_kind[cost.kind] = (taken + seconds, work + cost.work)
+        by_kind[cost.kind] = (taken + weight * seconds, work + weight * cost.work)
     rates = {kind: taken / work for kind, (taken, work) in by_kind.items()}
     split = split_rates(done)
 
@@ -232,15 +251,17 @@ def remaining_seconds(finished: Iterable[Finished], remaining: Sequence[JobCost]
     return sum(cost.work * rates[cost.kind] if cost.kind in rates else unseen(cost) for cost in remaining)
 
 
-def split_rates(done: Sequence[tuple[JobCost, float, float | None]]) -> tuple[float, float] | None:
+def split_rates(done: Sequence[tuple]) -> tuple[float, float] | None:
     """Seconds per unit of token work and per unit of rest, over the finished jobs that recorded
-    their stage times; ``None`` when they give no token work or no rest to fit on."""
-    timed = [(cost, seconds, min(tokens, seconds)) for cost, seconds, tokens in done if tokens is not None and tokens >= 0]
-    token_work = sum(cost.tokens for cost, _, _ in timed)
-    rest_work = sum(cost.rest for cost, _, _ in timed)
+    their stage times (cost, seconds, token seconds and, optionally, the job's weight); ``None``
+    when they give no token work or no rest to fit on."""
+    timed = [(cost, seconds, min(tokens, seconds), weight[0] if weight else 1.0)
+             for cost, seconds, tokens, *weight in done if tokens is not None and tokens >= 0]
+    token_work = sum(w * cost.tokens for cost, _, _, w in timed)
+    rest_work = sum(w * cost.rest for cost, _, _, w in timed)
     if token_work <= 0 or rest_work <= 0:
         return None
-    return sum(t for _, _, t in timed) / token_work, sum(s - t for _, s, t in timed) / rest_work
+    return sum(w * t for _, _, t, w in timed) / token_work, sum(w * (s - t) for _, s, t, w in timed) / rest_work
 
 
 TOKEN_STAGES = ("time/calibration_s", "time/eval_s", "time/zeroshot_s", "time/recover_s")

@@ -52,12 +52,19 @@ def _number(value: float, metric: str) -> str:
     return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.2f}"
 
 
+WIDE_SE_LOG = 0.25  # from here on ppl ± ppl × SE would misstate the spread (it would reach below 0 from 1 on)
+
+
 def _with_se(value: float, se: float | None, metric: str) -> str:
-    """An accuracy with lm-eval's standard error; a perplexity with ``ppl × SE(log ppl)``."""
+    """An accuracy with lm-eval's standard error; a perplexity with ``ppl × SE(log ppl)``, or, where
+    the standard error of log-perplexity exceeds :data:`WIDE_SE_LOG`, the factor ``exp(SE)`` that
+    one standard error multiplies or divides it by (``72,916,071 ×/÷ 3.32``)."""
     if se is None or math.isnan(se):
         return _number(value, metric)
     if metric.startswith("zeroshot/"):
         return f"{100 * value:.1f} ± {100 * se:.1f}%"
+    if se > WIDE_SE_LOG:
+        return f"{_number(value, metric)} ×/÷ {math.exp(se):.2f}"
     spread = value * se
     return f"{_number(value, metric)} ± {f'{spread:,.0f}' if abs(value) >= 1e4 else f'{spread:.2f}'}"
 
@@ -121,13 +128,19 @@ def axis_of(frame: pd.DataFrame) -> tuple[str | None, list[str]]:
 
 
 def findings(results: pd.DataFrame) -> list[str]:
-    """Sentences on the numbers of a results table (completed and skipped jobs)."""
+    """Sentences on the numbers of a results table (completed and skipped jobs): the study's knob
+    compared within each setting of the others; where that compares nothing (one method, e.g. a
+    sparsity curve of magnitude alone), each method's curve over sparsity against the dense model
+    (:func:`curve_findings`). Empty only when there is nothing to compare (one job)."""
     done = results[results["status"].isin(["completed", "skipped"])] if "status" in results else results
     if done.empty:
         return []
     axis, context = axis_of(done)
-    if axis is None:
-        return []
+    sentences = _compared(done, axis, context) if axis is not None else []
+    return sentences or curve_findings(done)
+
+
+def _compared(done: pd.DataFrame, axis: str, context: list[str]) -> list[str]:
     unpruned = prunes_nothing(done)
     baseline = done[unpruned]
     pruned = with_setting(done[~unpruned] if (~unpruned).any() else done).dropna(subset=[axis])
@@ -146,6 +159,97 @@ def findings(results: pd.DataFrame) -> list[str]:
     if axis == "calib_data":
         sentences.append(in_domain_verdict(pruned, context))
     return [s for s in sentences if s]
+
+
+# ------------------------------------------------------------------------ one method over sparsity
+def curve_findings(done: pd.DataFrame) -> list[str]:
+    """Per method (and pattern) and headline metric, the curve over sparsity: each point with its
+    noise and its ratio to the dense model, where a perplexity first exceeds twice the dense one (an
+    accuracy first falls below the dense one beyond noise), and every step up in sparsity with its
+    noise (perplexity: paired over the same windows). What a sweep of one method can say."""
+    unpruned = prunes_nothing(done)
+    baseline, pruned = done[unpruned], done[~unpruned].copy()
+    pruned["sparsity"] = pd.to_numeric(pruned["sparsity"], errors="coerce")
+    pruned = pruned.dropna(subset=["sparsity"])
+    keys = [c for c in ("method", "pattern") if c in pruned]
+    sentences = []
+    for metric in headline(done):
+        data = pruned.dropna(subset=[metric])
+        dense = baseline.dropna(subset=[metric]) if metric in baseline else baseline.iloc[0:0]
+        for key, group in data.groupby([data[c].astype(str) for c in keys], sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            points = {float(v): rows for v, rows in group.groupby("sparsity", sort=True)}
+            if len(points) + (1 if len(dense) else 0) < 2:
+                continue
+            where = ", ".join(v for c, v in zip(keys, key) if not (c == "pattern" and v == "unstructured"))
+            size = evaluation_size(done, metric)
+            sentences.append(_curve(points, dense, metric, where, size))
+    return sentences
+
+
+def _sparsity_text(value: float) -> str:
+    return f"{100 * value:.0f}%" if value > 0 else "dense"
+
+
+def _curve(points: dict[float, pd.DataFrame], dense: pd.DataFrame, metric: str, where: str, size: str) -> str:
+    ppl = metric.startswith("eval/ppl_")
+    dense_value = float(dense[metric].mean()) if len(dense) else None
+    chain = ([(0.0, dense)] if len(dense) else []) + list(points.items())
+
+    def shown(rows: pd.DataFrame, value: float) -> str:
+        return _with_se(value, noise.relative_se(rows, metric) if ppl else _stderr(rows, metric), metric)
+
+    cells = []
+    for sparsity, rows in chain:
+        value = float(rows[metric].mean())
+        cell = f"{_sparsity_text(sparsity)} {shown(rows, value)}"
+        if ppl and dense_value and sparsity > 0:
+            cell += f" ({value / dense_value:,.2f}× dense)" if value / dense_value < LARGE_RATIO else \
+                f" ({value / dense_value:,.0f}× dense)"
+        cells.append(cell)
+    text = f"{_metric_name(metric)} of {where} against sparsity ({size}): {', '.join(cells)}."
+    if dense_value is not None:
+        text += " " + (_doubling(points, dense_value, metric) if ppl else _below_dense(points, dense, metric))
+    steps = []
+    for (low, rows_low), (high, rows_high) in zip(chain, chain[1:]):
+        if ppl:
+            found = noise.compare(rows_high, rows_low, metric)
+            change = found.text() if found else _change_words(rows_high, rows_low, metric).removeprefix("perplexity ") \
+                + " (no noise estimate)"
+        else:
+            change = difference(float(rows_high[metric].mean()), _stderr(rows_high, metric),
+                                float(rows_low[metric].mean()), _stderr(rows_low, metric))
+        steps.append(f"{_sparsity_text(low)} → {_sparsity_text(high)}: {change}")
+    return text + f" Each step up in sparsity{' (paired over the same windows)' if ppl else ''}: {'; '.join(steps)}."
+
+
+LARGE_RATIO = 100.0  # from here on a ratio to the dense model is shown without decimals
+
+
+def _doubling(points: dict[float, pd.DataFrame], dense_value: float, metric: str) -> str:
+    """Where a perplexity first exceeds twice the dense model's."""
+    ratios = {s: float(rows[metric].mean()) / dense_value for s, rows in points.items()}
+    above = [s for s, r in ratios.items() if r >= 2]
+    if not above:
+        highest = max(ratios)
+        return f"It stays below twice the dense perplexity up to {_sparsity_text(highest)} ({ratios[highest]:.2f}×)."
+    first = min(above)
+    below = [s for s in ratios if s < first]
+    before = f", {ratios[max(below)]:.2f}× at {_sparsity_text(max(below))}" if below else " (the lowest sparsity run)"
+    return f"It first exceeds twice the dense perplexity at {_sparsity_text(first)}{before}."
+
+
+def _below_dense(points: dict[float, pd.DataFrame], dense: pd.DataFrame, metric: str) -> str:
+    """Where an accuracy first falls below the dense model's beyond noise (2 SE of the difference)."""
+    dense_value, dense_se = float(dense[metric].mean()), _stderr(dense, metric)
+    for sparsity, rows in points.items():
+        value = float(rows[metric].mean())
+        shown = difference(value, _stderr(rows, metric), dense_value, dense_se)
+        if value < dense_value and "beyond noise" in shown:
+            return f"It first falls below the dense model beyond noise at {_sparsity_text(sparsity)}: {shown}."
+    if dense_se is None:
+        return "The dense model recorded no standard error, so no point is judged against it."
+    return "At no sparsity is it below the dense model beyond noise (2 SE of the difference)."
 
 
 IN_DOMAIN = {"gsm8k": ("gsm8k", "prunelab_basic_arithmetic", "prunelab_mmlu_math"),

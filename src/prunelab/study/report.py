@@ -325,8 +325,10 @@ def write_pdf(text: str, root: Path, path: Path, title: str = "", page_per_secti
     ``page_per_section`` every heading that ``breaks`` matches (default :data:`PAGE_BREAK`) starts a
     page (a PDF section of its own). ``markdown-pdf`` cannot keep a heading with what follows it, so
     the PDF is then read back: a page that ends with a heading, or with a caption or line that
-    introduces a table, figure or list (:func:`keeps_with_next`), is cut before it and the document
-    typeset again (:func:`stranded`), until no page ends so (at most :data:`PASSES` times)."""
+    introduces a table, figure or list (:func:`keeps_with_next`), or with the head of one, is cut
+    before it, and a figure whose caption (or the tail of it) begins the next page is cut before
+    its image, so the image moves with its caption; the document is typeset again
+    (:func:`stranded`) until no page ends so (at most :data:`PASSES` times)."""
     parts = split_sections(text, breaks or PAGE_BREAK) if page_per_section else [text]
     for _ in range(PASSES):
         counts = _typeset(parts, root, path, title)
@@ -377,10 +379,42 @@ def keeps_with_next(lines: list[str]) -> list[int]:
     return found
 
 
+def figure_captions(lines: list[str]) -> dict[int, int]:
+    """Each figure caption's line and its image's: the paragraph right below an image."""
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    return {i: image for image, i in zip(filled, filled[1:])
+            if lines[image].lstrip().startswith("![") and not lines[i].lstrip().startswith(("![", "#", "|", "- "))}
+
+
+SHORTEST_HEAD = 20  # letters: a page's last block shorter than this is matched whole, not as the head of a line
+
+
+def _kept_line(lines: list[str], keep: list[int], last: str) -> int | None:
+    """The keep-with-next line a page's last block is, or the head of (it wrapped onto the next page)."""
+    if not last:
+        return None
+    exact = next((i for i in keep if i > 0 and _plain(lines[i]) == last), None)
+    if exact is not None or len(last) < SHORTEST_HEAD:
+        return exact
+    return next((i for i in keep if i > 0 and _plain(lines[i]).startswith(last)), None)
+
+
+def _parted_figure(lines: list[str], captions: dict[int, int], last: dict | None, first: dict | None) -> int | None:
+    """The image line of the figure parted from its caption across a page break: the page ended
+    with the image and the next begins with the whole caption, or the page ended with the caption's
+    head and the next begins with its tail (head and tail make the caption)."""
+    if last is None or first is None or first.get("type") == 1:
+        return None
+    head, tail = _text(last), _text(first)
+    return next((image for caption, image in captions.items() if tail and _plain(lines[caption]) == head + tail), None)
+
+
 def stranded(path: Path, parts: list[str], counts: list[int]) -> dict[int, list[int]]:
     """Per part, the lines at which to cut it: where a page of the PDF ends with a line that keeps
-    with the next (its last text or image block is that line), the cut goes before that line and
-    the keep-with-next lines right above it (a heading over its table's caption)."""
+    with the next (its last text or image block is that line, or the head of it), the cut goes
+    before that line; where the next page begins with a figure's caption or the tail of one, before
+    the figure's image; either way with the keep-with-next lines right above it (a heading over its
+    table's caption)."""
     import pymupdf
 
     cuts: dict[int, list[int]] = {}
@@ -389,9 +423,11 @@ def stranded(path: Path, parts: list[str], counts: list[int]) -> dict[int, list[
         for index, (part, count) in enumerate(zip(parts, counts)):
             lines = part.splitlines()
             keep = keeps_with_next(lines)
+            captions = figure_captions(lines)
             for number in range(first, first + count - 1):  # a part's last page ends the part
-                last = _last_block(document[number])
-                line = next((i for i in keep if i > 0 and _plain(lines[i]) and _plain(lines[i]) == last), None)
+                line = _kept_line(lines, keep, _last_block(document[number]))
+                if line is None:
+                    line = _parted_figure(lines, captions, _lowest(document[number]), _highest(document[number + 1]))
                 if line is None:
                     continue
                 while True:  # take the keep-with-next lines above it along
@@ -405,16 +441,39 @@ def stranded(path: Path, parts: list[str], counts: list[int]) -> dict[int, list[
     return cuts
 
 
+def _blocks(page) -> list[dict]:
+    """The page's image blocks and text blocks with any text."""
+    return [b for b in page.get_text("dict")["blocks"]
+            if b.get("type") == 1 or any(s["text"].strip() for line in b.get("lines", []) for s in line["spans"])]
+
+
+def _text(block: dict) -> str:
+    """The plain text of a block (an image: empty)."""
+    if block.get("type") == 1:
+        return ""
+    return _plain(" ".join(s["text"] for line in block["lines"] for s in line["spans"]))
+
+
+def _lowest(page) -> dict | None:
+    blocks = _blocks(page)
+    return max(blocks, key=lambda b: (b["bbox"][3], b["bbox"][1])) if blocks else None
+
+
+def _highest(page) -> dict | None:
+    blocks = _blocks(page)
+    return min(blocks, key=lambda b: (b["bbox"][1], b["bbox"][3])) if blocks else None
+
+
 def _last_block(page) -> str:
     """The plain text of the lowest block of a page (an image: empty)."""
-    blocks = [b for b in page.get_text("dict")["blocks"]
-              if b.get("type") == 1 or any(s["text"].strip() for line in b.get("lines", []) for s in line["spans"])]
-    if not blocks:
-        return ""
-    lowest = max(blocks, key=lambda b: (b["bbox"][3], b["bbox"][1]))
-    if lowest.get("type") == 1:
-        return ""
-    return _plain(" ".join(s["text"] for line in lowest["lines"] for s in line["spans"]))
+    block = _lowest(page)
+    return _text(block) if block else ""
+
+
+def _first_block(page) -> str:
+    """The plain text of the highest block of a page (an image: empty)."""
+    block = _highest(page)
+    return _text(block) if block else ""
 
 
 def _cut(part: str, lines: list[int]) -> list[str]:

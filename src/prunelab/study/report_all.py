@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,22 +269,44 @@ def _machine(records: list[dict]) -> str:
 
 
 def _noise_summary(studies: list[Study]) -> str:
+    """The noise in words a reader can use: one standard error of log-perplexity (nats) is a factor
+    ``exp(SE)`` on the perplexity, i.e. ``exp(SE) - 1`` of its value (:func:`noise.share_of_value`)."""
     se = pd.concat([pd.to_numeric(s.sweep.completed[c], errors="coerce") for s in studies
                     for c in s.sweep.completed.columns if noise.is_se_column(c)], ignore_index=True) \
         if any(noise.is_se_column(c) for s in studies for c in s.sweep.completed.columns) else pd.Series(dtype=float)
+    se = se.dropna()
     paired = [v.comparison.se for s in studies for v in s.verdicts if v.comparison and v.comparison.windows]
-    if se.dropna().empty:
+    if se.empty:
         return "No run recorded per-window losses, so no perplexity difference is called beyond noise."
-    text = (f"The standard error of one run's log-perplexity (spread of its windows) is "
-            f"{100 * se.min():.1f}–{100 * se.max():.1f}% (median {100 * se.median():.1f}%)")
+    text = (f"One standard error of a run's perplexity is {_shares(se)} of its value: the spread of its windows' "
+            f"losses gives its log-perplexity a standard error (SE) of {_nats(se)}, and one SE multiplies or divides "
+            f"the perplexity by exp(SE) = {_factors(se)}")
     if paired:
-        median = pd.Series(paired).median()
-        text += (f"; paired over the same windows, the standard error of a difference between two runs is "
-                 f"{100 * min(paired):.1f}–{100 * max(paired):.1f}% (median {100 * median:.1f}%)")
-        text += (", smaller because the windows' own difficulty cancels" if median < se.median() else
+        paired_se = pd.Series(paired)
+        text += (f"; paired over the same windows, the ratio of two runs' perplexities has a standard error of "
+                 f"{_shares(paired_se)} of the ratio ({_nats(paired_se)} in log-ratio)")
+        text += (", smaller because the windows' own difficulty cancels" if paired_se.median() < se.median() else
                  ", no smaller: the runs compared differ window by window as much as the windows differ")
     return text + ". Differences smaller than two of those are reported as within noise; seeds were not repeated, " \
                   "so the variation from calibration sampling is not included."
+
+
+def _shares(se: pd.Series) -> str:
+    """"10–232% (median 12%)": ``exp(SE) - 1`` of the standard errors of log-perplexity, in percent."""
+    low, high, median = (noise.share_of_value(float(x)) for x in (se.min(), se.max(), se.median()))
+    return f"{_percent(low)}–{_percent(high)}% (median {_percent(median)}%)"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}" if value < 0.1 else f"{100 * value:,.0f}"
+
+
+def _factors(se: pd.Series) -> str:
+    return f"{math.exp(se.min()):.2f}–{math.exp(se.max()):.2f}"
+
+
+def _nats(se: pd.Series) -> str:
+    return f"{se.min():.3g}–{se.max():.3g} nats (median {se.median():.3g})"
 
 
 def discussion(studies: list[Study]) -> list[str]:
