@@ -120,8 +120,9 @@ def axis_of(frame: pd.DataFrame) -> tuple[str | None, list[str]]:
     return axis, context
 
 
-def findings(results: pd.DataFrame) -> list[str]:
-    """Sentences on the numbers of a results table (completed and skipped jobs)."""
+def findings(results: pd.DataFrame, sizes: bool = True) -> list[str]:
+    """Sentences on the numbers of a results table (completed and skipped jobs). ``sizes=False`` leaves
+    the evaluation size (windows, examples) out of each sentence, for a report whose setup states it."""
     done = results[results["status"].isin(["completed", "skipped"])] if "status" in results else results
     if done.empty:
         return []
@@ -136,7 +137,7 @@ def findings(results: pd.DataFrame) -> list[str]:
         data = pruned.dropna(subset=[metric])
         if data.empty:
             continue
-        size = evaluation_size(done, metric)
+        size = evaluation_size(done, metric) if sizes else ""
         dense = baseline.dropna(subset=[metric]) if metric in baseline else baseline.iloc[0:0]
         groups = data.groupby([data[c].astype(str) for c in context], sort=False) if context else [((), data)]
         for key, group in groups:
@@ -252,7 +253,7 @@ def _one(group: pd.DataFrame, axis: str, metric: str, where: str, size: str, den
     errors = {v: _stderr(group[values == v], metric) for v in ordered.index}
     order = " > ".join(f"{_value_text(axis, v)} {_with_se(m, errors[v], metric)}" for v, m in ordered.items())
     best, best_value = ordered.index[0], ordered.iloc[0]
-    text = f"{_metric_name(metric)} ({where}; {size}): {order}."
+    text = f"{_metric_name(metric)} ({'; '.join(filter(None, (where, size)))}): {order}."
     reference = 0.0 if axis == "method.alpha" else REFERENCES.get(axis)
     if reference is not None and reference in means.index and reference != best:
         shown = difference(best_value, errors[best], means[reference], errors[reference])
@@ -280,7 +281,7 @@ def _one_perplexity(group: pd.DataFrame, values: pd.Series, ordered: pd.Series, 
     rows = {v: group[values == v] for v in ordered.index}
     order = " < ".join(f"{_value_text(axis, v)} {_with_se(m, noise.relative_se(rows[v], metric), metric)}"
                        for v, m in ordered.items())
-    text = f"{_metric_name(metric)} ({where}; {size}): {order}."
+    text = f"{_metric_name(metric)} ({'; '.join(filter(None, (where, size)))}): {order}."
     best = ordered.index[0]
     reference = 0.0 if axis == "method.alpha" else REFERENCES.get(axis)
     if reference is not None and reference in ordered.index and reference != best:
