@@ -234,3 +234,19 @@ def test_a_long_tables_caption_that_wraps_onto_the_next_page_moves_there_whole(t
     with pymupdf.open(report.write_pdf(found, tmp_path, tmp_path / "checked.pdf")) as document:
         assert report._first_block(document[1]) == report._plain(caption)
         assert not report._plain(caption).startswith(report._last_block(document[0]))
+
+
+def test_a_best_label_at_the_right_end_of_a_line_is_written_leftwards_off_the_legend(tmp_path, monkeypatch):
+    labels = []
+    original = plt.Axes.annotate
+
+    def annotate(self, text, *args, **kwargs):
+        labels.append((text, kwargs.get("ha", "left")))
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "annotate", annotate)
+    middle = _knob_sweep(tmp_path, shift=0.15)  # best at 0.5: room on the right
+    figures.knob_curve(middle, "method.alpha", tmp_path / "middle.png")
+    right = middle.results.assign(**{"method.alpha": middle.results["method.alpha"].map({0.0: 0.0, 0.5: 1.0, 1.0: 0.5})})
+    figures.knob_curve(Sweep(tmp_path, right, pd.DataFrame(), {}), "method.alpha", tmp_path / "right.png")
+    assert [label for label in labels if label[0].startswith("best")] == [("best 0.5", "left"), ("best 1", "right")]

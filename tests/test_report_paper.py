@@ -129,7 +129,7 @@ def test_failed_and_empty_sweeps_stay_out_of_title_and_findings_and_two_sweeps_m
     assert sorted(zip(pooled["method"], pooled["sparsity"])) == [
         ("dense", 0.0), ("magnitude", 0.3), ("ria", 0.5), ("wanda", 0.3), ("wanda", 0.5), ("wanda", 0.7)]
     findings_part = body[body.index("**Findings.**"):]
-    assert "wiki perplexity (sparsity=0.3;" in findings_part and "paired over 2 windows" in findings_part
+    assert "wiki perplexity (sparsity=0.3):" in findings_part and "paired over 2 windows" in findings_part
     assert "| dense     | 0 " in text  # the dense row's target sparsity is 0, not the config's 0.5
     assert "Perplexity (wiki)" in text and "eval/ppl_wiki" not in text  # headers in words
     assert "measured under a 1-minute load average of" in text and "Peak RSS (MiB)" in text
@@ -161,3 +161,19 @@ def test_no_page_of_the_paper_or_of_a_sweeps_report_ends_with_a_heading(model_di
     starts = [page[0] for page in pages]  # the sweep's own report: each section after the setup starts a page
     assert starts[0].startswith("Sparsity curves: magnitude, wanda, dense on tiny_random")
     assert {"Findings", "Results", "Figures"} <= set(starts)
+
+
+def test_a_report_leaves_the_evaluation_size_to_its_setup_and_findings_alone_keep_it():
+    frame = _frame({"wanda": WANDA, "ria": [w + 0.1 for w in WANDA]})
+    assert "(all jobs; wiki: 8 windows × 65 tokens (512 predicted tokens))" in findings.findings(frame)[0]
+    assert findings.findings(frame, sizes=False)[0].startswith("wiki perplexity (all jobs): wanda")
+
+
+@pytest.mark.parametrize(("loads", "says"), [
+    ([1.6, 1.9, 2.4, 2.0], "running only these jobs"),  # two threads on two cores: the jobs' own load
+    ([4.0, 9.8, 7.5, 6.0], "shared, loaded machine"),
+])
+def test_the_setup_calls_a_machine_loaded_only_when_more_than_the_jobs_ran_on_it(loads, says):
+    records = [{"metrics": {"machine/load_1m_start": a, "machine/load_1m_end": b, "machine/cpus": 2},
+                "plan": {"dtype": "float32", "device": "cpu"}} for a, b in zip(loads[::2], loads[1::2])]
+    assert says in report_all._machine(records)

@@ -156,7 +156,9 @@ def _mark_best(axis, rows: pd.DataFrame, x: str, metric: str, hue: str | None, z
         if found is not None and found.beyond_noise:
             best_x = found.value
             axis.plot([best_x], [means[best_x]], marker="*", markersize=15, color="gold", markeredgecolor="black", zorder=5)
-            axis.annotate(f"best {best_x:g}", (best_x, means[best_x]), textcoords="offset points", xytext=(6, 8), fontsize=8)
+            right_end = best_x == max(means.index)  # the label goes left there, off the legend beside the panel
+            axis.annotate(f"best {best_x:g}", (best_x, means[best_x]), textcoords="offset points", fontsize=8,
+                          xytext=(-6, 8) if right_end else (6, 8), ha="right" if right_end else "left")
             notes.append(f"best{where} at {best_x:g}: {_short_number(means[best_x])}, {found.text} against {found.against:g}")
         elif found is not None:
             word = "lowest" if lower_is_better(metric) else "highest"

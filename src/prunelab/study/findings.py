@@ -127,20 +127,22 @@ def axis_of(frame: pd.DataFrame) -> tuple[str | None, list[str]]:
     return axis, context
 
 
-def findings(results: pd.DataFrame) -> list[str]:
+def findings(results: pd.DataFrame, sizes: bool = True) -> list[str]:
     """Sentences on the numbers of a results table (completed and skipped jobs): the study's knob
     compared within each setting of the others; where that compares nothing (one method, e.g. a
     sparsity curve of magnitude alone), each method's curve over sparsity against the dense model
-    (:func:`curve_findings`). Empty only when there is nothing to compare (one job)."""
+    (:func:`curve_findings`). Empty only when there is nothing to compare (one job). ``sizes=False``
+    leaves the evaluation size (windows, examples) out of each sentence, for a report whose setup
+    states it."""
     done = results[results["status"].isin(["completed", "skipped"])] if "status" in results else results
     if done.empty:
         return []
     axis, context = axis_of(done)
-    sentences = _compared(done, axis, context) if axis is not None else []
-    return sentences or curve_findings(done)
+    sentences = _compared(done, axis, context, sizes) if axis is not None else []
+    return sentences or curve_findings(done, sizes)
 
 
-def _compared(done: pd.DataFrame, axis: str, context: list[str]) -> list[str]:
+def _compared(done: pd.DataFrame, axis: str, context: list[str], sizes: bool) -> list[str]:
     unpruned = prunes_nothing(done)
     baseline = done[unpruned]
     pruned = with_setting(done[~unpruned] if (~unpruned).any() else done).dropna(subset=[axis])
@@ -149,7 +151,7 @@ def _compared(done: pd.DataFrame, axis: str, context: list[str]) -> list[str]:
         data = pruned.dropna(subset=[metric])
         if data.empty:
             continue
-        size = evaluation_size(done, metric)
+        size = evaluation_size(done, metric) if sizes else ""
         dense = baseline.dropna(subset=[metric]) if metric in baseline else baseline.iloc[0:0]
         groups = data.groupby([data[c].astype(str) for c in context], sort=False) if context else [((), data)]
         for key, group in groups:
@@ -162,7 +164,7 @@ def _compared(done: pd.DataFrame, axis: str, context: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------ one method over sparsity
-def curve_findings(done: pd.DataFrame) -> list[str]:
+def curve_findings(done: pd.DataFrame, sizes: bool = True) -> list[str]:
     """Per method (and pattern) and headline metric, the curve over sparsity: each point with its
     noise and its ratio to the dense model, where a perplexity first exceeds twice the dense one (an
     accuracy first falls below the dense one beyond noise), and every step up in sparsity with its
@@ -182,7 +184,7 @@ def curve_findings(done: pd.DataFrame) -> list[str]:
             if len(points) + (1 if len(dense) else 0) < 2:
                 continue
             where = ", ".join(v for c, v in zip(keys, key) if not (c == "pattern" and v == "unstructured"))
-            size = evaluation_size(done, metric)
+            size = evaluation_size(done, metric) if sizes else ""
             sentences.append(_curve(points, dense, metric, where, size))
     return sentences
 
@@ -207,7 +209,7 @@ def _curve(points: dict[float, pd.DataFrame], dense: pd.DataFrame, metric: str, 
             cell += f" ({value / dense_value:,.2f}× dense)" if value / dense_value < LARGE_RATIO else \
                 f" ({value / dense_value:,.0f}× dense)"
         cells.append(cell)
-    text = f"{_metric_name(metric)} of {where} against sparsity ({size}): {', '.join(cells)}."
+    text = f"{_metric_name(metric)} of {where} against sparsity{f' ({size})' if size else ''}: {', '.join(cells)}."
     if dense_value is not None:
         text += " " + (_doubling(points, dense_value, metric) if ppl else _below_dense(points, dense, metric))
     steps = []
@@ -356,7 +358,7 @@ def _one(group: pd.DataFrame, axis: str, metric: str, where: str, size: str, den
     errors = {v: _stderr(group[values == v], metric) for v in ordered.index}
     order = " > ".join(f"{_value_text(axis, v)} {_with_se(m, errors[v], metric)}" for v, m in ordered.items())
     best, best_value = ordered.index[0], ordered.iloc[0]
-    text = f"{_metric_name(metric)} ({where}; {size}): {order}."
+    text = f"{_metric_name(metric)} ({'; '.join(filter(None, (where, size)))}): {order}."
     reference = 0.0 if axis == "method.alpha" else REFERENCES.get(axis)
     if reference is not None and reference in means.index and reference != best:
         shown = difference(best_value, errors[best], means[reference], errors[reference])
@@ -384,7 +386,7 @@ def _one_perplexity(group: pd.DataFrame, values: pd.Series, ordered: pd.Series, 
     rows = {v: group[values == v] for v in ordered.index}
     order = " < ".join(f"{_value_text(axis, v)} {_with_se(m, noise.relative_se(rows[v], metric), metric)}"
                        for v, m in ordered.items())
-    text = f"{_metric_name(metric)} ({where}; {size}): {order}."
+    text = f"{_metric_name(metric)} ({'; '.join(filter(None, (where, size)))}): {order}."
     best = ordered.index[0]
     reference = 0.0 if axis == "method.alpha" else REFERENCES.get(axis)
     if reference is not None and reference in ordered.index and reference != best:

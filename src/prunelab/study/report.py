@@ -249,7 +249,7 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
     if "findings" in what and compression.is_compression(sweep.completed):  # findings of one format each: its own
         parts += [f"{h} Findings", "", *(f"- {s}" for s in compression.lines(sweep)), ""]
     elif "findings" in what:
-        sentences = findings(sweep.results)
+        sentences = findings(sweep.results, sizes=False)
         checks = qualitative_checks(sweep)
         parts += [f"{h} Findings", "", *(f"- {s}" for s in sentences or ["(too few completed jobs to compare)"]), ""]
         if checks:

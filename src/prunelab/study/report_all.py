@@ -242,7 +242,7 @@ def _table_name(name: str) -> str:
 def study_section(number: int, study: Study, model_dir: Path, figure_number: int) -> tuple[list[str], int]:
     sweep = study.sweep
     parts = [f"## {number}. {study.title}", "", *_study_setup(study, model_dir)]
-    sentences = compression.lines(sweep) if study.kind == "compression" else findings(sweep.results)
+    sentences = compression.lines(sweep) if study.kind == "compression" else findings(sweep.results, sizes=False)
     parts += ["**Findings.**", "", *(f"- {s}" for s in sentences or ["(too few completed jobs to compare)"]), ""]
     if study.verdicts:
         parts += ["**The papers' orderings on these numbers** (paired over the same windows; beyond noise: above 2 SE, "
@@ -263,9 +263,12 @@ def _machine(records: list[dict]) -> str:
     device = f"{plan.get('dtype', '?')} on {plan.get('device', '?')}"
     if not loads:
         return f"{device}; machine load not recorded (jobs written before it was)"
+    median, cores = float(pd.Series(loads).median()), max(cpus or [1])
+    # a job's own threads make a load of about one per core: only more than that is someone else's work
+    state = ("a machine running only these jobs (their own threads make a load of about one per core)"
+             if median <= cores + 0.5 else "a shared, loaded machine: slower than on an idle one")
     return (f"{device}, {'/'.join(str(c) for c in cpus)} CPUs, 1-minute load average {min(loads):.1f}–{max(loads):.1f} "
-            f"while the jobs ran (median {pd.Series(loads).median():.1f}): timings are those of a "
-            f"{'shared, loaded' if max(loads) > max(cpus or [1]) else 'lightly loaded'} machine")
+            f"while the jobs ran (median {median:.1f}): timings are those of {state}")
 
 
 def _noise_summary(studies: list[Study]) -> str:
