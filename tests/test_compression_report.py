@@ -7,14 +7,14 @@ import math
 
 import pytest
 
-from prunelab.study import compression, dashboard
+from prunelab.study import compression, dashboard, figures
 from prunelab.study.aggregate import aggregate_sweep
 from prunelab.study.records import collect
 
 F16, Q4 = 270_000_000, 90_000_000  # dense GGUF file bytes in F16 and in Q4_K_M
 
 
-def _job(method, sparsity, pattern, quant, ppl, file_pruned, tok_s_pruned, acc=0.5, bits=None, joint=False):
+def _job(method, sparsity, pattern, quant, ppl, file_pruned, tok_s_pruned, acc=0.5, bits=None, joint=False, decode=1.0):
     """One metrics.json: llama.cpp timed the dense model and this one in the format's GGUF type."""
     dense_file, dense_tok_s = (F16, 100.0) if quant == "F16" else (Q4, 150.0)
     metrics = {"eval/ppl_wiki": ppl, "eval/ppl_wiki_tokens": 1020, "zeroshot/mean_acc": acc, "bench/quant": quant,
@@ -22,8 +22,8 @@ def _job(method, sparsity, pattern, quant, ppl, file_pruned, tok_s_pruned, acc=0
                "bench/prefill_256_tok_s_dense": dense_tok_s, "bench/prefill_256_tok_s_pruned": tok_s_pruned,
                "bench/prefill_speedup_256": tok_s_pruned / dense_tok_s, "bench/prefill_ideal_256": 1.0,
                "bench/prefill_efficiency_256": tok_s_pruned / dense_tok_s,
-               "bench/decode_b1_tok_s_dense": 20.0, "bench/decode_b1_tok_s_pruned": 20.0,
-               "bench/decode_speedup_b1": 1.0, "bench/decode_ideal_b1": 1.0, "bench/decode_efficiency_b1": 1.0,
+               "bench/decode_b1_tok_s_dense": 20.0, "bench/decode_b1_tok_s_pruned": 20.0 * decode,
+               "bench/decode_speedup_b1": decode, "bench/decode_ideal_b1": 1.0, "bench/decode_efficiency_b1": decode,
                "time/prune_s": 1.0}
     if bits:
         metrics.update({"quant/method": "gptq" if joint else "rtn", "quant/bits": bits, "quant/joint_with_pruning": joint,
@@ -109,3 +109,28 @@ def test_the_paper_of_a_model_directory_gives_compression_its_own_section(tmp_pa
     assert "## 2. Compression: pruning and quantization" in text and "- 1 combination reaches 8x" in text
     assert "*Table: Compression: llama.cpp speedups (same format, and against dense F16).*" in text
     assert "papers' orderings on these numbers" not in text.split("## 3.")[0]  # no ordering across formats
+
+
+def test_the_labels_of_a_pareto_front_stay_inside_their_panel_clear_of_the_legend(tmp_path):
+    """The fastest and smallest point, far right on the x axis, is on every front: its label ran past the
+    panel's right edge, under the legend beside it (ShortGPT in the decode figure of the measured sweep)."""
+    import matplotlib.pyplot as plt
+
+    jobs = [_job("dense", 0.0, "unstructured", "F16", 25.0, F16, 100.0),
+            _job("dense", 0.0, "unstructured", "Q4_K_M", 51.0, Q4, 150.0, bits=4),
+            _job("wanda", 0.5, "unstructured", "Q4_K_M", 120.0, Q4, 150.0, bits=4, decode=1.06),
+            _job("flap", 0.3, "structured", "Q4_K_M", 181.0, 85_000_000, 170.0, bits=4, decode=1.1),
+            _job("shortgpt", 0.3, "structured", "Q4_K_M", 366.0, 80_000_000, 215.0, bits=4, decode=1.33)]
+    sweep = collect(_sweep(tmp_path, jobs))
+    for name in figures.COMPRESSION_PLOTS:
+        figure, _, _ = figures.compression_plot(sweep, name)
+        figure.draw_without_rendering()
+        renderer = figure.canvas.get_renderer()
+        legend = figure.axes[-1].get_legend().get_window_extent(renderer)
+        labels = [(axis, text) for axis in figure.axes for text in axis.texts]
+        assert "shortgpt structured 30% RTN-4" in [text.get_text() for _, text in labels]
+        for axis, text in labels:
+            box, extent = axis.get_window_extent(renderer), text.get_window_extent(renderer)
+            inside = box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1
+            assert inside and not extent.overlaps(legend), (name, text.get_text(), extent, box)
+        plt.close(figure)
