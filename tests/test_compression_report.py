@@ -111,12 +111,14 @@ def test_the_paper_of_a_model_directory_gives_compression_its_own_section(tmp_pa
     assert "papers' orderings on these numbers" not in text.split("## 3.")[0]  # no ordering across formats
 
 
-def test_the_labels_of_a_pareto_front_stay_inside_their_panel_clear_of_the_legend(tmp_path):
+def test_the_labels_of_a_pareto_front_stay_inside_their_panel_clear_of_the_legend_and_of_each_other(tmp_path):
     """The fastest and smallest point, far right on the x axis, is on every front: its label ran past the
-    panel's right edge, under the legend beside it (ShortGPT in the decode figure of the measured sweep)."""
+    panel's right edge, under the legend beside it (ShortGPT in the decode figure of the measured sweep);
+    two front points side by side at the bottom (dense fp16 and 8-bit) had their labels on top of each other."""
     import matplotlib.pyplot as plt
 
     jobs = [_job("dense", 0.0, "unstructured", "F16", 25.0, F16, 100.0),
+            _job("dense", 0.0, "unstructured", "Q8_0", 25.06, 145_000_000, 112.0, bits=8, decode=1.2),
             _job("dense", 0.0, "unstructured", "Q4_K_M", 51.0, Q4, 150.0, bits=4),
             _job("wanda", 0.5, "unstructured", "Q4_K_M", 120.0, Q4, 150.0, bits=4, decode=1.06),
             _job("flap", 0.3, "structured", "Q4_K_M", 181.0, 85_000_000, 170.0, bits=4, decode=1.1),
@@ -133,4 +135,7 @@ def test_the_labels_of_a_pareto_front_stay_inside_their_panel_clear_of_the_legen
             box, extent = axis.get_window_extent(renderer), text.get_window_extent(renderer)
             inside = box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1
             assert inside and not extent.overlaps(legend), (name, text.get_text(), extent, box)
+        for axis in figure.axes:
+            extents = [(text.get_text(), text.get_window_extent(renderer)) for text in axis.texts]
+            assert not [(a, b) for i, (a, one) in enumerate(extents) for b, other in extents[i + 1:] if one.overlaps(other)], name
         plt.close(figure)

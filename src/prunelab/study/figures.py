@@ -33,6 +33,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+import matplotlib.transforms  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
@@ -410,30 +411,56 @@ def pareto(sweep: Sweep, path: Path) -> Figure | None:
 
 
 LABEL_OFFSET, LABEL_ABOVE, LABEL_BELOW = 6, 6, -12  # a front label's offset from its point, in points
+LABEL_FURTHER = 10  # the next places tried: this much further up or down
+RING = 220  # marker size (points²) of the ring around a front point
 
 
 def keep_labels_inside(figure, axes, labels: list[list]) -> None:
-    """Move every label (``labels``: the annotations of each panel in ``axes``) that would cross its
-    panel's edge to the other side of its point: left of it (right-aligned) when it runs past the
-    right edge, where the legend of the last panel sits, or the side with more room when it fits on
-    neither; below it when it runs past the top, above when past the bottom. Measured on the drawn
-    figure (limits, log axes and legend final)."""
+    """Place every label of a Pareto front (``labels``: the annotations of each panel in ``axes``) at
+    the first of its candidate places that lies inside its panel (clear of the legend beside the last
+    one, and of the figure's edge) and overlaps no label already placed and no other ringed point:
+    right of its point, above or below as first drawn, then the other way, then further up or down,
+    then the same left of the point (right-aligned); when none is free, the one that overlaps least.
+    Measured on the drawn figure (limits, log axes and legend final)."""
     figure.draw_without_rendering()
     renderer = figure.canvas.get_renderer()
+    ring = (RING ** 0.5) / 2 * figure.dpi / 72  # the ring's radius in pixels
     for axis, panel in zip(axes, labels):
         box = axis.get_window_extent(renderer)
-        for label in panel:
-            dx, dy = label.xyann
-            extent = label.get_window_extent(renderer)
-            point_x = axis.transData.transform(label.xy)[0]
-            if extent.x1 > box.x1 and (point_x - box.x0 - LABEL_OFFSET >= extent.width or point_x - box.x0 > box.x1 - point_x):
-                label.set_horizontalalignment("right")
-                dx = -LABEL_OFFSET
-            if extent.y1 > box.y1:
-                dy = LABEL_BELOW
-            elif extent.y0 < box.y0:
-                dy = LABEL_ABOVE
-            label.xyann = (dx, dy)
+        points = [axis.transData.transform(label.xy) for label in panel]
+        rings = [matplotlib.transforms.Bbox.from_extents(x - ring, y - ring, x + ring, y + ring) for x, y in points]
+        placed = []
+        for number, label in enumerate(panel):
+            first = label.xyann[1]
+            second = LABEL_BELOW if first == LABEL_ABOVE else LABEL_ABOVE
+            heights = (first, second, first + LABEL_FURTHER * (1 if first > 0 else -1),
+                       second + LABEL_FURTHER * (1 if second > 0 else -1))
+            best = None
+            for side in (1, -1):
+                for dy in heights:
+                    label.set_horizontalalignment("left" if side > 0 else "right")
+                    label.xyann = (side * LABEL_OFFSET, dy)
+                    extent = label.get_window_extent(renderer)
+                    outside = extent.width * extent.height - _overlap(extent, box)
+                    crowded = sum(_overlap(extent, other) for other in [*placed, *(r for i, r in enumerate(rings) if i != number)])
+                    cost = (outside * 100 + crowded, side < 0)
+                    if best is None or cost < best[0]:
+                        best = (cost, side, dy)
+                    if cost[0] == 0:
+                        break
+                if best[0][0] == 0:
+                    break
+            _, side, dy = best
+            label.set_horizontalalignment("left" if side > 0 else "right")
+            label.xyann = (side * LABEL_OFFSET, dy)
+            placed.append(label.get_window_extent(renderer))
+
+
+def _overlap(one, other) -> float:
+    """The area two display boxes share (0 when apart)."""
+    width = min(one.x1, other.x1) - max(one.x0, other.x0)
+    height = min(one.y1, other.y1) - max(one.y0, other.y0)
+    return max(width, 0.0) * max(height, 0.0)
 
 
 COMPRESSION_PLOTS = {  # name -> x column (higher is better), x label, title, caption, claim line (x)
@@ -475,7 +502,7 @@ def compression_plot(sweep: Sweep, name: str) -> tuple[Any, str, list[str]] | No
                         hue_order=list(dict.fromkeys(found["model"])), style_order=formats)
         front = data[compression.pareto_front(data[x], data[metric], False, lower)].sort_values(x)
         axis.plot(front[x], front[metric], linestyle="--", color="gray", linewidth=1, zorder=1)
-        axis.scatter(front[x], front[metric], s=220, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
+        axis.scatter(front[x], front[metric], s=RING, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
         labels.append([axis.annotate(f"{row['model']} {row['format']}", (row[x], row[metric]), textcoords="offset points",
                                      xytext=(LABEL_OFFSET, LABEL_ABOVE if number % 2 == 0 else LABEL_BELOW), fontsize=7)
                        for number, (_, row) in enumerate(front.iterrows())])  # alternate above and below: neighbours do not overlap
