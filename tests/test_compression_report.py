@@ -7,14 +7,14 @@ import math
 
 import pytest
 
-from prunelab.study import compression, dashboard
+from prunelab.study import compression, dashboard, figures
 from prunelab.study.aggregate import aggregate_sweep
 from prunelab.study.records import collect
 
 F16, Q4 = 270_000_000, 90_000_000  # dense GGUF file bytes in F16 and in Q4_K_M
 
 
-def _job(method, sparsity, pattern, quant, ppl, file_pruned, tok_s_pruned, acc=0.5, bits=None, joint=False):
+def _job(method, sparsity, pattern, quant, ppl, file_pruned, tok_s_pruned, acc=0.5, bits=None, joint=False, decode=1.0):
     """One metrics.json: llama.cpp timed the dense model and this one in the format's GGUF type."""
     dense_file, dense_tok_s = (F16, 100.0) if quant == "F16" else (Q4, 150.0)
     metrics = {"eval/ppl_wiki": ppl, "eval/ppl_wiki_tokens": 1020, "zeroshot/mean_acc": acc, "bench/quant": quant,
@@ -22,8 +22,8 @@ def _job(method, sparsity, pattern, quant, ppl, file_pruned, tok_s_pruned, acc=0
                "bench/prefill_256_tok_s_dense": dense_tok_s, "bench/prefill_256_tok_s_pruned": tok_s_pruned,
                "bench/prefill_speedup_256": tok_s_pruned / dense_tok_s, "bench/prefill_ideal_256": 1.0,
                "bench/prefill_efficiency_256": tok_s_pruned / dense_tok_s,
-               "bench/decode_b1_tok_s_dense": 20.0, "bench/decode_b1_tok_s_pruned": 20.0,
-               "bench/decode_speedup_b1": 1.0, "bench/decode_ideal_b1": 1.0, "bench/decode_efficiency_b1": 1.0,
+               "bench/decode_b1_tok_s_dense": 20.0, "bench/decode_b1_tok_s_pruned": 20.0 * decode,
+               "bench/decode_speedup_b1": decode, "bench/decode_ideal_b1": 1.0, "bench/decode_efficiency_b1": decode,
                "time/prune_s": 1.0}
     if bits:
         metrics.update({"quant/method": "gptq" if joint else "rtn", "quant/bits": bits, "quant/joint_with_pruning": joint,
@@ -83,10 +83,11 @@ def test_bytes_table_sets_every_file_against_the_dense_f16_file_and_says_who_rea
 
 
 def test_without_a_file_8x_smaller_the_sentence_gives_the_best_ratio_and_its_perplexity(tmp_path):
+    """Two formats of the same size (RTN-4, GPTQ-4 joint: 3.00x): the sentence names the more accurate."""
     sweep = collect(_sweep(tmp_path, JOBS[:4]))
     assert compression.eight_x_sentence(sweep) == (
-        "No combination reaches 8x: the smallest file is wanda unstructured 50% RTN-4, 90,000,000 bytes, 3.00x smaller "
-        "than the dense F16 file (270,000,000 bytes), wiki perplexity 70.00 against 20.00 dense fp16. Stored with the "
+        "No combination reaches 8x: the smallest file is sparsegpt unstructured 50% GPTQ-4 joint, 90,000,000 bytes, 3.00x "
+        "smaller than the dense F16 file (270,000,000 bytes), wiki perplexity 60.00 against 20.00 dense fp16. Stored with the "
         "zeros as a bitmask (an estimate, `quant/bytes_if_zeros_sparse`), the best would be wanda unstructured 50% "
         "RTN-4 at 2.70x (dense-packed as we count it: 2.38x).")
     assert not compression.is_compression(collect(_sweep(tmp_path / "fp16", JOBS[:2])).completed)
@@ -109,3 +110,33 @@ def test_the_paper_of_a_model_directory_gives_compression_its_own_section(tmp_pa
     assert "## 2. Compression: pruning and quantization" in text and "- 1 combination reaches 8x" in text
     assert "*Table: Compression: llama.cpp speedups (same format, and against dense F16).*" in text
     assert "papers' orderings on these numbers" not in text.split("## 3.")[0]  # no ordering across formats
+
+
+def test_the_labels_of_a_pareto_front_stay_inside_their_panel_clear_of_the_legend_and_of_each_other(tmp_path):
+    """The fastest and smallest point, far right on the x axis, is on every front: its label ran past the
+    panel's right edge, under the legend beside it (ShortGPT in the decode figure of the measured sweep);
+    two front points side by side at the bottom (dense fp16 and 8-bit) had their labels on top of each other."""
+    import matplotlib.pyplot as plt
+
+    jobs = [_job("dense", 0.0, "unstructured", "F16", 25.0, F16, 100.0),
+            _job("dense", 0.0, "unstructured", "Q8_0", 25.06, 145_000_000, 112.0, bits=8, decode=1.2),
+            _job("dense", 0.0, "unstructured", "Q4_K_M", 51.0, Q4, 150.0, bits=4),
+            _job("wanda", 0.5, "unstructured", "Q4_K_M", 120.0, Q4, 150.0, bits=4, decode=1.06),
+            _job("flap", 0.3, "structured", "Q4_K_M", 181.0, 85_000_000, 170.0, bits=4, decode=1.1),
+            _job("shortgpt", 0.3, "structured", "Q4_K_M", 366.0, 80_000_000, 215.0, bits=4, decode=1.33)]
+    sweep = collect(_sweep(tmp_path, jobs))
+    for name in figures.COMPRESSION_PLOTS:
+        figure, _, _ = figures.compression_plot(sweep, name)
+        figure.draw_without_rendering()
+        renderer = figure.canvas.get_renderer()
+        legend = figure.axes[-1].get_legend().get_window_extent(renderer)
+        labels = [(axis, text) for axis in figure.axes for text in axis.texts]
+        assert "shortgpt structured 30% RTN-4" in [text.get_text() for _, text in labels]
+        for axis, text in labels:
+            box, extent = axis.get_window_extent(renderer), text.get_window_extent(renderer)
+            inside = box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1
+            assert inside and not extent.overlaps(legend), (name, text.get_text(), extent, box)
+        for axis in figure.axes:
+            extents = [(text.get_text(), text.get_window_extent(renderer)) for text in axis.texts]
+            assert not [(a, b) for i, (a, one) in enumerate(extents) for b, other in extents[i + 1:] if one.overlaps(other)], name
+        plt.close(figure)

@@ -171,7 +171,8 @@ def eight_x_sentence(sweep: Sweep) -> str:
         text = (f"{len(reach)} combination{'s' if len(reach) > 1 else ''} reach{'es' if len(reach) == 1 else ''} "
                 f"{CLAIM:g}x smaller than the dense F16 file: {names}; the most accurate is {_name(best)}{at(best)}.")
     else:
-        best = found.loc[found[RATIO].idxmax()]
+        smallest = found[found[RATIO] == found[RATIO].max()]  # formats of one size (RTN-4, GPTQ-4): the most accurate
+        best = smallest.loc[smallest[metric].idxmin()] if metric and smallest[metric].notna().any() else smallest.iloc[0]
         text = (f"No combination reaches {CLAIM:g}x: the smallest file is {_name(best)}, {best['GGUF bytes']:,.0f} bytes, "
                 f"{best[RATIO]:.2f}x smaller than the dense F16 file ({found.attrs['dense_file_bytes']:,.0f} bytes){at(best)}.")
     bitmask = found.dropna(subset=["x if zeros as bitmask", "packed x vs fp16"])

@@ -26,12 +26,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+import matplotlib.transforms  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
@@ -410,29 +412,102 @@ def pareto(sweep: Sweep, path: Path) -> Figure | None:
                    "the dashed line is the Pareto front.", sweep, metrics)
 
 
-def _compression_pareto(sweep: Sweep, path: Path, x: str, x_label: str, x_lower_better: bool, title: str,
-                        text: str, claim: float | None = None) -> Figure | None:
-    """Accuracy against ``x`` of :func:`.compression.points`, one point per method x format; the
-    Pareto front (no other point better on both axes) ringed and joined by a dashed line."""
+LABEL_OFFSET, LABEL_ABOVE, LABEL_BELOW = 6, 6, -12  # a front label's offset from its point, in points
+LABEL_FURTHER = 10  # the next places tried: this much further up or down
+RING = 220  # marker size (points²) of the ring around a front point
+
+
+def keep_labels_inside(figure, axes, labels: list[list]) -> None:
+    """Place every label of a Pareto front (``labels``: the annotations of each panel in ``axes``) at
+    the first of its candidate places that lies inside its panel (clear of the legend beside the last
+    one, and of the figure's edge) and overlaps no label already placed and no other ringed point:
+    right of its point, above or below as first drawn, then the other way, then further up or down,
+    then the same left of the point (right-aligned); when none is free, the one that overlaps least.
+    Measured on the drawn figure (limits, log axes and legend final)."""
+    figure.draw_without_rendering()
+    renderer = figure.canvas.get_renderer()
+    ring = (RING ** 0.5) / 2 * figure.dpi / 72  # the ring's radius in pixels
+    for axis, panel in zip(axes, labels):
+        box = axis.get_window_extent(renderer)
+        points = [axis.transData.transform(label.xy) for label in panel]
+        rings = [matplotlib.transforms.Bbox.from_extents(x - ring, y - ring, x + ring, y + ring) for x, y in points]
+        placed = []
+        for number, label in enumerate(panel):
+            first = label.xyann[1]
+            second = LABEL_BELOW if first == LABEL_ABOVE else LABEL_ABOVE
+            heights = (first, second, first + LABEL_FURTHER * (1 if first > 0 else -1),
+                       second + LABEL_FURTHER * (1 if second > 0 else -1))
+            best = None
+            for side in (1, -1):
+                for dy in heights:
+                    label.set_horizontalalignment("left" if side > 0 else "right")
+                    label.xyann = (side * LABEL_OFFSET, dy)
+                    extent = label.get_window_extent(renderer)
+                    outside = extent.width * extent.height - _overlap(extent, box)
+                    crowded = sum(_overlap(extent, other) for other in [*placed, *(r for i, r in enumerate(rings) if i != number)])
+                    cost = (outside * 100 + crowded, side < 0)
+                    if best is None or cost < best[0]:
+                        best = (cost, side, dy)
+                    if cost[0] == 0:
+                        break
+                if best[0][0] == 0:
+                    break
+            _, side, dy = best
+            label.set_horizontalalignment("left" if side > 0 else "right")
+            label.xyann = (side * LABEL_OFFSET, dy)
+            placed.append(label.get_window_extent(renderer))
+
+
+def _overlap(one, other) -> float:
+    """The area two display boxes share (0 when apart)."""
+    width = min(one.x1, other.x1) - max(one.x0, other.x0)
+    height = min(one.y1, other.y1) - max(one.y0, other.y0)
+    return max(width, 0.0) * max(height, 0.0)
+
+
+COMPRESSION_PLOTS = {  # name -> x column (higher is better), x label, title, caption, claim line (x)
+    "compression_bytes": (compression.RATIO, "GGUF file: times smaller than the dense F16 file", "Accuracy vs file size",
+                          "Accuracy against the size of the GGUF file llama.cpp loads (dense F16 file bytes / this file's "
+                          "bytes), one point per method and weight format; ringed and dashed: the Pareto front; dotted red: "
+                          "8x, the low end of the seeds' \"50% pruning + 4-bit -> 8-10x\".", compression.CLAIM),
+    "compression_speed": (compression.SPEEDUP_F16, "llama.cpp prefill speedup vs dense F16 ({tokens} tokens)",
+                          "Accuracy vs llama.cpp speed", "Accuracy against llama.cpp's prefill speed (the speedup over the "
+                          "dense model in the same GGUF type times that type's dense tokens/s over F16's; one thread, thread "
+                          "CPU clock), one point per method and weight format; ringed and dashed: the Pareto front.", None),
+    "compression_decode": (compression.DECODE_F16, "llama.cpp decode speedup vs dense F16 (batch 1)",
+                           "Accuracy vs llama.cpp decode speed", "Accuracy against llama.cpp's decode speed at batch 1 (the "
+                           "speedup over the dense model in the same GGUF type times that type's dense tokens/s over F16's; "
+                           "one thread, thread CPU clock), one point per method and weight format; ringed and dashed: the "
+                           "Pareto front.", None),
+}
+
+
+def compression_plot(sweep: Sweep, name: str) -> tuple[Any, str, list[str]] | None:
+    """The unsaved figure ``name`` of :data:`COMPRESSION_PLOTS`: accuracy against its x of
+    :func:`.compression.points`, one point per method x format, the Pareto front (no other point
+    better on both axes) ringed, joined by a dashed line and labelled inside the panel; with what
+    its caption says of the axes and the front, and the metrics drawn. None when nothing to draw."""
+    x, x_label, title, _, claim = COMPRESSION_PLOTS[name]
     found = compression.points(sweep)
     metrics = [m for m in found.columns if m.startswith("eval/ppl_")][:1] + [m for m in found.columns if m.endswith("mean_acc")][:1]
     if found.empty or x not in found or found[x].notna().sum() < 2 or not metrics:
         return None
+    x_label = x_label.format(tokens=compression.prefill_tokens(sweep.completed))
     found = found.assign(model=[f"{m}" if s == "dense" else f"{m} {s}" for m, s in zip(found["method"], found["setting"])])
     formats = sorted(set(found["format"]), key=compression.format_rank)  # one marker per format in every figure
     figure, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.8), squeeze=False)
-    notes, logged = [], []
+    notes, logged, labels = [], [], []
     for axis, metric in zip(axes[0], metrics):
         data = found.dropna(subset=[x, metric])
         lower = lower_is_better(metric)
         sns.scatterplot(data=data, x=x, y=metric, hue="model", style="format", s=70, ax=axis,
                         hue_order=list(dict.fromkeys(found["model"])), style_order=formats)
-        front = data[compression.pareto_front(data[x], data[metric], x_lower_better, lower)].sort_values(x)
+        front = data[compression.pareto_front(data[x], data[metric], False, lower)].sort_values(x)
         axis.plot(front[x], front[metric], linestyle="--", color="gray", linewidth=1, zorder=1)
-        axis.scatter(front[x], front[metric], s=220, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
-        for number, (_, row) in enumerate(front.iterrows()):  # alternate above and below: neighbours do not overlap
-            axis.annotate(f"{row['model']} {row['format']}", (row[x], row[metric]), textcoords="offset points",
-                          xytext=(6, 6 if number % 2 == 0 else -12), fontsize=7)
+        axis.scatter(front[x], front[metric], s=RING, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
+        labels.append([axis.annotate(f"{row['model']} {row['format']}", (row[x], row[metric]), textcoords="offset points",
+                                     xytext=(LABEL_OFFSET, LABEL_ABOVE if number % 2 == 0 else LABEL_BELOW), fontsize=7)
+                       for number, (_, row) in enumerate(front.iterrows())])  # alternate above and below: neighbours do not overlap
         if claim is not None:
             axis.axvline(claim, color="red", linestyle=":", linewidth=1.2)
             axis.annotate(f"{claim:g}x (the seeds' claim)", (claim, 0.02), xycoords=("data", "axes fraction"),
@@ -446,37 +521,33 @@ def _compression_pareto(sweep: Sweep, path: Path, x: str, x_label: str, x_lower_
         if axis.get_legend() is not None:
             axis.get_legend().remove()
         notes.append(f"{_label(metric)}: " + ", ".join(f"{r['model']} {r['format']}" for _, r in front.iterrows()))
-    handles, labels = axes[0][-1].get_legend_handles_labels()
+    handles, names = axes[0][-1].get_legend_handles_labels()
     if handles:  # one legend, outside the plots, so that it hides no point
-        axes[0][-1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+        axes[0][-1].legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     figure.suptitle(_title(sweep, title), y=1.02)
+    keep_labels_inside(figure, axes[0], labels)
     scale = (f" Log y axis for {', '.join(logged)} (values span more than {LOG_RANGE:g}x)." if logged else " Linear y axes.")
-    return _figure((_save(figure, path), scale + f" Pareto front ({'; '.join(notes)})."), text, sweep, metrics)
+    return figure, scale + f" Pareto front ({'; '.join(notes)}).", metrics
+
+
+def _compression_pareto(sweep: Sweep, path: Path, name: str) -> Figure | None:
+    plot = compression_plot(sweep, name)
+    if plot is None:
+        return None
+    figure, caption, metrics = plot
+    return _figure((_save(figure, path), caption), COMPRESSION_PLOTS[name][3], sweep, metrics)
 
 
 def compression_bytes(sweep: Sweep, path: Path) -> Figure | None:
-    return _compression_pareto(sweep, path, compression.RATIO, "GGUF file: times smaller than the dense F16 file", False,
-                               "Accuracy vs file size", "Accuracy against the size of the GGUF file llama.cpp loads "
-                               "(dense F16 file bytes / this file's bytes), one point per method and weight format; "
-                               "ringed and dashed: the Pareto front; dotted red: 8x, the low end of the seeds' "
-                               "\"50% pruning + 4-bit -> 8-10x\".", claim=compression.CLAIM)
+    return _compression_pareto(sweep, path, "compression_bytes")
 
 
 def compression_speed(sweep: Sweep, path: Path) -> Figure | None:
-    tokens = compression.prefill_tokens(sweep.completed)
-    return _compression_pareto(sweep, path, compression.SPEEDUP_F16, f"llama.cpp prefill speedup vs dense F16 ({tokens} tokens)",
-                               False, "Accuracy vs llama.cpp speed", "Accuracy against llama.cpp's prefill speed "
-                               "(the speedup over the dense model in the same GGUF type times that type's dense tokens/s over "
-                               "F16's; one thread, thread CPU clock), one point per method and weight format; ringed and dashed: "
-                               "the Pareto front.")
+    return _compression_pareto(sweep, path, "compression_speed")
 
 
 def compression_decode(sweep: Sweep, path: Path) -> Figure | None:
-    return _compression_pareto(sweep, path, compression.DECODE_F16, "llama.cpp decode speedup vs dense F16 (batch 1)",
-                               False, "Accuracy vs llama.cpp decode speed", "Accuracy against llama.cpp's decode speed at "
-                               "batch 1 (the speedup over the dense model in the same GGUF type times that type's dense "
-                               "tokens/s over F16's; one thread, thread CPU clock), one point per method and weight format; "
-                               "ringed and dashed: the Pareto front.")
+    return _compression_pareto(sweep, path, "compression_decode")
 
 
 FIGURES: dict[str, Callable[[Sweep, Path], Figure | None]] = {

@@ -2,8 +2,9 @@
 
 The grid is Hydra's ``BasicSweeper`` as it is; at its end one more job per distinct setting that
 matters to a dense model (the sweep's overrides less the method, its knobs, the sparsity, the
-pattern, the calibration data, the target and a preset's settings ``+experiment/<group>=...``;
-the preset itself, ``+experiment=<name>``, stays, so its evaluation applies) runs with
+pattern, the calibration data, the target and a preset's settings ``+experiment/<group>=...``
+other than a weight format, :data:`DENSE_KEEPS`; the preset itself, ``+experiment=<name>``, stays,
+so its evaluation applies) runs with
 ``method=dense``, unless a job of the sweep with that setting already is dense (whether a job is
 dense is decided on its composed config, so a preset setting that selects ``dense`` counts). The
 job is pinned to the sweep's directory (a preset may name its directory after the method). The
@@ -27,6 +28,9 @@ JOBS_VARIABLE = "PRUNELAB_SWEEP_JOBS"
 # What a dense run ignores: overrides of these keys do not make another baseline.
 DENSE_IGNORES = ("method", "sparsity", "pattern", *STUDY_KNOBS, "calib_data", "target")
 PRESET_SETTINGS = "experiment/"  # +experiment/setting=nm_2_4, +experiment/granularity=flap_30: method and pattern
+# Preset settings that apply to a dense model as well: a weight format (+experiment/compression_bits=int8)
+# gets a dense baseline of its own, the dense model in that format.
+DENSE_KEEPS = ("experiment/compression_bits",)
 
 
 def _key(override: str) -> str:
@@ -35,7 +39,7 @@ def _key(override: str) -> str:
 
 def _ignored(override: str) -> bool:
     key = _key(override)
-    return key.startswith(PRESET_SETTINGS) or any(key == k or key.startswith((f"{k}.", f"{k}@"))
+    return (key.startswith(PRESET_SETTINGS) and key not in DENSE_KEEPS) or any(key == k or key.startswith((f"{k}.", f"{k}@"))
                                                   for k in DENSE_IGNORES)
 
 
