@@ -73,6 +73,17 @@ ZEROSHOT_PER_EXAMPLE = 120.0
 WHOLE_SPLIT = 1_000  # examples assumed for a task evaluated on its whole split (eval.limit=null)
 UNLIMITED_WINDOWS = 128  # perplexity windows assumed for eval.max_windows=null
 TRAIN_PER_TOKEN = 3.0  # recovery: a training token costs a forward and a backward (~2 forwards)
+# Quantization and the llama.cpp benchmark (the compression preset), part of the rest: measured in
+# the compression grid's 8-bit and GPTQ-4 sweeps (docs/compression.md; embedded model, 8 wiki
+# windows, 16 calibration windows, engine.repeats=3, one 256-token prefill, 16 decode steps). Dense
+# RTN-8 at load 1.2: quantization 7.6 s, the benchmark 52.2 s (both models converted to GGUF and
+# quantized by llama.cpp, then timed) of 101.5 s, at 2.1 ms a token-forward: ~3,600 and ~24,800.
+# Dense GPTQ-4 at load 3.9: quantization 23.4 s plus its calibration 40.0 s, ~20,000 at idle speed
+# (per column, like SparseGPT: it scales with ``out x in^2``). Without these terms a compression
+# sweep's ETA after its first job (the dense model, whose rest is the benchmark) was 32x too long.
+QUANT_WORK = {"rtn": 3_600.0}
+GPTQ_WORK = 20_000.0
+ENGINE_WORK = {"llamacpp": 24_800.0}
 
 
 @dataclass(frozen=True)
@@ -171,7 +182,9 @@ def job_cost(config) -> JobCost:
     method = str(_get(config, "method.name", "?"))
     recover = _get(config, "recover.name") if _get(config, "recover") else None
     engine = _get(config, "engine.name") if _get(config, "engine") else None
-    kind = "|".join(str(p) for p in (method, recover or "", engine or ""))
+    quant = _get(config, "quant.name") if _get(config, "quant") else None
+    quant = None if quant in (None, "none") else str(quant)
+    kind = "|".join(str(p) for p in (method, recover or "", engine or "", *([quant] if quant else [])))
     shape = model_shape(config)
     token = (shape.blocks + shape.head) / (EMBEDDED.blocks + EMBEDDED.head)  # a token through the model
     walk = shape.blocks / EMBEDDED.blocks  # a token through the blocks only (calibration); also the weights pruned
@@ -179,6 +192,9 @@ def job_cost(config) -> JobCost:
     rest = JOB_WORK + walk * WEIGHT_WORK.get(method, ROW_WISE_WORK)
     if needs is not None and needs.hessian:
         rest += SPARSEGPT_EXTRA * shape.obs / EMBEDDED.obs  # timed as pruning, not calibration
+    if quant is not None:
+        rest += GPTQ_WORK * shape.obs / EMBEDDED.obs if quant == "gptq" else walk * QUANT_WORK.get(quant, QUANT_WORK["rtn"])
+    rest += walk * ENGINE_WORK.get(str(engine), 0.0)
     work = rest
     calibration_tokens = float(_get(config, "calib_data.nsamples", 0)) * float(_get(config, "calib_data.seqlen", 0) or
                                                                             _get(config, "model.seqlen", 0))
