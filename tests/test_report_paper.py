@@ -42,6 +42,7 @@ def test_a_run_records_its_window_losses_beside_its_perplexity(tmp_path):
     assert math.exp(sum(window_nll) / 2) == pytest.approx(metrics["eval/ppl_wiki"], rel=1e-6)
     assert metrics["noise/ppl_wiki_se_log"] == pytest.approx(log_ppl_standard_error(window_nll))
     assert metrics["machine/cpus"] >= 1 and metrics["machine/load_1m_end"] >= 0
+    assert isinstance(metrics["machine/cpu_model"], str) and metrics["machine/cpu_model"]  # on what machine
 
 
 # --------------------------------------------------------------------------------- noise verdicts
@@ -174,6 +175,6 @@ def test_a_report_leaves_the_evaluation_size_to_its_setup_and_findings_alone_kee
     ([4.0, 9.8, 7.5, 6.0], "shared, loaded machine"),
 ])
 def test_the_setup_calls_a_machine_loaded_only_when_more_than_the_jobs_ran_on_it(loads, says):
-    records = [{"metrics": {"machine/load_1m_start": a, "machine/load_1m_end": b, "machine/cpus": 2},
+    records = [{"metrics": {"machine/load_1m_start": a, "machine/load_1m_end": b, "machine/cpus": 2, "machine/cpu_model": "AMD EPYC"},
                 "plan": {"dtype": "float32", "device": "cpu"}} for a, b in zip(loads[::2], loads[1::2])]
-    assert says in report_all._machine(records)
+    assert says in report_all._machine(records) and "2 CPUs (AMD EPYC)" in report_all._machine(records)

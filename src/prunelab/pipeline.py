@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import platform
 import signal
 import socket
 import sys
@@ -488,10 +489,23 @@ def _load_average() -> float:
         return math.nan
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), so that timings say on what machine they were
+    measured: the same code ran 1.5x slower on another 2-core machine (docs/headline_time.md)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def machine_load(at_start: float) -> dict[str, Any]:
     """What the timings were measured under: the 1-minute load average when the job started and
-    ended, and the CPUs the machine has (a load above it means jobs queued for the cores)."""
-    return {"machine/load_1m_start": at_start, "machine/load_1m_end": _load_average(), "machine/cpus": os.cpu_count() or 0}
+    ended, the CPUs the machine has (a load above it means jobs queued for the cores) and their model."""
+    return {"machine/load_1m_start": at_start, "machine/load_1m_end": _load_average(), "machine/cpus": os.cpu_count() or 0,
+            "machine/cpu_model": cpu_model()}
 
 
 class RecordError(OSError):

@@ -148,7 +148,7 @@ def header(column) -> str:
         return text[0].upper() + text[1:]
     if name.startswith("machine/"):
         return {"machine/load_1m_start": "Load at start", "machine/load_1m_end": "Load at end",
-                "machine/cpus": "CPUs"}.get(name, name.removeprefix("machine/"))
+                "machine/cpus": "CPUs", "machine/cpu_model": "CPU"}.get(name, name.removeprefix("machine/"))
     if name.startswith("recover/"):
         return name.removeprefix("recover/").replace("_", " ")
     if name == "calib_nsamples":
@@ -505,7 +505,9 @@ def load_sentence(frame: pd.DataFrame) -> str:
     if loads.empty:
         return "machine load not recorded (jobs written before it was)"
     cpus = sorted({int(c) for c in pd.to_numeric(frame.get("machine/cpus", pd.Series(dtype=float)), errors="coerce").dropna()})
+    models = sorted({str(m) for m in frame.get("machine/cpu_model", pd.Series(dtype=object)).dropna()})
     on = f" on {'/'.join(map(str, cpus))} CPUs" if cpus else ""
+    on += f" ({' / '.join(models)})" if models else ""
     return f"measured under a 1-minute load average of {loads.min():.1f}–{loads.max():.1f}{on}"
 
 

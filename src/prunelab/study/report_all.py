@@ -259,6 +259,8 @@ def _machine(records: list[dict]) -> str:
     loads = [v for r in records for k in ("machine/load_1m_start", "machine/load_1m_end")
              if isinstance(v := (r.get("metrics") or {}).get(k), (int, float))]
     cpus = sorted({(r.get("metrics") or {}).get("machine/cpus") for r in records} - {None})
+    models = sorted({str(m) for r in records if (m := (r.get("metrics") or {}).get("machine/cpu_model"))})
+    model = f" ({' / '.join(models)})" if models else ""
     plan = next((r.get("plan") for r in records if r.get("plan")), {}) or {}
     device = f"{plan.get('dtype', '?')} on {plan.get('device', '?')}"
     if not loads:
@@ -267,7 +269,7 @@ def _machine(records: list[dict]) -> str:
     # a job's own threads make a load of about one per core: only more than that is someone else's work
     state = ("a machine running only these jobs (their own threads make a load of about one per core)"
              if median <= cores + 0.5 else "a shared, loaded machine: slower than on an idle one")
-    return (f"{device}, {'/'.join(str(c) for c in cpus)} CPUs, 1-minute load average {min(loads):.1f}–{max(loads):.1f} "
+    return (f"{device}, {'/'.join(str(c) for c in cpus)} CPUs{model}, 1-minute load average {min(loads):.1f}–{max(loads):.1f} "
             f"while the jobs ran (median {median:.1f}): timings are those of {state}")
 
 
