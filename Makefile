@@ -45,7 +45,7 @@ report: ## one report of every study of a model directory: make report [MODEL=sm
 study-all: ## every offline preset (resumable) + a dense baseline, then make report (hours on a CPU)
 	$(PYTHON) -m prunelab.study.study_all --model $(or $(MODEL),smollm2_135m) $(ARGS)
 
-study-all-quick: ## the same, reduced (14 min on 2 idle cores) into multirun/<model>_quick
+study-all-quick: ## the same, reduced (22 min on 2 idle cores) into multirun/<model>_quick
 	$(PYTHON) -m prunelab.study.study_all --quick --model $(or $(MODEL),smollm2_135m) $(ARGS)
 
 .PHONY: help setup run lint test test-all study aggregate report study-all study-all-quick roofline bench-cpu bench-gpu
