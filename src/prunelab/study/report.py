@@ -199,11 +199,13 @@ def markdown_table(table: pd.DataFrame, metric: str = "") -> str:
         return cells.to_markdown(index=False, disable_numparse=True, colalign=list(align.values()))
     # wider than a page: several tables, each led by the columns that name a row (the text ones before the first number)
     keep = list(cells.columns[:min(next((i for i, n in enumerate(numeric) if n), 0), 4)])
+    rest = len(cells.columns) - len(keep)
+    width = math.ceil(rest / math.ceil(rest / (WIDEST_TABLE - len(keep))))  # parts of equal width, no stub of one column
     return "\n\n".join(chunk.to_markdown(index=False, disable_numparse=True, colalign=[align[c] for c in chunk.columns])
-                        for chunk in column_chunks(cells, keep, WIDEST_TABLE - len(keep)))
+                        for chunk in column_chunks(cells, keep, width))
 
 
-WIDEST_TABLE = 12  # columns a table may have on an A4 page (headers wrap); a wider one is cut into several
+WIDEST_TABLE = 13  # columns a table may have on an A4 page (headers wrap); a wider one is cut into several
 
 
 def _with_stderr(table: pd.DataFrame) -> pd.DataFrame:
