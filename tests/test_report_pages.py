@@ -250,3 +250,33 @@ def test_a_best_label_at_the_right_end_of_a_line_is_written_leftwards_off_the_le
     right = middle.results.assign(**{"method.alpha": middle.results["method.alpha"].map({0.0: 0.0, 0.5: 1.0, 1.0: 0.5})})
     figures.knob_curve(Sweep(tmp_path, right, pd.DataFrame(), {}), "method.alpha", tmp_path / "right.png")
     assert [label for label in labels if label[0].startswith("best")] == [("best 0.5", "left"), ("best 1", "right")]
+
+
+def _typeset_lines(path: Path) -> str:
+    with pymupdf.open(path) as document:
+        return report._plain("".join(page.get_text() for page in document))
+
+
+def test_a_section_after_the_first_loses_nothing_of_a_table_across_a_page(tmp_path):
+    """MuPDF's Story (under ``markdown-pdf``) dropped the rest of a section after a document's first
+    where its table crossed a page: the quick study-all's report lost half of this section's table
+    and its Figure 3 (the section as report_all wrote it, its image left out). Every line of the
+    Markdown is in the PDF."""
+    section = (Path(__file__).parent / "fixtures" / "report_patterns_section.md").read_text()
+    text = f"# Pruning smollm2_135m\n\nThe first section.\n\n{section}"
+    path = report.write_pdf(text, tmp_path, tmp_path / "report.pdf", page_per_section=True)
+    typeset = _typeset_lines(path)
+    missing = [line for line in text.splitlines() if len(report._plain(line)) >= 3 and report._plain(line) not in typeset]
+    assert missing == []
+    assert "figure3perplexitypermethodunstructuredvsnmatthesamesparsity" in typeset
+
+
+def test_a_table_wider_than_a_page_is_cut_into_tables_led_by_its_row_names():
+    table = pd.DataFrame({"method": ["wanda", "ria"], "setting": ["2:4", "4:8"],
+                          **{f"metric {i}": [float(i), i + 0.5] for i in range(20)}})
+    text = report.markdown_table(table)
+    parts = text.split("\n\n")
+    assert len(parts) == 2 and all(p.splitlines()[0].startswith("| method   | setting") for p in parts)
+    assert [p.splitlines()[0].count("metric") for p in parts] == [10, 10]  # equal parts, no stub of one column
+    assert all(f"metric {i}" in text for i in range(20)) and text.count("| wanda") == 2
+    assert "\n\n" not in report.markdown_table(table.iloc[:, :13])  # 13 columns fit a page

@@ -13,6 +13,8 @@ the Markdown typeset by ``markdown-pdf`` (PyMuPDF).
 from __future__ import annotations
 
 import datetime as dt
+import io
+import logging
 import math
 import numbers
 import re
@@ -38,6 +40,8 @@ from prunelab.study.records import (
     summary_table,
     with_setting,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -190,8 +194,18 @@ def markdown_table(table: pd.DataFrame, metric: str = "") -> str:
                           for title, column in zip(headers, shown.columns)})
     numeric = [pd.api.types.is_numeric_dtype(shown[c]) and not pd.api.types.is_bool_dtype(shown[c])
                for c in shown.columns]
-    return cells.to_markdown(index=False, disable_numparse=True,
-                             colalign=["right" if n else "left" for n in numeric])
+    align = dict(zip(cells.columns, ["right" if n else "left" for n in numeric]))
+    if len(cells.columns) <= WIDEST_TABLE:
+        return cells.to_markdown(index=False, disable_numparse=True, colalign=list(align.values()))
+    # wider than a page: several tables, each led by the columns that name a row (the text ones before the first number)
+    keep = list(cells.columns[:min(next((i for i, n in enumerate(numeric) if n), 0), 4)])
+    rest = len(cells.columns) - len(keep)
+    width = math.ceil(rest / math.ceil(rest / (WIDEST_TABLE - len(keep))))  # parts of equal width, no stub of one column
+    return "\n\n".join(chunk.to_markdown(index=False, disable_numparse=True, colalign=[align[c] for c in chunk.columns])
+                        for chunk in column_chunks(cells, keep, width))
+
+
+WIDEST_TABLE = 13  # columns a table may have on an A4 page (headers wrap); a wider one is cut into several
 
 
 def _with_stderr(table: pd.DataFrame) -> pd.DataFrame:
@@ -292,12 +306,24 @@ def sections(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, F
             parts += [f"{h} Configs: what varies between jobs", "",
                       f"{shared} config keys are identical in every job; the keys below differ (blank: the job's "
                       f"method has no such knob). Each job's full resolved config is in `<job>/.hydra/config.yaml` "
-                      f"and `<job>/metrics.json` (e.g. `{first}/`).", "", markdown_table(diff), ""]
+                      f"and `<job>/metrics.json` (e.g. `{first}/`).", ""]
+            for chunk in column_chunks(diff, ["job", "status"], WIDEST):  # a page is only so wide
+                parts += [markdown_table(chunk), ""]
     if "failed" in what:
         failed = _failed_jobs(sweep)
         if not failed.empty:
             parts += [f"{h} Jobs that did not complete", "", markdown_table(failed), ""]
     return parts
+
+
+WIDEST = 7  # columns of a table beside the ones repeated in each part
+
+
+def column_chunks(table: pd.DataFrame, keep: list[str], width: int) -> list[pd.DataFrame]:
+    """A wide table as several of at most ``width`` columns, each with the ``keep`` columns first."""
+    keep = [c for c in keep if c in table.columns]
+    rest = [c for c in table.columns if c not in keep]
+    return [table[keep + rest[i:i + width]] for i in range(0, len(rest), width)] or [table]
 
 
 def markdown(sweep: Sweep, tables: dict[str, pd.DataFrame], figures: dict[str, Figure]) -> str:
@@ -332,25 +358,81 @@ def write_pdf(text: str, root: Path, path: Path, title: str = "", page_per_secti
     parts = split_sections(text, breaks or PAGE_BREAK) if page_per_section else [text]
     for _ in range(PASSES):
         counts = _typeset(parts, root, path, title)
-        cuts = stranded(path, parts, counts)
+        cuts = lost(path, parts, counts) or stranded(path, parts, counts)
         if not cuts:
             break
         parts = [piece for index, part in enumerate(parts) for piece in _cut(part, cuts.get(index, []))]
+    missing = lost(path, parts, counts)
+    if missing:
+        log.error("%s: the PDF lacks part of the report from %s on (report.md has it all)", path,
+                  "; ".join(parts[i].splitlines()[lines[0]][:60] for i, lines in missing.items()))
     return path
+
+
+def lost(path: Path, parts: list[str], counts: list[int]) -> dict[int, list[int]]:
+    """Per part whose end is missing from its pages of the PDF, the line at which to cut it: the
+    first line not typeset, taken back to the start of its table and the keep-with-next lines above.
+    ``markdown-pdf`` (MuPDF's Story) drops the rest of a section that is not the document's first
+    where a table crosses a page: the quick study-all's report lost Figure 3 and half a table so."""
+    import pymupdf
+
+    cuts: dict[int, list[int]] = {}
+    with pymupdf.open(path) as document:
+        first = 0
+        for index, (part, count) in enumerate(zip(parts, counts)):
+            typeset = _plain("".join(document[n].get_text() for n in range(first, min(first + count, document.page_count))))
+            first += count
+            lines = part.splitlines()
+            line = _first_missing(lines, typeset)
+            if line is None:
+                continue
+            while line > 0 and lines[line].lstrip().startswith("|") and lines[line - 1].lstrip().startswith("|"):
+                line -= 1  # a table moves whole
+            keep = keeps_with_next(lines)
+            while True:
+                above = max((i for i in range(line) if lines[i].strip()), default=None)
+                if above is None or above not in keep or above == 0:
+                    break
+                line = above
+            if line > 0 and any(lines[i].strip() for i in range(line)):
+                cuts[index] = [line]
+    return cuts
+
+
+def _first_missing(lines: list[str], typeset: str) -> int | None:
+    """The first line (not an image) whose text is nowhere in ``typeset``; ``None`` when every line is there."""
+    return next((i for i, line in enumerate(lines) if not line.lstrip().startswith("![")
+                 and len(text := _plain(line)) >= 3 and text not in typeset), None)
 
 
 PASSES = 8
 
 
 def _typeset(parts: list[str], root: Path, path: Path, title: str) -> list[int]:
-    """The PDF of ``parts``, each starting a page; the number of pages of each."""
-    pdf = MarkdownPdf(toc_level=2)
-    pdf.meta = {**pdf.meta, "title": title}  # the class holds the defaults; leave them alone
-    sections = [Section(part, root=str(root)) for part in parts]
-    for section in sections:
+    """The PDF of ``parts``, each starting a page; the number of pages of each. Each part is typeset
+    as a document of its own and the documents joined: ``markdown-pdf`` (MuPDF's Story) drops the
+    rest of any section after a document's first where a table crosses a page (the quick
+    study-all's report lost Figure 3 and half a table so); a document's first section it lays out whole."""
+    import pymupdf
+
+    joined, toc, counts = pymupdf.open(), [], []
+    for part in parts:
+        pdf = MarkdownPdf(toc_level=2)
+        section = Section(part, root=str(root))
         pdf.add_section(section, user_css=PDF_CSS)
-    pdf.save(path)
-    return [section.page_count for section in sections]
+        toc += [[level, text, joined.page_count + page] for level, text, page, _ in pdf.toc]
+        pdf.toc_level = 0  # its own outline would have to begin at level 1; the joined one is set below
+        buffer = io.BytesIO()
+        pdf.save_bytes(buffer)
+        with pymupdf.open(stream=buffer.getvalue(), filetype="pdf") as document:
+            joined.insert_pdf(document)
+        counts.append(section.page_count)
+    joined.set_metadata({**MarkdownPdf.meta, "title": title})
+    if toc and toc[0][0] == 1:
+        joined.set_toc(toc)
+    joined.save(path, garbage=3, deflate=True)
+    joined.close()
+    return counts
 
 
 def _plain(text: str) -> str:

@@ -42,9 +42,11 @@ from prunelab.study.figures import Figure, draw_all
 from prunelab.study.orderings import Verdict, verdicts
 from prunelab.study.records import Sweep, _ordered, collect, is_baseline, prunes_nothing, speed_table, with_baseline
 from prunelab.study.report import (
+    WIDEST,
     _diff_table,
     _failed_jobs,
     _ppl_columns,
+    column_chunks,
     findings,
     load_sentence,
     markdown_table,
@@ -340,16 +342,6 @@ def discussion(studies: list[Study]) -> list[str]:
               "and an ordering that holds at 7B need not hold here. The evaluation and calibration sizes are those "
               "stated in each study's setup; small ones widen the noise above.", ""]
     return parts
-
-
-WIDEST = 7  # columns of a table beside the ones repeated in each part
-
-
-def column_chunks(table: pd.DataFrame, keep: list[str], width: int) -> list[pd.DataFrame]:
-    """A wide table as several of at most ``width`` columns, each with the ``keep`` columns first."""
-    keep = [c for c in keep if c in table.columns]
-    rest = [c for c in table.columns if c not in keep]
-    return [table[keep + rest[i:i + width]] for i in range(0, len(rest), width)] or [table]
 
 
 def _appendix_failed(empty: list[Sweep], studies: list[Study], model_dir: Path) -> list[str]:
