@@ -356,13 +356,13 @@ def write_pdf(text: str, root: Path, path: Path, title: str = "", page_per_secti
     its image, so the image moves with its caption; the document is typeset again
     (:func:`stranded`) until no page ends so (at most :data:`PASSES` times)."""
     parts = split_sections(text, breaks or PAGE_BREAK) if page_per_section else [text]
-    for _ in range(PASSES):
+    for attempt in range(PASSES):
         counts = _typeset(parts, root, path, title)
-        cuts = lost(path, parts, counts) or stranded(path, parts, counts)
-        if not cuts:
+        missing = lost(path, parts, counts)
+        cuts = missing or stranded(path, parts, counts)
+        if not cuts or attempt == PASSES - 1:  # the last pass's PDF is the one written: no cut after it
             break
         parts = [piece for index, part in enumerate(parts) for piece in _cut(part, cuts.get(index, []))]
-    missing = lost(path, parts, counts)
     if missing:
         log.error("%s: the PDF lacks part of the report from %s on (report.md has it all)", path,
                   "; ".join(parts[i].splitlines()[lines[0]][:60] for i, lines in missing.items()))
@@ -370,10 +370,10 @@ def write_pdf(text: str, root: Path, path: Path, title: str = "", page_per_secti
 
 
 def lost(path: Path, parts: list[str], counts: list[int]) -> dict[int, list[int]]:
-    """Per part whose end is missing from its pages of the PDF, the line at which to cut it: the
+    """Per part with a line missing from its pages of the PDF, the line at which to cut it: the
     first line not typeset, taken back to the start of its table and the keep-with-next lines above.
-    ``markdown-pdf`` (MuPDF's Story) drops the rest of a section that is not the document's first
-    where a table crosses a page: the quick study-all's report lost Figure 3 and half a table so."""
+    ``markdown-pdf`` (MuPDF's Story) can drop the rest of a section where a table crosses a page: the
+    quick study-all's report lost Figure 3 and half a table so, and rows of its config appendix."""
     import pymupdf
 
     cuts: dict[int, list[int]] = {}
@@ -410,9 +410,9 @@ PASSES = 8
 
 def _typeset(parts: list[str], root: Path, path: Path, title: str) -> list[int]:
     """The PDF of ``parts``, each starting a page; the number of pages of each. Each part is typeset
-    as a document of its own and the documents joined: ``markdown-pdf`` (MuPDF's Story) drops the
-    rest of any section after a document's first where a table crosses a page (the quick
-    study-all's report lost Figure 3 and half a table so); a document's first section it lays out whole."""
+    as a document of its own and the documents joined: ``markdown-pdf`` (MuPDF's Story) dropped the
+    rest of a section after a document's first where a table crossed a page (the quick study-all's
+    report lost Figure 3 and half a table so); what it still drops, :func:`lost` finds."""
     import pymupdf
 
     joined, toc, counts = pymupdf.open(), [], []
